@@ -1,0 +1,82 @@
+package qtool.backend;
+
+import java.lang.foreign.MemorySegment;
+import qtool.load.DType;
+
+/**
+ * The arithmetic a model needs, on one device. Java code (model, calibration, quantizers) is written once against
+ * this interface; {@link CpuBackend} does it in plain Java and is the reference, {@code CudaBackend} hands each call
+ * to one kernel or cuBLAS call in libqtool.
+ *
+ * <p>Conventions: activations are F32, 2-D row-major {@code [rows, cols]} (a batch of sequences is flattened to
+ * {@code [batch * seqLen, cols]}, sequence-major). Weights are {@code [outFeatures, inFeatures]} as in HF
+ * checkpoints, in F32, F16 or BF16; sums accumulate in F32. Calls on one backend are ordered; results are visible
+ * to {@link #copyToHost} (which waits for them).
+ */
+public interface Backend extends AutoCloseable {
+
+    /** "cpu" or "cuda". */
+    String name();
+
+    /** One line for the user: device name, memory, why this backend was chosen. */
+    String description();
+
+    /** Uninitialized tensor on this device. */
+    Tensor allocate(DType dtype, long... shape);
+
+    /** Frees a tensor made by {@link #allocate} or {@link #upload}; host tensors not owned by the backend are ignored. */
+    void free(Tensor t);
+
+    /**
+     * Puts a host tensor (e.g. a mapped weight) on this device as {@code as} (F32, F16 or BF16, converting when the
+     * types differ). The CPU backend returns the host tensor itself when no conversion is needed: zero-copy.
+     */
+    Tensor upload(Tensor host, DType as);
+
+    /** Copies a whole device tensor to host memory ({@code dst.byteSize() >= src.byteSize()}); waits for pending work. */
+    void copyToHost(Tensor src, MemorySegment dst);
+
+    /** Copies host bytes into a device tensor (same byte count). */
+    void copyFromHost(MemorySegment src, Tensor dst);
+
+    /** out[r, :] = table[ids[r], :] converted to F32. ids: I32 [rows]. */
+    void embedding(Tensor out, Tensor table, Tensor ids);
+
+    /** out[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * weight. out may be x. */
+    void rmsNorm(Tensor out, Tensor x, Tensor weight, float eps);
+
+    /** out[r, o] = sum_i x[r, i] * weight[o, i] (+ bias[o] when bias is not null). out F32 [rows, outF]. */
+    void linear(Tensor out, Tensor x, Tensor weight, Tensor bias);
+
+    /**
+     * Rotary embedding in place, HF layout (rotate_half: dimension j pairs with j + headDim/2 inside each head).
+     * x: [batch * seqLen, heads * headDim]; row r has position startPos + r % seqLen; angle = position * invFreq[j].
+     * invFreq: F32 [headDim / 2] on this device, computed by the caller (it holds every RoPE scaling variant).
+     */
+    void rope(Tensor x, int heads, int headDim, int seqLen, int startPos, Tensor invFreq);
+
+    /**
+     * Causal grouped-query attention with a KV cache. q: [batch * seqLen, heads * headDim]; k, v: [batch * seqLen,
+     * kvHeads * headDim]; kCache, vCache: F32 [batch, maxSeq, kvHeads * headDim]. Stores k, v at positions
+     * [startPos, startPos + seqLen) of each sequence's cache, then for each query at position p attends over cache
+     * positions [0, p] with scale 1/sqrt(headDim). Query head h uses kv head h / (heads / kvHeads).
+     * out: [batch * seqLen, heads * headDim].
+     */
+    void attention(Tensor out, Tensor q, Tensor k, Tensor v, Tensor kCache, Tensor vCache,
+                   int batch, int seqLen, int startPos, int heads, int kvHeads, int headDim);
+
+    /** out = silu(gate) * up, elementwise. out may be gate. */
+    void siluMul(Tensor out, Tensor gate, Tensor up);
+
+    /** x += y, elementwise. */
+    void add(Tensor x, Tensor y);
+
+    /** out[r] = logsumexp(logits[r, :]) - logits[r, targets[r]] (negative log-likelihood). out F32 [rows]; targets I32. */
+    void crossEntropy(Tensor out, Tensor logits, Tensor targets);
+
+    /** Waits for all work queued on this backend. */
+    void synchronize();
+
+    @Override
+    void close();
+}
