@@ -1,0 +1,62 @@
+package qtool.cli;
+
+import java.io.PrintWriter;
+import picocli.CommandLine;
+import picocli.CommandLine.Command;
+import picocli.CommandLine.Option;
+import qtool.QtoolException;
+
+/** {@code qtool}: the command line. Each subcommand is one class in this package. */
+@Command(name = "qtool", mixinStandardHelpOptions = true, versionProvider = Main.Version.class,
+        description = "Quantize large language models (GPTQ, EXL2, GGUF, AWQ) and run them.",
+        subcommands = {CommandLine.HelpCommand.class})
+public final class Main {
+
+    /** Inherited by every subcommand. */
+    @Option(names = "--verbose", scope = CommandLine.ScopeType.INHERIT, description = "Print stack traces of errors.")
+    static boolean verbose;
+
+    public static void main(String[] args) {
+        System.exit(run(args));
+    }
+
+    public static int run(String... args) {
+        CommandLine cl = commandLine();
+        return cl.execute(args);
+    }
+
+    public static CommandLine commandLine() {
+        CommandLine cl = new CommandLine(new Main());
+        cl.setExecutionExceptionHandler((ex, cmd, parsed) -> {
+            PrintWriter err = cmd.getErr();
+            Throwable cause = ex;
+            if (cause instanceof QtoolException || cause instanceof java.io.UncheckedIOException) {
+                err.println("qtool: " + cause.getMessage());
+                if (verbose) cause.printStackTrace(err);
+                err.flush();
+                return 2;
+            }
+            err.println("qtool: internal error: " + cause);
+            if (verbose) cause.printStackTrace(err);
+            else err.println("(run with --verbose for the stack trace)");
+            err.flush();
+            return 1;
+        });
+        cl.setParameterExceptionHandler((ex, args) -> {
+            PrintWriter err = ex.getCommandLine().getErr();
+            err.println("qtool: " + ex.getMessage());
+            err.println("Try '" + ex.getCommandLine().getCommandSpec().qualifiedName() + " --help'.");
+            err.flush();
+            return 2;
+        });
+        return cl;
+    }
+
+    static final class Version implements CommandLine.IVersionProvider {
+        @Override
+        public String[] getVersion() {
+            String v = Main.class.getPackage().getImplementationVersion();
+            return new String[] {"qtool " + (v == null ? "0.1.0" : v) + " (Java " + Runtime.version() + ")"};
+        }
+    }
+}
