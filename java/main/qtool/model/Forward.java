@@ -91,8 +91,7 @@ public final class Forward implements AutoCloseable {
     }
 
     private LlamaModel.Layer uploadLayer(int i) {
-        LlamaModel.Layer host = model.layer(i);
-        return host.map(t -> backend.upload(t, t.shape().length == 1 ? DType.F32 : linearType));
+        return upload(model.layer(i));
     }
 
     private void freeLayer(LlamaModel.Layer l) {
@@ -114,6 +113,11 @@ public final class Forward implements AutoCloseable {
 
     /** Embeds {@code tokens} (batch × seqLen, sequence-major) into the residual stream. */
     public void embed(int[] tokens) {
+        embed(tokens, hidden.rowSlice(0, tokens.length));
+    }
+
+    /** Embeds tokens into the given residual rows (at most batch × maxSeq of them at once). */
+    public void embed(int[] tokens, Tensor dst) {
         int rows = tokens.length;
         if (rows > batch * maxSeq) throw new IllegalArgumentException(rows + " tokens, room for " + batch * maxSeq);
         for (int t : tokens) {
@@ -121,41 +125,75 @@ public final class Forward implements AutoCloseable {
         }
         Tensor idView = ids.rowSlice(0, rows);
         backend.copyFromHost(MemorySegment.ofArray(tokens), idView);
-        backend.embedding(hidden.rowSlice(0, rows), embed, idView);
+        backend.embedding(dst, embed, idView);
     }
 
     /** Runs decoder layer {@code i} in place on the residual stream of {@code batchRows × seqLen} rows. */
     public void layer(int i, int batchRows, int seqLen, int startPos) {
         LlamaModel.Layer w = streamLayers ? uploadLayer(i) : resident[i];
         try {
-            layer(w, kCache[Math.min(i, kCache.length - 1)], vCache[Math.min(i, vCache.length - 1)], batchRows, seqLen, startPos);
+            layer(w, hidden.rowSlice(0, batchRows * seqLen), cacheK(i), cacheV(i), batchRows, seqLen, startPos, null);
         } finally {
             if (streamLayers) freeLayer(w);
         }
     }
 
-    /** One decoder layer with the given (possibly quantized-then-dequantized) weights. */
-    public void layer(LlamaModel.Layer w, Tensor kc, Tensor vc, int batchRows, int seqLen, int startPos) {
+    public Tensor cacheK(int layer) {
+        return kCache[Math.min(layer, kCache.length - 1)];
+    }
+
+    public Tensor cacheV(int layer) {
+        return vCache[Math.min(layer, vCache.length - 1)];
+    }
+
+    /** Where a decoder layer's linears read their input; q/k/v share one, gate/up share one. */
+    public enum Site { ATTN_IN, O_IN, MLP_IN, DOWN_IN }
+
+    /** Sees the input of each linear site as the layer runs (calibration collects Hessians through it). */
+    @FunctionalInterface
+    public interface SiteObserver {
+        void input(Site site, Tensor x);
+    }
+
+    /**
+     * One decoder layer with the given device weights, in place on residual rows {@code x} ([batchRows × seqLen,
+     * hidden], any rows of any tensor: calibration passes slices of its own state buffer). {@code observer} may be
+     * null.
+     */
+    public void layer(LlamaModel.Layer w, Tensor x, Tensor kc, Tensor vc, int batchRows, int seqLen, int startPos, SiteObserver observer) {
         int rows = batchRows * seqLen;
-        Tensor x = hidden.rowSlice(0, rows), n = normed.rowSlice(0, rows);
+        Tensor n = normed.rowSlice(0, rows);
         Tensor qv = q.rowSlice(0, rows), kv = k.rowSlice(0, rows), vv = v.rowSlice(0, rows), a = attn.rowSlice(0, rows);
         Backend b = backend;
         b.rmsNorm(n, x, w.inputNorm(), cfg.rmsNormEps());
+        if (observer != null) observer.input(Site.ATTN_IN, n);
         b.linear(qv, n, w.q(), w.qBias());
         b.linear(kv, n, w.k(), w.kBias());
         b.linear(vv, n, w.v(), w.vBias());
         b.rope(qv, cfg.numHeads(), cfg.headDim(), seqLen, startPos, invFreq);
         b.rope(kv, cfg.numKvHeads(), cfg.headDim(), seqLen, startPos, invFreq);
         b.attention(a, qv, kv, vv, kc, vc, batchRows, seqLen, startPos, cfg.numHeads(), cfg.numKvHeads(), cfg.headDim());
+        if (observer != null) observer.input(Site.O_IN, a);
         b.linear(n, a, w.o(), w.oBias());
         b.add(x, n);
         b.rmsNorm(n, x, w.postNorm(), cfg.rmsNormEps());
+        if (observer != null) observer.input(Site.MLP_IN, n);
         Tensor g = gate.rowSlice(0, rows), u = up.rowSlice(0, rows);
         b.linear(g, n, w.gate(), null);
         b.linear(u, n, w.up(), null);
         b.siluMul(g, g, u);
+        if (observer != null) observer.input(Site.DOWN_IN, g);
         b.linear(n, g, w.down(), null);
         b.add(x, n);
+    }
+
+    /** Uploads layer {@code i}'s weights as this forward's types (callers that stream layers themselves). */
+    public LlamaModel.Layer upload(LlamaModel.Layer host) {
+        return host.map(t -> backend.upload(t, t.shape().length == 1 ? DType.F32 : linearType));
+    }
+
+    public void free(LlamaModel.Layer deviceLayer) {
+        freeLayer(deviceLayer);
     }
 
     /** Embedding plus every layer. */
@@ -180,16 +218,21 @@ public final class Forward implements AutoCloseable {
      * so that a vocabulary-wide [rows, vocab] buffer never has to exist.
      */
     public float[] nll(int[] targetIds) {
+        return nll(hidden.rowSlice(0, targetIds.length), targetIds);
+    }
+
+    /** {@link #nll(int[])} over given residual rows (at most batch × maxSeq of them). */
+    public float[] nll(Tensor x, int[] targetIds) {
         int rows = targetIds.length;
         float[] result = new float[rows];
-        backend.rmsNorm(normed.rowSlice(0, rows), hidden.rowSlice(0, rows), finalNorm, cfg.rmsNormEps());
         int chunk = logits.rows();
         for (int r0 = 0; r0 < rows; r0 += chunk) {
             int n = Math.min(chunk, rows - r0);
+            backend.rmsNorm(normed.rowSlice(0, n), x.rowSlice(r0, n), finalNorm, cfg.rmsNormEps());
             int[] tg = new int[n];
             for (int j = 0; j < n; j++) tg[j] = Math.max(0, targetIds[r0 + j]);
             Tensor l = logits.rowSlice(0, n), t = targets.rowSlice(0, n), o = nll.rowSlice(0, n);
-            backend.linear(l, normed.rowSlice(r0, n), lmHead, null);
+            backend.linear(l, normed.rowSlice(0, n), lmHead, null);
             backend.copyFromHost(MemorySegment.ofArray(tg), t);
             backend.crossEntropy(o, l, t);
             float[] part = new float[n];
