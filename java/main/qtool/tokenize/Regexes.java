@@ -32,19 +32,20 @@ final class Regexes {
      * How llama.cpp pre-tokenizes a byte-level BPE vocabulary of a given {@code tokenizer.ggml.pre} name: the regexes
      * are applied one after the other, each splitting every piece the previous one left into matches and the gaps
      * between them (HF's Split with behavior "Isolated"); {@code ignoreMerges}: a piece that is itself a token is
-     * emitted whole (llama.cpp's and HF's {@code ignore_merges}).
+     * emitted whole (llama.cpp's and HF's {@code ignore_merges}); {@code addBos}: llama.cpp's default for
+     * {@code add_bos_token} when the GGUF does not say.
      */
-    record GgmlPre(List<String> regexes, boolean ignoreMerges) {}
+    record GgmlPre(List<String> regexes, boolean ignoreMerges, boolean addBos) {}
 
     // From llama.cpp src/llama-vocab.cpp (llm_tokenizer_bpe and the tokenizer_pre name table), with the regexes in the
     // form of the models' tokenizer.json where llama.cpp notes it (Oniguruma accepts both).
     private static final GgmlPre DEFAULT = new GgmlPre(List.of(
-            "[\\p{P}\\$\\+<=>\\^~\\|]+", GPT2, "\\p{N}+", "[0-9][0-9][0-9]"), false);
-    private static final GgmlPre PRE_GPT2 = new GgmlPre(List.of(GPT2), false);
-    private static final GgmlPre PRE_DIGITS_GPT2 = new GgmlPre(List.of("\\p{N}", GPT2), false);
-    private static final GgmlPre PRE_LLAMA3 = new GgmlPre(List.of(LLAMA3), true);
-    private static final GgmlPre PRE_LLAMA3_MERGES = new GgmlPre(List.of(LLAMA3), false);
-    private static final GgmlPre PRE_QWEN2 = new GgmlPre(List.of(QWEN2), false);
+            "[\\p{P}\\$\\+<=>\\^~\\|]+", GPT2, "\\p{N}+", "[0-9][0-9][0-9]"), false, false);
+    private static final GgmlPre PRE_GPT2 = new GgmlPre(List.of(GPT2), false, false);
+    private static final GgmlPre PRE_DIGITS_GPT2 = new GgmlPre(List.of("\\p{N}", GPT2), false, false);
+    private static final GgmlPre PRE_LLAMA3 = new GgmlPre(List.of(LLAMA3), true, true);
+    private static final GgmlPre PRE_LLAMA3_MERGES = new GgmlPre(List.of(LLAMA3), false, false);
+    private static final GgmlPre PRE_QWEN2 = new GgmlPre(List.of(QWEN2), false, false);
 
     private static final Map<String, GgmlPre> GGML_PRE = Map.ofEntries(
             Map.entry("default", DEFAULT),
@@ -67,24 +68,24 @@ final class Regexes {
             Map.entry("qwen2", PRE_QWEN2), Map.entry("deepseek-r1-qwen", PRE_QWEN2), Map.entry("stablelm2", PRE_QWEN2),
             Map.entry("hunyuan", PRE_QWEN2), Map.entry("megrez", PRE_QWEN2), Map.entry("solar-open", PRE_QWEN2),
             Map.entry("kormo", PRE_QWEN2), Map.entry("f2llmv2", PRE_QWEN2),
-            Map.entry("qwen35", new GgmlPre(List.of(QWEN35), false)),
-            Map.entry("gpt-4o", new GgmlPre(List.of(GPT4O), false)),
-            Map.entry("llama4", new GgmlPre(List.of(GPT4O), false)),
-            Map.entry("tekken", new GgmlPre(List.of(TEKKEN), true)),
+            Map.entry("qwen35", new GgmlPre(List.of(QWEN35), false, false)),
+            Map.entry("gpt-4o", new GgmlPre(List.of(GPT4O), false, false)),
+            Map.entry("llama4", new GgmlPre(List.of(GPT4O), false, false)),
+            Map.entry("tekken", new GgmlPre(List.of(TEKKEN), true, true)),
             Map.entry("falcon", new GgmlPre(List.of(
                     "[\\p{P}\\$\\+<=>\\^~\\|`]+",
                     "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)",
-                    "[0-9][0-9][0-9]"), false)),
+                    "[0-9][0-9][0-9]"), false, false)),
             Map.entry("deepseek-coder", new GgmlPre(List.of(
-                    "[\r\n]", "\\s?\\p{L}+", "\\s?\\p{P}+", "[一-龥ࠀ-一가-퟿]+", "\\p{N}"), false)),
+                    "[\r\n]", "\\s?\\p{L}+", "\\s?\\p{P}+", "[一-龥ࠀ-一가-퟿]+", "\\p{N}"), false, false)),
             Map.entry("deepseek-v3", new GgmlPre(List.of(
                     "\\p{N}{1,3}", "[一-龥぀-ゟ゠-ヿ]+",
                     "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+"),
-                    false)),
-            Map.entry("poro-chat", new GgmlPre(List.of(" ?[^(\\s|.,!?…。，、।۔،)]+"), false)),
-            Map.entry("bloom", new GgmlPre(List.of(" ?[^(\\s|.,!?…。，、।۔،)]+"), false)),
-            Map.entry("gpt3-finnish", new GgmlPre(List.of(" ?[^(\\s|.,!?…。，、।۔،)]+"), false)),
-            Map.entry("viking", new GgmlPre(List.of(" ?[^(\\s|.,!?…。，、।۔،)]+", "\\p{N}"), false)));
+                    false, false)),
+            Map.entry("poro-chat", new GgmlPre(List.of(" ?[^(\\s|.,!?…。，、।۔،)]+"), false, false)),
+            Map.entry("bloom", new GgmlPre(List.of(" ?[^(\\s|.,!?…。，、।۔،)]+"), false, false)),
+            Map.entry("gpt3-finnish", new GgmlPre(List.of(" ?[^(\\s|.,!?…。，、।۔،)]+"), false, false)),
+            Map.entry("viking", new GgmlPre(List.of(" ?[^(\\s|.,!?…。，、।۔،)]+", "\\p{N}"), false, false)));
 
     /** The pre-tokenization llama.cpp applies for {@code tokenizer.ggml.pre}; an absent name means "default". */
     static GgmlPre ggmlPre(String name) {

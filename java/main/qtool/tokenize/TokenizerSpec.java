@@ -1,5 +1,7 @@
 package qtool.tokenize;
 
+import java.util.List;
+import java.util.Map;
 import qtool.QtoolException;
 
 /**
@@ -53,6 +55,89 @@ public record TokenizerSpec(String model, String pre, String[] tokens, float[] s
     public TokenizerSpec(String model, String pre, String[] tokens, float[] scores, int[] tokenTypes, String[] merges,
                          int bos, int eos, int unk, int pad, boolean addBos, boolean addEos) {
         this(model, pre, tokens, scores, tokenTypes, merges, bos, eos, unk, pad, addBos, addEos, MODEL_LLAMA.equals(model));
+    }
+
+    /**
+     * The spec from GGUF key/value metadata ({@code tokenizer.ggml.*}; other keys are ignored), with llama.cpp's
+     * defaults for what is absent: "llama" vocabularies BOS 1, EOS 2, unknown 0, add_bos true, add_space_prefix
+     * true; "gpt2" ones no BOS/EOS, add_bos true only for the Llama-3-style pre-tokenizers. Arrays may be Java arrays
+     * (String[], float[], int[]...) or Lists; numbers any Number.
+     *
+     * @throws QtoolException naming the key when one is missing or of the wrong type
+     */
+    public static TokenizerSpec fromGgufMetadata(Map<String, ?> metadata) {
+        String model = ggufString(metadata, "tokenizer.ggml.model", true);
+        String pre = ggufString(metadata, "tokenizer.ggml.pre", false);
+        String[] tokens = ggufStrings(metadata, "tokenizer.ggml.tokens", true);
+        Object scoreValue = metadata.get("tokenizer.ggml.scores");
+        float[] scores = null;
+        if (scoreValue != null) {
+            Number[] n = ggufNumbers(scoreValue, "tokenizer.ggml.scores");
+            scores = new float[n.length];
+            for (int i = 0; i < n.length; i++) scores[i] = n[i].floatValue();
+        }
+        Object typeValue = metadata.get("tokenizer.ggml.token_type");
+        int[] types = null;
+        if (typeValue != null) {
+            Number[] n = ggufNumbers(typeValue, "tokenizer.ggml.token_type");
+            types = new int[n.length];
+            for (int i = 0; i < n.length; i++) types[i] = n[i].intValue();
+        }
+        String[] merges = ggufStrings(metadata, "tokenizer.ggml.merges", false);
+        boolean llama = MODEL_LLAMA.equals(model);
+        int n = tokens.length;
+        int bos = ggufId(metadata, "tokenizer.ggml.bos_token_id", llama ? 1 : -1, n);
+        int eos = ggufId(metadata, "tokenizer.ggml.eos_token_id", llama ? 2 : -1, n);
+        int unk = ggufId(metadata, "tokenizer.ggml.unknown_token_id", llama ? 0 : -1, n);
+        int pad = ggufId(metadata, "tokenizer.ggml.padding_token_id", -1, n);
+        boolean addBosDefault = llama || (MODEL_GPT2.equals(model) && Regexes.ggmlPre(pre).addBos());
+        boolean addBos = ggufBool(metadata, "tokenizer.ggml.add_bos_token", addBosDefault);
+        boolean addEos = ggufBool(metadata, "tokenizer.ggml.add_eos_token", false);
+        boolean addSpacePrefix = ggufBool(metadata, "tokenizer.ggml.add_space_prefix", llama);
+        return new TokenizerSpec(model, pre, tokens, scores, types, merges, bos, eos, unk, pad, addBos && bos >= 0,
+                addEos && eos >= 0, addSpacePrefix);
+    }
+
+    private static String ggufString(Map<String, ?> m, String key, boolean required) {
+        Object v = m.get(key);
+        if (v == null && !required) return null;
+        if (v instanceof String s) return s;
+        throw new QtoolException("GGUF metadata " + key + ": " + (v == null ? "missing" : "expected a string"));
+    }
+
+    private static String[] ggufStrings(Map<String, ?> m, String key, boolean required) {
+        Object v = m.get(key);
+        if (v == null && !required) return null;
+        if (v instanceof String[] a) return a.clone();
+        if (v instanceof List<?> l && l.stream().allMatch(e -> e instanceof String)) return l.toArray(String[]::new);
+        throw new QtoolException("GGUF metadata " + key + ": " + (v == null ? "missing" : "expected an array of strings"));
+    }
+
+    private static Number[] ggufNumbers(Object v, String key) {
+        switch (v) {
+            case float[] a -> { Number[] r = new Number[a.length]; for (int i = 0; i < a.length; i++) r[i] = a[i]; return r; }
+            case double[] a -> { Number[] r = new Number[a.length]; for (int i = 0; i < a.length; i++) r[i] = a[i]; return r; }
+            case int[] a -> { Number[] r = new Number[a.length]; for (int i = 0; i < a.length; i++) r[i] = a[i]; return r; }
+            case long[] a -> { Number[] r = new Number[a.length]; for (int i = 0; i < a.length; i++) r[i] = a[i]; return r; }
+            case List<?> l when l.stream().allMatch(e -> e instanceof Number) -> { return l.toArray(Number[]::new); }
+            default -> throw new QtoolException("GGUF metadata " + key + ": expected an array of numbers");
+        }
+    }
+
+    private static int ggufId(Map<String, ?> m, String key, int dflt, int vocabSize) {
+        Object v = m.get(key);
+        if (v == null) return dflt < vocabSize ? dflt : -1;
+        if (!(v instanceof Number n)) throw new QtoolException("GGUF metadata " + key + ": expected a number");
+        long id = n.longValue();
+        if (id < 0 || id >= vocabSize) throw new QtoolException("GGUF metadata " + key + ": " + id + " is outside the vocabulary of " + vocabSize);
+        return (int) id;
+    }
+
+    private static boolean ggufBool(Map<String, ?> m, String key, boolean dflt) {
+        Object v = m.get(key);
+        if (v == null) return dflt;
+        if (v instanceof Boolean b) return b;
+        throw new QtoolException("GGUF metadata " + key + ": expected a boolean");
     }
 
     /** The type of a token; normal when the spec has no types. */
