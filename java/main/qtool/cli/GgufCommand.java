@@ -18,6 +18,8 @@ import picocli.CommandLine.Spec;
 import qtool.format.gguf.GgmlType;
 import qtool.format.gguf.GgufFile;
 import qtool.format.gguf.GgufTensor;
+import qtool.format.gguf.GgufToHf;
+import qtool.load.DType;
 import qtool.format.gguf.GgufValue;
 import qtool.format.gguf.GgufValueType;
 import qtool.load.Json;
@@ -25,14 +27,14 @@ import qtool.load.Json;
 /** {@code qtool gguf ...}: GGUF files (llama.cpp's format). */
 @Command(name = "gguf", mixinStandardHelpOptions = true,
         description = "Work with GGUF files (llama.cpp's model format).",
-        subcommands = {GgufCommand.Inspect.class, CommandLine.HelpCommand.class})
+        subcommands = {GgufCommand.Inspect.class, GgufCommand.Import.class, CommandLine.HelpCommand.class})
 public final class GgufCommand implements Runnable {
     @Spec
     CommandSpec spec;
 
     @Override
     public void run() {
-        throw new CommandLine.ParameterException(spec.commandLine(), "missing subcommand (inspect)");
+        throw new CommandLine.ParameterException(spec.commandLine(), "missing subcommand (inspect, import)");
     }
 
     /** Arrays longer than this are summarized (type, length, first items). */
@@ -62,6 +64,47 @@ public final class GgufCommand implements Runnable {
                     printText(g, out);
                 }
             }
+            out.flush();
+            return 0;
+        }
+    }
+
+    @Command(name = "import", mixinStandardHelpOptions = true,
+            description = "Convert a llama GGUF into an HF model directory: safetensors dequantized to fp16, q/k rows "
+                    + "in transformers' order, config.json, generation_config.json, tokenizer_config.json.")
+    static final class Import implements Callable<Integer> {
+        @Spec
+        CommandSpec spec;
+
+        @Option(names = {"-i", "--input"}, required = true, paramLabel = "FILE", description = "The .gguf file.")
+        Path input;
+
+        @Option(names = {"-o", "--output"}, required = true, paramLabel = "DIR",
+                description = "The HF model directory to create (must not exist, or be empty).")
+        Path output;
+
+        @Option(names = "--dtype", defaultValue = "float16", paramLabel = "TYPE",
+                description = "Element type of the weights: float16, bfloat16 or float32. Default ${DEFAULT-VALUE}.")
+        String dtype;
+
+        @Option(names = {"-ss", "--shard-size"}, defaultValue = "8192",
+                description = "Shard size in MB (0 = one file). Default ${DEFAULT-VALUE}.")
+        long shardMb;
+
+        @Override
+        public Integer call() {
+            DType d = switch (dtype.toLowerCase()) {
+                case "float16", "fp16", "f16" -> DType.F16;
+                case "bfloat16", "bf16" -> DType.BF16;
+                case "float32", "fp32", "f32" -> DType.F32;
+                default -> throw new CommandLine.ParameterException(spec.commandLine(),
+                        "--dtype must be float16, bfloat16 or float32, not '" + dtype + "'");
+            };
+            if (shardMb < 0) throw new CommandLine.ParameterException(spec.commandLine(), "--shard-size must be >= 0");
+            long t0 = System.nanoTime();
+            GgufToHf.convert(input, output, d, shardMb * 1_000_000L, System.err);
+            PrintWriter out = spec.commandLine().getOut();
+            out.printf("wrote %s (%s) in %.1f s%n", output, GgufToHf.torchDtype(d), (System.nanoTime() - t0) / 1e9);
             out.flush();
             return 0;
         }

@@ -70,4 +70,18 @@ class GgufCommandTest {
         assertEquals(2, run("gguf", "inspect", dir.resolve("missing.gguf").toString()).code());
         assertEquals(2, run("gguf").code());
     }
+
+    @Test
+    void importWritesAnHfDirectory(@TempDir Path dir) throws Exception {
+        Assumptions.assumeTrue(Files.isReadable(TINY), "shared test data absent");
+        Path out = dir.resolve("hf");
+        Result r = run("gguf", "import", "-i", TINY.toString(), "-o", out.toString());
+        assertEquals(0, r.code(), r.err());
+        assertTrue(Files.isRegularFile(out.resolve("model.safetensors")));
+        assertEquals("float16", Json.readObject(out.resolve("config.json")).get("torch_dtype"));
+        assertTrue(r.out().contains("wrote " + out), r.out());
+        r = run("gguf", "import", "-i", TINY.toString(), "-o", dir.resolve("x").toString(), "--dtype", "int8");
+        assertEquals(2, r.code());
+        assertTrue(r.err().contains("--dtype must be"), r.err());
+    }
 }
