@@ -8,9 +8,12 @@ import java.util.List;
 import java.util.Map;
 import java.util.TreeMap;
 import java.util.concurrent.Callable;
+import java.io.PrintWriter;
 import picocli.CommandLine.Command;
+import picocli.CommandLine.Model.CommandSpec;
 import picocli.CommandLine.Option;
 import picocli.CommandLine.Parameters;
+import picocli.CommandLine.Spec;
 import qtool.backend.Tensor;
 import qtool.load.Json;
 import qtool.load.ModelConfig;
@@ -27,6 +30,9 @@ public final class InspectCommand implements Callable<Integer> {
 
     @Option(names = "--top", defaultValue = "5", description = "How many of the largest tensors to list (default ${DEFAULT-VALUE}).")
     int top;
+
+    @Spec
+    CommandSpec spec;
 
     @Override
     public Integer call() {
@@ -82,20 +88,23 @@ public final class InspectCommand implements Callable<Integer> {
             }
             r.put("largest", largest);
 
+            PrintWriter out = spec.commandLine().getOut();
             if (json) {
-                System.out.println(Json.writePretty(r));
+                out.println(Json.writePretty(r));
+                out.flush();
                 return 0;
             }
-            System.out.printf("%s: %s, %d layers, hidden %d, intermediate %d, heads %d (kv %d, dim %d), vocab %d%s%n", dir, c.modelType(),
+            out.printf("%s: %s, %d layers, hidden %d, intermediate %d, heads %d (kv %d, dim %d), vocab %d%s%n", dir, c.modelType(),
                     c.numLayers(), c.hiddenSize(), c.intermediateSize(), c.numHeads(), c.numKvHeads(), c.headDim(), c.vocabSize(),
                     w.has("lm_head.weight") ? "" : ", tied embeddings");
-            System.out.printf("parameters %,d in %d tensors, %s in %d shard(s)%n", params, all.size(), human(bytes), w.files().size());
-            dtypes.forEach((k, d) -> System.out.printf("  %-5s %5d tensors %,16d parameters %10s%n", k, d[0], d[1], human(d[2])));
-            System.out.println("largest tensors:");
+            out.printf("parameters %,d in %d tensors, %s in %d shard(s)%n", params, all.size(), human(bytes), w.files().size());
+            dtypes.forEach((k, d) -> out.printf("  %-5s %5d tensors %,16d parameters %10s%n", k, d[0], d[1], human(d[2])));
+            out.println("largest tensors:");
             for (var e : all.subList(0, Math.min(top, all.size()))) {
-                System.out.printf("  %-48s %-5s %-16s %10s%n", e.getKey(), e.getValue().dtype(),
+                out.printf("  %-48s %-5s %-16s %10s%n", e.getKey(), e.getValue().dtype(),
                         java.util.Arrays.toString(e.getValue().shape()), human(e.getValue().byteSize()));
             }
+            out.flush();
             return 0;
         }
     }

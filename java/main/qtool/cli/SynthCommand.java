@@ -56,9 +56,20 @@ public final class SynthCommand implements Callable<Integer> {
             case "bf16", "bfloat16" -> DType.BF16;
             default -> throw new QtoolException("--dtype must be f16 or bf16, not '" + dtype + "'");
         };
+        positive("--hidden", hidden);
+        positive("--layers", layers);
+        positive("--heads", heads);
+        positive("--intermediate", intermediate);
+        positive("--vocab", vocab);
         int kv = kvHeads == null ? heads : kvHeads;
+        positive("--kv-heads", kv);
         int hd = headDim == null ? hidden / heads : headDim;
+        if (hd <= 0 || hd % 2 != 0) throw new QtoolException("head dimension " + hd + " (--head-dim, or --hidden / --heads) must be even and positive");
         if (heads % kv != 0) throw new QtoolException("--heads " + heads + " is not a multiple of --kv-heads " + kv);
+        if (shardMb < 0) throw new QtoolException("--shard-size must be 0 or more, not " + shardMb);
+        if (tokenizer != null && TOKENIZER_FILES.stream().noneMatch(f -> Files.isRegularFile(tokenizer.resolve(f)))) {
+            throw new QtoolException(tokenizer + ": no tokenizer files (" + String.join(", ", TOKENIZER_FILES) + ")");
+        }
         if (Files.exists(out) && Files.list(out).findAny().isPresent()) throw new QtoolException(out + ": output directory is not empty");
 
         Map<String, Object> cfg = new LinkedHashMap<>();
@@ -91,7 +102,8 @@ public final class SynthCommand implements Callable<Integer> {
         long t0 = System.nanoTime();
         Files.createDirectories(out);
         long params = 0;
-        try (SafetensorsWriter w = new SafetensorsWriter(out, shardMb * 1_000_000L)) {
+        SafetensorsWriter w = new SafetensorsWriter(out, shardMb * 1_000_000L);
+        try {
             params += write(w, "model.embed_tokens.weight", dt, 0.02f, vocab, hidden);
             for (int i = 0; i < layers; i++) {
                 String p = "model.layers." + i + ".";
@@ -113,7 +125,11 @@ public final class SynthCommand implements Callable<Integer> {
             }
             params += write(w, "model.norm.weight", dt, -1f, hidden);
             if (!tie) params += write(w, "lm_head.weight", dt, 0.02f, vocab, hidden);
+        } catch (RuntimeException | Error e) {
+            w.abandon(); // closing would finish a partial model.safetensors that looks complete
+            throw e;
         }
+        w.close();
         Json.writeFile(out.resolve("config.json"), cfg);
         List<String> copied = new ArrayList<>();
         if (tokenizer != null) {
@@ -131,6 +147,10 @@ public final class SynthCommand implements Callable<Integer> {
         return 0;
     }
 
+    private static void positive(String flag, int value) {
+        if (value <= 0) throw new QtoolException(flag + " must be positive, not " + value);
+    }
+
     /** Writes one tensor; std < 0 means "all ones" (norm weights). Returns its element count. */
     private long write(SafetensorsWriter w, String name, DType dt, float std, long... shape) {
         long n = 1;
@@ -139,7 +159,7 @@ public final class SynthCommand implements Callable<Integer> {
         float half = std * (float) Math.sqrt(3); // uniform on [-half, half] has this standard deviation
         long tensorSeed = seed * 0x9E3779B97F4A7C15L ^ name.hashCode();
         int chunk = 1 << 20;
-        try (Arena arena = Arena.ofConfined()) {
+        try (Arena arena = Arena.ofShared()) { // shared: the parallel stream's threads fill it
             MemorySegment seg = arena.allocate(n * dt.bytes, 64);
             IntStream.range(0, (int) ((n + chunk - 1) / chunk)).parallel().forEach(c -> {
                 SplittableRandom rnd = new SplittableRandom(tensorSeed + 0x632BE59BD9B4E019L * c);

@@ -76,6 +76,16 @@ public record ModelConfig(
             if (!List.of("default", "linear", "llama3", "dynamic").contains(rt)) {
                 throw new QtoolException(where + ": unsupported rope_scaling type '" + rt + "' (supported: linear, dynamic, llama3)");
             }
+            // A zero or negative factor, or llama3's band with low >= high, would give infinite or NaN frequencies.
+            if (!rt.equals("default") && !(scaling.factor() > 0)) {
+                throw new QtoolException(where + ": rope_scaling factor must be positive, not " + scaling.factor());
+            }
+            if (rt.equals("llama3") && !(scaling.lowFreqFactor() > 0 && scaling.lowFreqFactor() < scaling.highFreqFactor()
+                    && scaling.originalMaxPositionEmbeddings() > 0)) {
+                throw new QtoolException(where + ": rope_scaling llama3 needs 0 < low_freq_factor < high_freq_factor and a positive "
+                        + "original_max_position_embeddings, not " + scaling.lowFreqFactor() + ", " + scaling.highFreqFactor() + ", "
+                        + scaling.originalMaxPositionEmbeddings());
+            }
         }
         return new ModelConfig(type, hidden, num(c, "intermediate_size", where), num(c, "num_hidden_layers", where), heads, kvHeads,
                 headDim, num(c, "vocab_size", where), (float) dbl(c, "rms_norm_eps", 1e-6), dbl(c, "rope_theta", 10000.0), scaling,

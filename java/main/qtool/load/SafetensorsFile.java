@@ -50,7 +50,8 @@ public final class SafetensorsFile {
         }
         long size = map.byteSize();
         long headerLen = map.get(ValueLayout.JAVA_LONG_UNALIGNED, 0);
-        if (headerLen < 2 || headerLen > size - 8 || headerLen > MAX_HEADER_BYTES) {
+        if (headerLen >= 0 && headerLen < 2) throw bad(path, "header length " + headerLen + " is too short for a JSON object");
+        if (headerLen < 0 || headerLen > size - 8 || headerLen > MAX_HEADER_BYTES) {
             throw bad(path, "header length " + Long.toUnsignedString(headerLen) + " runs past the end of the file (" + size + " bytes)");
         }
         byte[] headerBytes = map.asSlice(8, headerLen).toArray(ValueLayout.JAVA_BYTE);
@@ -79,12 +80,15 @@ public final class SafetensorsFile {
             if (begin < 0 || end < begin || end > dataSize) {
                 throw new QtoolException(where + ": data_offsets [" + begin + ", " + end + "] lie outside the data region (" + dataSize + " bytes)");
             }
-            long numel = 1;
+            long expected = dtype.bytes;
             for (long d : shape) {
                 if (d < 0) throw new QtoolException(where + ": negative dimension in shape");
-                numel = Math.multiplyExact(numel, d);
+                try {
+                    expected = Math.multiplyExact(expected, d);
+                } catch (ArithmeticException overflow) {
+                    throw new QtoolException(where + ": shape " + java.util.Arrays.toString(shape) + " x " + dtype + " is more than 2^63 bytes");
+                }
             }
-            long expected = Math.multiplyExact(numel, (long) dtype.bytes);
             if (expected != end - begin) {
                 throw new QtoolException(where + ": shape " + java.util.Arrays.toString(shape) + " x " + dtype + " is " + expected
                         + " bytes but data_offsets span " + (end - begin));
@@ -93,11 +97,15 @@ public final class SafetensorsFile {
             tensors.put(name, new Tensor(map.asSlice(dataStart + begin, end - begin), dtype, shape));
         }
         spans.sort(Comparator.comparingLong(Span::begin).thenComparingLong(Span::end));
-        for (int i = 1; i < spans.size(); i++) {
-            Span a = spans.get(i - 1), b = spans.get(i);
-            if (b.begin < a.end && b.end > b.begin) {
-                throw bad(path, "tensors '" + a.name + "' and '" + b.name + "' overlap (bytes " + b.begin + ".." + a.end + ")");
+        // Compare each span with the one reaching furthest so far, not just its predecessor: a short or empty
+        // tensor between two others must not hide their overlap. Empty tensors occupy no bytes.
+        Span reach = null;
+        for (Span b : spans) {
+            if (b.end == b.begin) continue;
+            if (reach != null && b.begin < reach.end) {
+                throw bad(path, "tensors '" + reach.name + "' and '" + b.name + "' overlap (bytes " + b.begin + ".." + Math.min(reach.end, b.end) + ")");
             }
+            if (reach == null || b.end > reach.end) reach = b;
         }
         return new SafetensorsFile(path, map, tensors, metadata);
     }
