@@ -24,6 +24,7 @@ final class ScoreBpe implements TokenModel {
     private final int maxPieceChars;
     /** User-defined pieces by first char, longest first: SentencePiece keeps them whole as initial symbols. */
     private final Map<Character, List<String>> userDefined = new HashMap<>();
+    private final CharPairs cutPoints;
 
     /**
      * @param pieces  by id; null where absent
@@ -62,6 +63,12 @@ final class ScoreBpe implements TokenModel {
         this.anyUnused = anyUnused;
         this.maxPieceChars = maxChars;
         for (List<String> l : userDefined.values()) l.sort(Comparator.comparingInt(String::length).reversed());
+        this.cutPoints = new CharPairs(mergeable.keySet());
+    }
+
+    @Override
+    public CharPairs cutPoints() {
+        return cutPoints;
     }
 
     /** {@code <0xNN>} → NN, else -1. */
