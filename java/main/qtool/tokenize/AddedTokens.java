@@ -10,7 +10,8 @@ import java.util.Map;
  * Added and special tokens ("<|im_start|>", "<s>") found in the text as whole strings before the normalizer and the
  * model see it, leftmost first and longest among those starting at the same place (HF's AddedVocabulary; llama.cpp's
  * special-token partition). lstrip/rstrip make the token swallow the whitespace before/after it; single_word
- * requires word boundaries around it.
+ * requires word boundaries around it. Tokens marked {@code normalized} are matched in the raw text too, where HF
+ * matches them after normalization: the same while their text has nothing the normalizer would change.
  */
 final class AddedTokens {
     record Token(int id, String content, boolean special, boolean lstrip, boolean rstrip, boolean singleWord,

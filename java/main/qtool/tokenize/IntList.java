@@ -38,15 +38,7 @@ final class IntList {
         return values[size - 1];
     }
 
-    void set(int i, int v) {
-        values[i] = v;
-    }
-
     int[] toArray() {
         return Arrays.copyOf(values, size);
-    }
-
-    int[] toArrayFrom(int start) {
-        return Arrays.copyOfRange(values, start, size);
     }
 }

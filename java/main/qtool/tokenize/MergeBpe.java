@@ -24,6 +24,7 @@ final class MergeBpe implements TokenModel {
     private final String subwordPrefix;
     private final String wordSuffix;
     private final int[] byteIds = new int[256];
+    private final CharPairs cutPoints;
 
     MergeBpe(Map<String, Integer> vocab, List<String[]> merges, int unkId, boolean fuseUnk, boolean byteFallback,
              boolean ignoreMerges, String subwordPrefix, String wordSuffix, String where) {
@@ -54,6 +55,8 @@ final class MergeBpe implements TokenModel {
             // A pair listed twice takes its last rank, as in HF's map (llama.cpp keeps the first).
             pairs.put(key(a, b), ((long) rank << 32) | id);
         }
+        // ignore_merges looks the whole word up, and a word suffix attaches to its end: no cutting then
+        this.cutPoints = ignoreMerges || !this.wordSuffix.isEmpty() || !this.subwordPrefix.isEmpty() ? null : new CharPairs(vocab.keySet());
         Arrays.fill(byteIds, -1);
         if (byteFallback) {
             for (int b = 0; b < 256; b++) {
@@ -61,6 +64,11 @@ final class MergeBpe implements TokenModel {
                 if (id != null) byteIds[b] = id;
             }
         }
+    }
+
+    @Override
+    public CharPairs cutPoints() {
+        return cutPoints;
     }
 
     private static long key(int a, int b) {

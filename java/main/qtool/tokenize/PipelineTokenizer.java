@@ -73,6 +73,26 @@ final class PipelineTokenizer implements Tokenizer {
 
     private void encodeWord(String word, IntList out) {
         if (word.length() > CACHED_WORD_MAX_CHARS) {
+            CharPairs cuts = model.cutPoints();
+            if (cuts == null) {
+                model.encode(word, out);
+                return;
+            }
+            int from = 0;
+            for (int i = 1; i < word.length(); i++) {
+                if (!cuts.joinable(word.charAt(i - 1), word.charAt(i))) {
+                    encodePart(word.substring(from, i), out);
+                    from = i;
+                }
+            }
+            encodePart(from == 0 ? word : word.substring(from), out);
+            return;
+        }
+        encodePart(word, out);
+    }
+
+    private void encodePart(String word, IntList out) {
+        if (word.length() > CACHED_WORD_MAX_CHARS) {
             model.encode(word, out);
             return;
         }

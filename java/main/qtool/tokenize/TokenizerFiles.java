@@ -36,7 +36,7 @@ final class TokenizerFiles {
     /**
      * BOS, EOS and add_bos: tokenizer_config.json's bos_token/eos_token/add_bos_token first, then config.json's
      * bos_token_id/eos_token_id, then what the tokenizer file itself says (post-processor template,
-     * SentencePiece's ids).
+     * SentencePiece's ids). A tokenizer.model without tokenizer_config.json adds BOS, as Llama's tokenizers do.
      */
     static PipelineTokenizer applyConfig(PipelineTokenizer t, Path dir) {
         Map<String, Object> tokenizerConfig = readIfPresent(dir.resolve("tokenizer_config.json"));
