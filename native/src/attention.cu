@@ -9,7 +9,7 @@
 // ("splits") whose partial results a second kernel merges.
 //
 // Everything stays FP32 (FFMA, not tensor cores): the activations are FP32 and the reference is FP32.
-// Scores are kept in the log2 domain (q pre-scaled by log2(e)/sqrt(head_dim)) so the softmax uses exp2f.
+// Scores are kept in the log2 domain (scaled by log2(e)/sqrt(head_dim)) so the softmax uses exp2f.
 #include <cmath>
 
 #include "internal.h"
@@ -52,8 +52,47 @@ struct Params {
     float scale_log2;   // log2(e) / sqrt(head_dim)
 };
 
-__device__ __forceinline__ float dot4(float4 a, float4 b) {
-    return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+// acc + a . b as four chained FMAs: written as a sum of products, it would cost an extra multiply and add, since
+// without fast math the compiler may not reassociate.
+__device__ __forceinline__ float fma4(float4 a, float4 b, float acc) {
+    acc = fmaf(a.x, b.x, acc);
+    acc = fmaf(a.y, b.y, acc);
+    acc = fmaf(a.z, b.z, acc);
+    return fmaf(a.w, b.w, acc);
+}
+
+// Tile loads. With async copies (cp.async, sm_80+) the bytes go from global to shared memory without passing
+// through registers, so every thread keeps all its loads in flight, and V's arrive while the scores are computed.
+// A source that is not valid reads nothing and writes zeros (src-size 0).
+#ifndef QTOOL_ATTENTION_ASYNC_COPY
+#define QTOOL_ATTENTION_ASYNC_COPY 1
+#endif
+#if QTOOL_ATTENTION_ASYNC_COPY && defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+#error "qtool's attention kernel uses cp.async: build for compute capability 8.0 or newer (QTOOL_CUDA_ARCH)"
+#endif
+
+__device__ __forceinline__ void copy16(float* shared_dst, const float* global_src, bool valid) {
+#if QTOOL_ATTENTION_ASYNC_COPY
+    const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(shared_dst));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(global_src), "r"(valid ? 16 : 0));
+#else
+    *reinterpret_cast<float4*>(shared_dst) =
+        valid ? *reinterpret_cast<const float4*>(global_src) : make_float4(0.f, 0.f, 0.f, 0.f);
+#endif
+}
+
+// Closes a group of async copies; wait_copies<N> returns once all but the N most recent groups have landed
+// (in this thread: a __syncthreads must follow before other threads' copies are read).
+__device__ __forceinline__ void commit_copies() {
+#if QTOOL_ATTENTION_ASYNC_COPY
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+template <int N>
+__device__ __forceinline__ void wait_copies() {
+#if QTOOL_ATTENTION_ASYNC_COPY
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
 }
 
 // Copies this call's keys and values into the caches at positions [start_pos, start_pos + seq_len).
@@ -76,7 +115,7 @@ __global__ void __launch_bounds__(kThreads)
 attention_kernel(const Params p) {
     extern __shared__ float4 smem4[];
     float* smem = reinterpret_cast<float*>(smem4);
-    float* q_tile = smem;                       // [BQ][QK_STRIDE], pre-scaled
+    float* q_tile = smem;                       // [BQ][QK_STRIDE]
     float* k_tile = q_tile + T::Q_FLOATS;       // [BK][QK_STRIDE], then P [BQ][P_STRIDE]
     float* v_tile = k_tile + T::K_FLOATS;       // [BK][V_STRIDE]
     float* p_tile = k_tile;
@@ -95,19 +134,21 @@ attention_kernel(const Params p) {
     const int tile_end = static_cast<int>(static_cast<long long>(split + 1) * tiles / p.splits);
     const int d4_count = p.head_dim / 4;
     const size_t kv_row_width = static_cast<size_t>(p.kv_heads) * p.head_dim;
+    const int kv_row_width32 = p.kv_heads * p.head_dim;  // offsets inside one tile fit an int
 
-    // Q tile, scaled; rows past the block's share and dims past head_dim are zeros.
+    // Q tile (one copy group); rows past the block's share and dims past head_dim are zeros.
+#pragma unroll
     for (int idx = tid; idx < T::BQ * (T::D_PAD / 4); idx += kThreads) {
         const int r = idx / (T::D_PAD / 4), c4 = idx % (T::D_PAD / 4);
-        float4 value = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (r < rows_here && c4 < d4_count) {
+        const bool valid = r < rows_here && c4 < d4_count;
+        const float* src = p.q;
+        if (valid) {
             const int i = row0 + r, s = i / p.group, head = kv_head * p.group + i % p.group;
-            const float* src = p.q + (static_cast<size_t>(b * p.seq_len + s) * p.heads + head) * p.head_dim + c4 * 4;
-            value = *reinterpret_cast<const float4*>(src);
-            value.x *= p.scale_log2; value.y *= p.scale_log2; value.z *= p.scale_log2; value.w *= p.scale_log2;
+            src = p.q + (static_cast<size_t>(b * p.seq_len + s) * p.heads + head) * p.head_dim + c4 * 4;
         }
-        *reinterpret_cast<float4*>(q_tile + r * T::QK_STRIDE + c4 * 4) = value;
+        copy16(q_tile + r * T::QK_STRIDE + c4 * 4, src, valid);
     }
+    commit_copies();
 
     // Positions of this thread's rows (rows past rows_here compute harmless values that are never stored).
     int position[T::RQ];
@@ -126,23 +167,29 @@ attention_kernel(const Params p) {
 
     for (int tile = tile_begin; tile < tile_end; tile++) {
         const int key0 = tile * T::BK;
-        // K and V tiles; keys at or past kv_end are zeros (their cache rows may hold anything, even NaN).
+        // K, then V (two copy groups); keys at or past kv_end are zeros (their cache rows may hold anything, NaN too).
+        const size_t tile_base = (static_cast<size_t>(b) * p.max_seq + key0) * kv_row_width +
+                                 static_cast<size_t>(kv_head) * p.head_dim;
+        const float* k_src = p.k_cache + tile_base;
+        const float* v_src = p.v_cache + tile_base;
+#pragma unroll
         for (int idx = tid; idx < T::BK * (T::D_PAD / 4); idx += kThreads) {
             const int kk = idx / (T::D_PAD / 4), c4 = idx % (T::D_PAD / 4);
-            const int key = key0 + kk;
-            float4 kv = make_float4(0.f, 0.f, 0.f, 0.f), vv = kv;
-            if (key < kv_end && c4 < d4_count) {
-                const size_t offset = (static_cast<size_t>(b) * p.max_seq + key) * kv_row_width +
-                                      static_cast<size_t>(kv_head) * p.head_dim + c4 * 4;
-                kv = *reinterpret_cast<const float4*>(p.k_cache + offset);
-                vv = *reinterpret_cast<const float4*>(p.v_cache + offset);
-            }
-            *reinterpret_cast<float4*>(k_tile + kk * T::QK_STRIDE + c4 * 4) = kv;
-            *reinterpret_cast<float4*>(v_tile + kk * T::V_STRIDE + c4 * 4) = vv;
+            const bool valid = key0 + kk < kv_end && c4 < d4_count;
+            copy16(k_tile + kk * T::QK_STRIDE + c4 * 4, valid ? k_src + kk * kv_row_width32 + c4 * 4 : p.k_cache, valid);
         }
+        commit_copies();
+#pragma unroll
+        for (int idx = tid; idx < T::BK * (T::D_PAD / 4); idx += kThreads) {
+            const int kk = idx / (T::D_PAD / 4), c4 = idx % (T::D_PAD / 4);
+            const bool valid = key0 + kk < kv_end && c4 < d4_count;
+            copy16(v_tile + kk * T::V_STRIDE + c4 * 4, valid ? v_src + kk * kv_row_width32 + c4 * 4 : p.v_cache, valid);
+        }
+        commit_copies();
+        wait_copies<1>();  // Q and K are here; V may still be on its way
         __syncthreads();
 
-        // Scores: s[i][j] = q[row ty*RQ+i] . k[key tx+16j], already in the log2 domain.
+        // Scores: s[i][j] = q[row ty*RQ+i] . k[key tx+16j], scaled into the log2 domain below.
         float s[T::RQ][T::SC];
 #pragma unroll
         for (int i = 0; i < T::RQ; i++)
@@ -158,7 +205,7 @@ attention_kernel(const Params p) {
             for (int i = 0; i < T::RQ; i++) {
                 const float4 qf = *reinterpret_cast<const float4*>(q_tile + (ty * T::RQ + i) * T::QK_STRIDE + d4 * 4);
 #pragma unroll
-                for (int j = 0; j < T::SC; j++) s[i][j] += dot4(qf, kf[j]);
+                for (int j = 0; j < T::SC; j++) s[i][j] = fma4(qf, kf[j], s[i][j]);
             }
         }
 
@@ -168,7 +215,7 @@ attention_kernel(const Params p) {
             float tile_max = -INFINITY;
 #pragma unroll
             for (int j = 0; j < T::SC; j++) {
-                if (key0 + tx + kTX * j > position[i]) s[i][j] = -INFINITY;
+                s[i][j] = key0 + tx + kTX * j > position[i] ? -INFINITY : s[i][j] * p.scale_log2;
                 tile_max = fmaxf(tile_max, s[i][j]);
             }
             // The 16 lanes holding one row are lanes 0-15 or 16-31 of a warp.
@@ -196,6 +243,7 @@ attention_kernel(const Params p) {
         for (int i = 0; i < T::RQ; i++)
 #pragma unroll
             for (int j = 0; j < T::SC; j++) p_tile[(ty * T::RQ + i) * T::P_STRIDE + tx + kTX * j] = s[i][j];
+        wait_copies<0>();  // V is here
         __syncthreads();
 
         // o[i] += P[row i, :] V, four keys at a time: P as one float4 per row, then one V row per key.
@@ -226,6 +274,7 @@ attention_kernel(const Params p) {
         }
         __syncthreads();  // before the next tile overwrites K, P and V
     }
+    wait_copies<0>();  // a split with no tiles still issued the Q copies: let them land before the block exits
 
     // Finish: full row sums, then either the normalized output or this split's partial result.
 #pragma unroll
@@ -291,6 +340,8 @@ __global__ void merge_splits_kernel(const Params p) {
 }
 
 // The tile shapes: by head_dim (64, 128, 256 after rounding up) and by how many packed rows there are.
+// 64-key tiles: 32-key tiles for head_dim 128 (three blocks per multiprocessor instead of two) measured slower on
+// an H100 (23.7 against 24.4 TFLOP/s at b1 s2048 h32; native/PERF-NOTES.md).
 using Tile64 = Tile<64, 8, 64>;
 using Tile128 = Tile<128, 8, 64>;
 using Tile256 = Tile<256, 4, 32>;
@@ -314,20 +365,25 @@ Plan make_plan(int batch, int seq_len, int start_pos, int heads, int kv_heads, i
     plan.d_pad = head_dim <= 64 ? 64 : head_dim <= 128 ? 128 : 256;
     if (plan.d_pad == 256) {
         plan.bq = plan.small ? Tile256Small::BQ : Tile256::BQ;
-        plan.bk = 32;
-    } else {
+        plan.bk = plan.small ? Tile256Small::BK : Tile256::BK;
+    } else if (plan.d_pad == 128) {
         plan.bq = plan.small ? Tile128Small::BQ : Tile128::BQ;
-        plan.bk = 64;
+        plan.bk = plan.small ? Tile128Small::BK : Tile128::BK;
+    } else {
+        plan.bq = plan.small ? Tile64Small::BQ : Tile64::BQ;
+        plan.bk = plan.small ? Tile64Small::BK : Tile64::BK;
     }
     plan.row_blocks = (rows_per_group + plan.bq - 1) / plan.bq;
     const long long blocks = static_cast<long long>(plan.row_blocks) * batch * kv_heads;
     const int tiles = (start_pos + seq_len + plan.bk - 1) / plan.bk;
-    // Aim for about two blocks per multiprocessor, but give every split at least two tiles.
-    const long long target = 2LL * multiprocessor_count();
+    // Fewer blocks than multiprocessors (decoding, short prompts): split the keys until about four blocks per
+    // multiprocessor keep loads in flight, down to one tile per split. A full wave of blocks is never split: the
+    // partial results would cost more traffic than the idle multiprocessors.
+    const long long multiprocessors = multiprocessor_count();
     plan.splits = 1;
-    if (blocks < target && tiles >= 4) {
-        long long want = (target + blocks - 1) / blocks;
-        plan.splits = static_cast<int>(std::min<long long>(std::min<long long>(want, tiles / 2), 64));
+    if (blocks < multiprocessors && tiles >= 2) {
+        long long want = (4 * multiprocessors + blocks - 1) / blocks;
+        plan.splits = static_cast<int>(std::min<long long>(std::min<long long>(want, tiles), 64));
     }
     plan.scratch_bytes = plan.splits == 1 ? 0
                          : sizeof(float) * static_cast<size_t>(plan.splits) * batch * kv_heads * rows_per_group *

@@ -34,12 +34,12 @@ static_assert(std::is_same<decltype(&cublasSgemm_v2),
                                               const float*, const float*, int, const float*, int, const float*,
                                               float*, int)>::value,
               "cublasSgemm_v2 prototype changed");
-static_assert(std::is_same<decltype(&cublasGemmEx),
-                           cublasStatus_t (*)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int,
-                                              const void*, const void*, cudaDataType, int, const void*, cudaDataType,
-                                              int, const void*, void*, cudaDataType, int, cublasComputeType_t,
-                                              cublasGemmAlgo_t)>::value,
-              "cublasGemmEx prototype changed");
+// cublasGemmEx has C++ overloads: taking its address as this exact type compiles only if one matches.
+using GemmExPrototype = cublasStatus_t (*)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int,
+                                           const void*, const void*, cudaDataType, int, const void*, cudaDataType, int,
+                                           const void*, void*, cudaDataType, int, cublasComputeType_t,
+                                           cublasGemmAlgo_t);
+[[maybe_unused]] static const GemmExPrototype gemm_ex_matches = &cublasGemmEx;
 static_assert(std::is_same<decltype(&cusolverDnSpotrf),
                            cusolverStatus_t (*)(cusolverDnHandle_t, cublasFillMode_t, int, float*, int, float*, int,
                                                 int*)>::value,

@@ -3,7 +3,7 @@
 // call so an unwritten element fails; every status is checked. Prints a PASS/FAIL table, then timings
 // (copy bandwidth, attention prefill TFLOP/s); exits 1 if any check fails, 2 if the GPU or cuBLAS is missing.
 //
-// Usage: test_kernels [--seed N] [--cuda-lib-dir DIR[:DIR...]] [--no-bench]
+// Usage: test_kernels [--seed N] [--cuda-lib-dir DIR[:DIR...]] [--no-bench] [--filter NAME]
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -130,8 +130,11 @@ void record(const std::string& name, double error, double limit, const std::stri
     rows.push_back(row);
 }
 
+std::string only;  // --filter: run only the tests whose name contains this
+
 // Runs one test; a bad status becomes a FAIL row carrying the message.
 void run(const std::string& name, const std::function<void()>& test) {
+    if (!only.empty() && name.find(only) == std::string::npos) return;
     try {
         test();
     } catch (const std::exception& e) {
@@ -642,8 +645,9 @@ int main(int argc, char** argv) {
         if (!strcmp(argv[i], "--seed") && i + 1 < argc) seed = strtoull(argv[++i], nullptr, 10);
         else if (!strcmp(argv[i], "--cuda-lib-dir") && i + 1 < argc) lib_dirs = argv[++i];
         else if (!strcmp(argv[i], "--no-bench")) benchmarks = false;
+        else if (!strcmp(argv[i], "--filter") && i + 1 < argc) only = argv[++i];
         else {
-            fprintf(stderr, "usage: %s [--seed N] [--cuda-lib-dir DIR[:DIR...]] [--no-bench]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--seed N] [--cuda-lib-dir DIR[:DIR...]] [--no-bench] [--filter NAME]\n", argv[0]);
             return 2;
         }
     }
