@@ -63,7 +63,7 @@ __device__ __forceinline__ float fma4(float4 a, float4 b, float acc) {
 
 // Tile loads are async copies (cp.async, sm_80+): the bytes go from global to shared memory without passing
 // through registers, so every thread keeps all its loads in flight, and V's arrive while the scores are computed.
-// (Against plain loads on an H100: decode 1213 vs 794 GB/s, prefill 25.2 vs 24.7 TFLOP/s; native/PERF-NOTES.md.)
+// (Against plain loads on an H100: decode 1213 vs 794 GB/s, prefill 25.2 vs 24.7 TFLOP/s; native/README.md.)
 // A source that is not valid reads nothing and writes zeros (src-size 0).
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
 #error "qtool's attention kernel uses cp.async: build for compute capability 8.0 or newer (QTOOL_CUDA_ARCH)"
@@ -328,7 +328,7 @@ __global__ void merge_splits_kernel(const Params p) {
 
 // The tile shapes: by head_dim (64, 128, 256 after rounding up) and by how many packed rows there are.
 // 64-key tiles: 32-key tiles for head_dim 128 (three blocks per multiprocessor instead of two) measured slower on
-// an H100 (23.7 against 24.4 TFLOP/s at b1 s2048 h32; native/PERF-NOTES.md).
+// an H100 (23.7 against 24.4 TFLOP/s at b1 s2048 h32; native/README.md).
 using Tile64 = Tile<64, 8, 64>;
 using Tile128 = Tile<128, 8, 64>;
 using Tile256 = Tile<256, 4, 32>;
