@@ -9,12 +9,15 @@ import qtool.QtoolException;
 /** {@code qtool}: the command line. Each subcommand is one class in this package. */
 @Command(name = "qtool", mixinStandardHelpOptions = true, versionProvider = Main.Version.class,
         description = "Quantize large language models (GPTQ, EXL2, GGUF, AWQ) and run them.",
-        subcommands = {CommandLine.HelpCommand.class})
+        subcommands = {CommandLine.HelpCommand.class, InspectCommand.class, SynthCommand.class, PplCommand.class, GenerateCommand.class, LogitsCommand.class})
 public final class Main {
 
-    /** Inherited by every subcommand. */
+    /**
+     * Inherited by every subcommand. Errors read it from the parse result, not from this field: a
+     * static field here kept its value from one {@code run} to the next in the same JVM.
+     */
     @Option(names = "--verbose", scope = CommandLine.ScopeType.INHERIT, description = "Print stack traces of errors.")
-    static boolean verbose;
+    boolean verbose;
 
     public static void main(String[] args) {
         System.exit(run(args));
@@ -25,10 +28,22 @@ public final class Main {
         return cl.execute(args);
     }
 
+    /** Runs with these streams in place of System.out and System.err (tests read what a command prints). */
+    public static int run(PrintWriter out, PrintWriter err, String... args) {
+        CommandLine cl = commandLine();
+        cl.setOut(out);
+        cl.setErr(err);
+        int code = cl.execute(args);
+        out.flush();
+        err.flush();
+        return code;
+    }
+
     public static CommandLine commandLine() {
         CommandLine cl = new CommandLine(new Main());
         cl.setExecutionExceptionHandler((ex, cmd, parsed) -> {
             PrintWriter err = cmd.getErr();
+            boolean verbose = verbose(parsed);
             Throwable cause = ex;
             if (cause instanceof QtoolException || cause instanceof java.io.UncheckedIOException) {
                 err.println("qtool: " + cause.getMessage());
@@ -50,6 +65,14 @@ public final class Main {
             return 2;
         });
         return cl;
+    }
+
+    /** Whether --verbose was given to the top command or any subcommand on the way. */
+    private static boolean verbose(CommandLine.ParseResult parsed) {
+        for (CommandLine.ParseResult p = parsed; p != null; p = p.subcommand()) {
+            if (p.hasMatchedOption("--verbose")) return true;
+        }
+        return false;
     }
 
     static final class Version implements CommandLine.IVersionProvider {

@@ -1,0 +1,251 @@
+package qtool.model;
+
+import java.lang.foreign.MemorySegment;
+import java.util.ArrayList;
+import java.util.List;
+import qtool.backend.Backend;
+import qtool.backend.Tensor;
+import qtool.load.DType;
+import qtool.load.ModelConfig;
+
+/**
+ * Runs a {@link LlamaModel} on a {@link Backend}: embedding, decoder layers (RMSNorm, q/k/v, RoPE, causal GQA
+ * attention through a KV cache, o_proj, residual, RMSNorm, SwiGLU MLP, residual), final norm and lm_head.
+ *
+ * <p>Activations for up to {@code batch × maxSeq} rows are allocated once. Layers are either all resident on the
+ * device, or streamed: uploaded for the one call that needs them and freed after, so that only one layer's weights
+ * are on the device at a time (how calibration handles models larger than GPU memory).
+ */
+public final class Forward implements AutoCloseable {
+    private static final int LOGIT_CHUNK_ROWS = 512;
+
+    public final LlamaModel model;
+    public final ModelConfig cfg;
+    public final Backend backend;
+    private final DType linearType;
+    private final int batch, maxSeq;
+    private final boolean streamLayers;
+
+    private final Tensor embed, lmHead, finalNorm, invFreq;
+    private final LlamaModel.Layer[] resident;
+    private final Tensor hidden, normed, q, k, v, attn, gate, up, ids, logits, nll, targets;
+    private final Tensor[] kCache, vCache;
+    private final List<Tensor> owned = new ArrayList<>();
+
+    /**
+     * @param linearType   type the linear weights take on the device: F32 (the fp32 path), or F16/BF16 (fp16 path)
+     * @param cachePerLayer keep a KV cache per layer (generation); otherwise all layers share one, which suffices
+     *                      when every call starts at position 0
+     */
+    public Forward(LlamaModel model, Backend backend, DType linearType, int batch, int maxSeq, boolean streamLayers,
+                   boolean cachePerLayer, double ntkAlpha, double ropeScale) {
+        this.model = model;
+        this.cfg = model.config;
+        this.backend = backend;
+        this.linearType = linearType;
+        this.batch = batch;
+        this.maxSeq = maxSeq;
+        this.streamLayers = streamLayers;
+        int rows = batch * maxSeq;
+        try {
+            embed = keep(backend.upload(model.embedTokens(), linearType));
+            lmHead = model.headTied() ? embed : keep(backend.upload(model.lmHead(), linearType));
+            finalNorm = keep(backend.upload(model.finalNorm(), DType.F32));
+            float[] inv = cfg.ropeInvFreq(ntkAlpha, ropeScale);
+            invFreq = keep(backend.upload(new Tensor(MemorySegment.ofArray(inv), DType.F32, new long[] {inv.length}), DType.F32));
+            resident = new LlamaModel.Layer[cfg.numLayers()];
+            if (!streamLayers) for (int i = 0; i < cfg.numLayers(); i++) resident[i] = uploadLayer(i);
+            hidden = alloc(DType.F32, rows, cfg.hiddenSize());
+            normed = alloc(DType.F32, rows, cfg.hiddenSize());
+            q = alloc(DType.F32, rows, cfg.qDim());
+            k = alloc(DType.F32, rows, cfg.kvDim());
+            v = alloc(DType.F32, rows, cfg.kvDim());
+            attn = alloc(DType.F32, rows, cfg.qDim());
+            gate = alloc(DType.F32, rows, cfg.intermediateSize());
+            up = alloc(DType.F32, rows, cfg.intermediateSize());
+            ids = alloc(DType.I32, rows, 1);
+            int chunk = Math.min(rows, LOGIT_CHUNK_ROWS);
+            logits = alloc(DType.F32, chunk, cfg.vocabSize());
+            nll = alloc(DType.F32, chunk, 1);
+            targets = alloc(DType.I32, chunk, 1);
+            int caches = cachePerLayer ? cfg.numLayers() : 1;
+            kCache = new Tensor[caches];
+            vCache = new Tensor[caches];
+            for (int i = 0; i < caches; i++) {
+                kCache[i] = alloc(DType.F32, batch, maxSeq, cfg.kvDim());
+                vCache[i] = alloc(DType.F32, batch, maxSeq, cfg.kvDim());
+            }
+        } catch (RuntimeException e) {
+            close();
+            throw e;
+        }
+    }
+
+    private Tensor alloc(DType t, long... shape) {
+        return keep(backend.allocate(t, shape));
+    }
+
+    private Tensor keep(Tensor t) {
+        owned.add(t);
+        return t;
+    }
+
+    private LlamaModel.Layer uploadLayer(int i) {
+        return upload(model.layer(i));
+    }
+
+    private void freeLayer(LlamaModel.Layer l) {
+        for (Tensor t : l.all()) if (t != null) backend.free(t);
+    }
+
+    public int batch() {
+        return batch;
+    }
+
+    public int maxSeq() {
+        return maxSeq;
+    }
+
+    /** The residual stream: [batch * seqLen, hidden] rows of the last call. */
+    public Tensor hidden(int rows) {
+        return hidden.rowSlice(0, rows);
+    }
+
+    /** Embeds {@code tokens} (batch × seqLen, sequence-major) into the residual stream. */
+    public void embed(int[] tokens) {
+        embed(tokens, hidden.rowSlice(0, tokens.length));
+    }
+
+    /** Embeds tokens into the given residual rows (at most batch × maxSeq of them at once). */
+    public void embed(int[] tokens, Tensor dst) {
+        int rows = tokens.length;
+        if (rows > batch * maxSeq) throw new IllegalArgumentException(rows + " tokens, room for " + batch * maxSeq);
+        for (int t : tokens) {
+            if (t < 0 || t >= cfg.vocabSize()) throw new IllegalArgumentException("token id " + t + " outside the vocabulary of " + cfg.vocabSize());
+        }
+        Tensor idView = ids.rowSlice(0, rows);
+        backend.copyFromHost(MemorySegment.ofArray(tokens), idView);
+        backend.embedding(dst, embed, idView);
+    }
+
+    /** Runs decoder layer {@code i} in place on the residual stream of {@code batchRows × seqLen} rows. */
+    public void layer(int i, int batchRows, int seqLen, int startPos) {
+        LlamaModel.Layer w = streamLayers ? uploadLayer(i) : resident[i];
+        try {
+            layer(w, hidden.rowSlice(0, batchRows * seqLen), cacheK(i), cacheV(i), batchRows, seqLen, startPos, null);
+        } finally {
+            if (streamLayers) freeLayer(w);
+        }
+    }
+
+    public Tensor cacheK(int layer) {
+        return kCache[Math.min(layer, kCache.length - 1)];
+    }
+
+    public Tensor cacheV(int layer) {
+        return vCache[Math.min(layer, vCache.length - 1)];
+    }
+
+    /** Where a decoder layer's linears read their input; q/k/v share one, gate/up share one. */
+    public enum Site { ATTN_IN, O_IN, MLP_IN, DOWN_IN }
+
+    /** Sees the input of each linear site as the layer runs (calibration collects Hessians through it). */
+    @FunctionalInterface
+    public interface SiteObserver {
+        void input(Site site, Tensor x);
+    }
+
+    /**
+     * One decoder layer with the given device weights, in place on residual rows {@code x} ([batchRows × seqLen,
+     * hidden], any rows of any tensor: calibration passes slices of its own state buffer). {@code observer} may be
+     * null.
+     */
+    public void layer(LlamaModel.Layer w, Tensor x, Tensor kc, Tensor vc, int batchRows, int seqLen, int startPos, SiteObserver observer) {
+        int rows = batchRows * seqLen;
+        Tensor n = normed.rowSlice(0, rows);
+        Tensor qv = q.rowSlice(0, rows), kv = k.rowSlice(0, rows), vv = v.rowSlice(0, rows), a = attn.rowSlice(0, rows);
+        Backend b = backend;
+        b.rmsNorm(n, x, w.inputNorm(), cfg.rmsNormEps());
+        if (observer != null) observer.input(Site.ATTN_IN, n);
+        b.linear(qv, n, w.q(), w.qBias());
+        b.linear(kv, n, w.k(), w.kBias());
+        b.linear(vv, n, w.v(), w.vBias());
+        b.rope(qv, cfg.numHeads(), cfg.headDim(), seqLen, startPos, invFreq);
+        b.rope(kv, cfg.numKvHeads(), cfg.headDim(), seqLen, startPos, invFreq);
+        b.attention(a, qv, kv, vv, kc, vc, batchRows, seqLen, startPos, cfg.numHeads(), cfg.numKvHeads(), cfg.headDim());
+        if (observer != null) observer.input(Site.O_IN, a);
+        b.linear(n, a, w.o(), w.oBias());
+        b.add(x, n);
+        b.rmsNorm(n, x, w.postNorm(), cfg.rmsNormEps());
+        if (observer != null) observer.input(Site.MLP_IN, n);
+        Tensor g = gate.rowSlice(0, rows), u = up.rowSlice(0, rows);
+        b.linear(g, n, w.gate(), null);
+        b.linear(u, n, w.up(), null);
+        b.siluMul(g, g, u);
+        if (observer != null) observer.input(Site.DOWN_IN, g);
+        b.linear(n, g, w.down(), null);
+        b.add(x, n);
+    }
+
+    /** Uploads layer {@code i}'s weights as this forward's types (callers that stream layers themselves). */
+    public LlamaModel.Layer upload(LlamaModel.Layer host) {
+        return host.map(t -> backend.upload(t, t.shape().length == 1 ? DType.F32 : linearType));
+    }
+
+    public void free(LlamaModel.Layer deviceLayer) {
+        freeLayer(deviceLayer);
+    }
+
+    /** Embedding plus every layer. */
+    public void forward(int[] tokens, int batchRows, int seqLen, int startPos) {
+        embed(tokens);
+        for (int i = 0; i < cfg.numLayers(); i++) layer(i, batchRows, seqLen, startPos);
+    }
+
+    /** Logits of residual row {@code row} after the final norm: float[vocab]. */
+    public float[] logits(int row) {
+        Tensor n = normed.rowSlice(0, 1), l = logits.rowSlice(0, 1);
+        backend.rmsNorm(n, hidden.rowSlice(row, 1), finalNorm, cfg.rmsNormEps());
+        backend.linear(l, n, lmHead, null);
+        float[] out = new float[cfg.vocabSize()];
+        backend.copyToHost(l, MemorySegment.ofArray(out));
+        return out;
+    }
+
+    /**
+     * Negative log-likelihood of each next token after {@link #forward}: {@code targets[r]} is the token that row r
+     * predicts; rows whose target is negative are skipped (their value is 0). Logits are made in chunks of rows
+     * so that a vocabulary-wide [rows, vocab] buffer never has to exist.
+     */
+    public float[] nll(int[] targetIds) {
+        return nll(hidden.rowSlice(0, targetIds.length), targetIds);
+    }
+
+    /** {@link #nll(int[])} over given residual rows (at most batch × maxSeq of them). */
+    public float[] nll(Tensor x, int[] targetIds) {
+        int rows = targetIds.length;
+        float[] result = new float[rows];
+        int chunk = logits.rows();
+        for (int r0 = 0; r0 < rows; r0 += chunk) {
+            int n = Math.min(chunk, rows - r0);
+            backend.rmsNorm(normed.rowSlice(0, n), x.rowSlice(r0, n), finalNorm, cfg.rmsNormEps());
+            int[] tg = new int[n];
+            for (int j = 0; j < n; j++) tg[j] = Math.max(0, targetIds[r0 + j]);
+            Tensor l = logits.rowSlice(0, n), t = targets.rowSlice(0, n), o = nll.rowSlice(0, n);
+            backend.linear(l, normed.rowSlice(0, n), lmHead, null);
+            backend.copyFromHost(MemorySegment.ofArray(tg), t);
+            backend.crossEntropy(o, l, t);
+            float[] part = new float[n];
+            backend.copyToHost(o, MemorySegment.ofArray(part));
+            for (int j = 0; j < n; j++) result[r0 + j] = targetIds[r0 + j] < 0 ? 0 : part[j];
+        }
+        return result;
+    }
+
+    @Override
+    public void close() {
+        if (resident != null) for (LlamaModel.Layer l : resident) if (l != null) freeLayer(l);
+        for (Tensor t : owned) backend.free(t);
+        owned.clear();
+    }
+}

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Packs what a run on the GPU host needs into .gpu/ (git-ignored; send it with the device tool's carry: [".gpu"]).
+# The GPU host has no Java and takes at most 64 MiB per run, so this ships:
+#   .gpu/runtime.tgz  a jlink'd Java 25 runtime (java.base, java.xml, java.management, java.logging, jdk.unsupported)
+#   .gpu/qtool.jar    the tool, without the native libraries of other platforms
+#   .gpu/libqtool.so  built here by nvcc for sm_90 (QTOOL_CUDA_ARCH overrides)
+#   .gpu/run.sh       unpacks the runtime once per machine, then runs `java -jar qtool.jar "$@"`
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/java-env.sh
+mkdir -p .gpu
+./scripts/build-native.sh
+[ -f build/native/libqtool.so ] || { echo "gpu-pack: build/native/libqtool.so missing (is nvcc installed?)" >&2; exit 1; }
+./mvnw -B -ntp -q -DskipTests package
+cp build/native/libqtool.so .gpu/libqtool.so
+cp target/qtool.jar .gpu/qtool.jar
+# Native libraries of snappy/zstd for other platforms are dead weight on the x86-64 Linux GPU host.
+zip -q -d .gpu/qtool.jar 'win/*' 'darwin/*' 'freebsd/*' 'aix/*' 'linux/aarch64/*' 'linux/arm*' 'linux/i386/*' 'linux/loongarch64/*' \
+  'linux/mips64/*' 'linux/ppc64*' 'linux/riscv64/*' 'linux/s390x/*' 'org/xerial/snappy/native/[!L]*' \
+  'org/xerial/snappy/native/Linux/[!x]*' >/dev/null 2>&1 || true
+if [ ! -f .gpu/runtime.tgz ] || [ "$JAVA_HOME/release" -nt .gpu/runtime.tgz ]; then
+  rm -rf /tmp/qtool-jre
+  jlink --add-modules java.base,java.xml,java.management,java.logging,jdk.unsupported \
+    --strip-debug --no-man-pages --no-header-files --compress zip-9 \
+    --add-options="--enable-native-access=ALL-UNNAMED --sun-misc-unsafe-memory-access=allow" --output /tmp/qtool-jre
+  tar -C /tmp -czf .gpu/runtime.tgz qtool-jre
+fi
+cat > .gpu/run.sh <<'RUN'
+#!/usr/bin/env bash
+# On the GPU host: qtool with the packed runtime. QTOOL_LIB points the tool at the packed libqtool.so.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+[ -x /tmp/qtool-jre/bin/java ] || tar -C /tmp -xzf "$here/runtime.tgz"
+export QTOOL_LIB="$here/libqtool.so"
+exec /tmp/qtool-jre/bin/java -Xmx32g -jar "$here/qtool.jar" "$@"
+RUN
+chmod +x .gpu/run.sh
+du -sh .gpu/* | sed 's/^/gpu-pack: /'
