@@ -1,0 +1,396 @@
+package qtool.backend;
+
+import static qtool.ffi.qtool_h.*;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.util.HashSet;
+import java.util.Set;
+import qtool.QtoolException;
+import qtool.ffi.qt_device_info;
+import qtool.load.DType;
+
+/**
+ * {@link Backend} on one NVIDIA GPU: each call is one kernel (or cuBLAS call) of libqtool.so, queued on the
+ * backend's own CUDA stream, so calls run in order and only {@link #copyToHost} and {@link #synchronize} wait.
+ * Device tensors are device pointers wrapped as zero-length segments. Not thread-safe: one thread drives a backend.
+ *
+ * <p>Scratch buffers (the 16-bit copy of activations for {@link #linear}, partial results of {@link #attention},
+ * staging for uploads that convert) belong to the backend and grow as needed. Host memory that is not native (heap
+ * arrays) moves through a pinned staging buffer, since native calls cannot take heap segments.
+ */
+public final class CudaBackend implements Backend {
+
+    /** What {@code qt_device_info_get} reports. */
+    public record DeviceInfo(String name, long totalMemoryBytes, long freeMemoryBytes, int multiprocessors,
+                             int computeMajor, int computeMinor, int memoryClockKhz, int memoryBusWidthBits) {
+        /** Peak memory bandwidth from the clock and bus width (DDR: two transfers a clock), GB/s. */
+        public double peakBandwidthGBps() {
+            return 2.0 * memoryClockKhz * 1e3 * (memoryBusWidthBits / 8.0) / 1e9;
+        }
+    }
+
+    private static final long PINNED_STAGING_BYTES = 16L << 20;
+
+    private final int device;
+    private final DeviceInfo info;
+    private final MemorySegment stream;
+    private final Set<Long> owned = new HashSet<>();
+    private final DeviceScratch linearScratch = new DeviceScratch();
+    private final DeviceScratch attentionScratch = new DeviceScratch();
+    private final DeviceScratch uploadScratch = new DeviceScratch();
+    private MemorySegment pinned = MemorySegment.NULL;  // PINNED_STAGING_BYTES of page-locked host memory
+    private boolean closed;
+
+    /** The first GPU. */
+    public CudaBackend() {
+        this(0);
+    }
+
+    public CudaBackend(int device) {
+        NativeLibrary.ensureReady();
+        this.device = device;
+        check(qt_set_device(device), "qt_set_device");
+        this.info = deviceInfo(device);
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment out = arena.allocate(ValueLayout.ADDRESS);
+            check(qt_stream_create(out), "qt_stream_create");
+            this.stream = out.get(ValueLayout.ADDRESS, 0);
+        }
+    }
+
+    /** Device properties of GPU {@code device} (loads the library and initializes CUDA if needed). */
+    public static DeviceInfo deviceInfo(int device) {
+        NativeLibrary.ensureReady();
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment s = qt_device_info.allocate(arena);
+            check(qt_device_info_get(device, s), "qt_device_info_get");
+            return new DeviceInfo(qt_device_info.name(s).getString(0), qt_device_info.total_memory_bytes(s),
+                    qt_device_info.free_memory_bytes(s), qt_device_info.multiprocessor_count(s),
+                    qt_device_info.compute_capability_major(s), qt_device_info.compute_capability_minor(s),
+                    qt_device_info.memory_clock_khz(s), qt_device_info.memory_bus_width_bits(s));
+        }
+    }
+
+    public DeviceInfo deviceInfo() {
+        return info;
+    }
+
+    /** Device-to-device copy bandwidth (bytes read + written per second, in GB/s), timed with CUDA events. */
+    public double copyBandwidthGBps(long bytes, int iterations) {
+        check(qt_set_device(device), "qt_set_device");
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment gbps = arena.allocate(ValueLayout.JAVA_FLOAT);
+            check(qt_bench_copy(bytes, iterations, gbps), "qt_bench_copy");
+            return gbps.get(ValueLayout.JAVA_FLOAT, 0);
+        }
+    }
+
+    /** {@link #copyBandwidthGBps(long, int)} over 256 MiB, 20 times. */
+    public double copyBandwidthGBps() {
+        return copyBandwidthGBps(256L << 20, 20);
+    }
+
+    @Override
+    public String name() {
+        return "cuda";
+    }
+
+    @Override
+    public String description() {
+        return String.format("%s, %.1f GiB", info.name(), info.totalMemoryBytes() / (double) (1L << 30));
+    }
+
+    // ---- memory ------------------------------------------------------------------------------------------------
+
+    @Override
+    public Tensor allocate(DType dtype, long... shape) {
+        long n = 1;
+        for (long d : shape) {
+            if (d < 0) throw new IllegalArgumentException("negative dimension in " + java.util.Arrays.toString(shape));
+            n *= d;
+        }
+        long address = malloc(Math.multiplyExact(n, (long) dtype.bytes));
+        return new Tensor(MemorySegment.ofAddress(address), dtype, shape);
+    }
+
+    @Override
+    public void free(Tensor t) {
+        if (t != null && owned.remove(t.address())) check(qt_free(t.data()), "qt_free");
+    }
+
+    @Override
+    public Tensor upload(Tensor host, DType as) {
+        boolean onDevice = host.data().byteSize() == 0 && host.numel() > 0;
+        if (host.dtype() == as) {
+            Tensor t = allocate(as, host.shape());
+            if (onDevice) check(qt_memcpy_dtod_async(t.data(), host.data(), host.byteSize(), stream), "qt_memcpy_dtod_async");
+            else copyIn(host.data(), t.address(), host.byteSize());
+            return t;
+        }
+        if (!isFloat16Or32(as) || !(isFloat16Or32(host.dtype()) || host.dtype() == DType.F64)) {
+            throw new IllegalArgumentException("cannot upload " + host.dtype() + " as " + as + " (float types only)");
+        }
+        Tensor t = allocate(as, host.shape());
+        // Raw bytes to the GPU, then one cast kernel: the CPU touches no element.
+        MemorySegment source = host.data();
+        if (!onDevice) {
+            long staging = uploadScratch.ensure(host.byteSize());
+            copyIn(host.data(), staging, host.byteSize());
+            source = MemorySegment.ofAddress(staging);
+        }
+        check(qt_cast(t.data(), code(as), source, code(host.dtype()), host.numel(), stream), "qt_cast");
+        return t;
+    }
+
+    @Override
+    public void copyToHost(Tensor src, MemorySegment dst) {
+        long bytes = src.byteSize();
+        if (dst.byteSize() < bytes) throw new IllegalArgumentException("copyToHost: " + dst.byteSize() + " bytes for " + src);
+        if (dst.isNative()) {
+            check(qt_memcpy_dtoh(dst, src.data(), bytes, stream), "qt_memcpy_dtoh");
+            return;
+        }
+        MemorySegment staging = pinned();
+        for (long done = 0; done < bytes; done += PINNED_STAGING_BYTES) {
+            long chunk = Math.min(PINNED_STAGING_BYTES, bytes - done);
+            check(qt_memcpy_dtoh(staging, MemorySegment.ofAddress(src.address() + done), chunk, stream), "qt_memcpy_dtoh");
+            MemorySegment.copy(staging, 0, dst, done, chunk);
+        }
+    }
+
+    @Override
+    public void copyFromHost(MemorySegment src, Tensor dst) {
+        long bytes = dst.byteSize();
+        if (src.byteSize() < bytes) throw new IllegalArgumentException("copyFromHost: " + src.byteSize() + " bytes for " + dst);
+        copyIn(src, dst.address(), bytes);
+    }
+
+    /** Host bytes to device memory; returns once the source may be reused. */
+    private void copyIn(MemorySegment src, long deviceAddress, long bytes) {
+        if (bytes == 0) return;
+        if (src.isNative()) {
+            check(qt_memcpy_htod(MemorySegment.ofAddress(deviceAddress), src, bytes, stream), "qt_memcpy_htod");
+            return;
+        }
+        MemorySegment staging = pinned();
+        for (long done = 0; done < bytes; done += PINNED_STAGING_BYTES) {
+            long chunk = Math.min(PINNED_STAGING_BYTES, bytes - done);
+            MemorySegment.copy(src, done, staging, 0, chunk);
+            // Waits: the staging buffer is refilled next round.
+            check(qt_memcpy_htod(MemorySegment.ofAddress(deviceAddress + done), staging, chunk, stream), "qt_memcpy_htod");
+        }
+    }
+
+    private MemorySegment pinned() {
+        if (pinned.equals(MemorySegment.NULL)) {
+            try (Arena arena = Arena.ofConfined()) {
+                MemorySegment out = arena.allocate(ValueLayout.ADDRESS);
+                check(qt_host_alloc_pinned(out, PINNED_STAGING_BYTES), "qt_host_alloc_pinned");
+                pinned = out.get(ValueLayout.ADDRESS, 0).reinterpret(PINNED_STAGING_BYTES);
+            }
+        }
+        return pinned;
+    }
+
+    // ---- kernels -----------------------------------------------------------------------------------------------
+
+    @Override
+    public void embedding(Tensor out, Tensor table, Tensor ids) {
+        requireType(ids, DType.I32, "embedding ids");
+        requireType(out, DType.F32, "embedding out");
+        requireFloat(table, "embedding table");
+        int rows = Math.toIntExact(ids.numel()), dim = table.cols();
+        requireCount(out, (long) rows * dim, "embedding out");
+        check(qt_embedding(out.data(), table.data(), code(table.dtype()), ids.data(), rows, dim, table.rows(), stream),
+                "qt_embedding");
+    }
+
+    @Override
+    public void rmsNorm(Tensor out, Tensor x, Tensor weight, float eps) {
+        requireType(x, DType.F32, "rmsNorm x");
+        requireType(out, DType.F32, "rmsNorm out");
+        requireFloat(weight, "rmsNorm weight");
+        requireCount(out, x.numel(), "rmsNorm out");
+        requireCount(weight, x.cols(), "rmsNorm weight");
+        check(qt_rmsnorm(out.data(), x.data(), weight.data(), code(weight.dtype()), x.rows(), x.cols(), eps, stream),
+                "qt_rmsnorm");
+    }
+
+    @Override
+    public void linear(Tensor out, Tensor x, Tensor weight, Tensor bias) {
+        requireType(x, DType.F32, "linear x");
+        requireType(out, DType.F32, "linear out");
+        requireFloat(weight, "linear weight");
+        int rows = x.rows(), in = x.cols(), outF = weight.rows();
+        if (weight.cols() != in) throw new IllegalArgumentException("linear: x " + x + " does not match weight " + weight);
+        requireCount(out, (long) rows * outF, "linear out");
+        if (bias != null) {
+            requireFloat(bias, "linear bias");
+            requireCount(bias, outF, "linear bias");
+        }
+        long scratchBytes = 0;
+        MemorySegment scratch = MemorySegment.NULL;
+        if (weight.dtype() != DType.F32) {
+            scratchBytes = 2L * rows * in;
+            scratch = MemorySegment.ofAddress(linearScratch.ensure(scratchBytes));
+        }
+        check(qt_linear(out.data(), x.data(), weight.data(), code(weight.dtype()),
+                bias == null ? MemorySegment.NULL : bias.data(), bias == null ? 0 : code(bias.dtype()),
+                rows, in, outF, scratch, scratchBytes, stream), "qt_linear");
+    }
+
+    @Override
+    public void rope(Tensor x, int heads, int headDim, int seqLen, int startPos, Tensor invFreq) {
+        requireType(x, DType.F32, "rope x");
+        requireType(invFreq, DType.F32, "rope invFreq");
+        if (x.cols() != heads * headDim) throw new IllegalArgumentException("rope: x " + x + " is not heads * headDim wide");
+        if (invFreq.numel() < headDim / 2) throw new IllegalArgumentException("rope: invFreq " + invFreq + " < headDim / 2");
+        check(qt_rope(x.data(), x.rows(), heads, headDim, seqLen, startPos, invFreq.data(), stream), "qt_rope");
+    }
+
+    @Override
+    public void attention(Tensor out, Tensor q, Tensor k, Tensor v, Tensor kCache, Tensor vCache,
+                          int batch, int seqLen, int startPos, int heads, int kvHeads, int headDim) {
+        for (Tensor t : new Tensor[] {out, q, k, v, kCache, vCache}) requireType(t, DType.F32, "attention");
+        long qCount = (long) batch * seqLen * heads * headDim, kvCount = (long) batch * seqLen * kvHeads * headDim;
+        requireCount(q, qCount, "attention q");
+        requireCount(out, qCount, "attention out");
+        requireCount(k, kvCount, "attention k");
+        requireCount(v, kvCount, "attention v");
+        long perPosition = (long) batch * kvHeads * headDim;
+        if (perPosition == 0 || kCache.numel() % perPosition != 0 || vCache.numel() != kCache.numel()) {
+            throw new IllegalArgumentException("attention: caches " + kCache + ", " + vCache + " are not [batch, maxSeq, kvHeads * headDim]");
+        }
+        int maxSeq = Math.toIntExact(kCache.numel() / perPosition);
+        long scratchBytes;
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment bytes = arena.allocate(ValueLayout.JAVA_LONG);
+            check(qt_attention_scratch_bytes(batch, seqLen, startPos, heads, kvHeads, headDim, bytes), "qt_attention_scratch_bytes");
+            scratchBytes = bytes.get(ValueLayout.JAVA_LONG, 0);
+        }
+        MemorySegment scratch = scratchBytes == 0 ? MemorySegment.NULL : MemorySegment.ofAddress(attentionScratch.ensure(scratchBytes));
+        check(qt_attention(out.data(), q.data(), k.data(), v.data(), kCache.data(), vCache.data(), batch, seqLen, startPos,
+                maxSeq, heads, kvHeads, headDim, scratch, scratchBytes, stream), "qt_attention");
+    }
+
+    @Override
+    public void siluMul(Tensor out, Tensor gate, Tensor up) {
+        for (Tensor t : new Tensor[] {out, gate, up}) requireType(t, DType.F32, "siluMul");
+        requireCount(up, gate.numel(), "siluMul up");
+        requireCount(out, gate.numel(), "siluMul out");
+        check(qt_silu_mul(out.data(), gate.data(), up.data(), gate.numel(), stream), "qt_silu_mul");
+    }
+
+    @Override
+    public void add(Tensor x, Tensor y) {
+        requireType(x, DType.F32, "add x");
+        requireType(y, DType.F32, "add y");
+        requireCount(y, x.numel(), "add y");
+        check(qt_add(x.data(), y.data(), x.numel(), stream), "qt_add");
+    }
+
+    @Override
+    public void crossEntropy(Tensor out, Tensor logits, Tensor targets) {
+        requireType(logits, DType.F32, "crossEntropy logits");
+        requireType(out, DType.F32, "crossEntropy out");
+        requireType(targets, DType.I32, "crossEntropy targets");
+        requireCount(targets, logits.rows(), "crossEntropy targets");
+        requireCount(out, logits.rows(), "crossEntropy out");
+        check(qt_cross_entropy(out.data(), logits.data(), targets.data(), logits.rows(), logits.cols(), stream),
+                "qt_cross_entropy");
+    }
+
+    @Override
+    public void synchronize() {
+        check(qt_stream_synchronize(stream), "qt_stream_synchronize");
+    }
+
+    @Override
+    public void close() {
+        if (closed) return;
+        closed = true;
+        // Pending work may still use what is freed below.
+        int status = qt_stream_synchronize(stream);
+        for (long address : owned) qt_free(MemorySegment.ofAddress(address));
+        owned.clear();
+        linearScratch.release();
+        attentionScratch.release();
+        uploadScratch.release();
+        if (!pinned.equals(MemorySegment.NULL)) qt_host_free_pinned(pinned);
+        pinned = MemorySegment.NULL;
+        qt_stream_destroy(stream);
+        check(status, "qt_stream_synchronize");
+    }
+
+    // ---- helpers -----------------------------------------------------------------------------------------------
+
+    private long malloc(long bytes) {
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment out = arena.allocate(ValueLayout.ADDRESS);
+            check(qt_malloc(out, bytes), "qt_malloc");
+            long address = out.get(ValueLayout.ADDRESS, 0).address();
+            if (address != 0) owned.add(address);
+            return address;
+        }
+    }
+
+    /** A device buffer that only grows. */
+    private final class DeviceScratch {
+        private long address;
+        private long bytes;
+
+        long ensure(long need) {
+            if (need <= bytes) return address;
+            // The stream may still read the old buffer: finish that work before freeing it.
+            synchronize();
+            release();
+            long grown = Math.max(need, bytes + bytes / 2);
+            address = malloc(grown);
+            bytes = grown;
+            return address;
+        }
+
+        void release() {
+            if (address != 0 && owned.remove(address)) qt_free(MemorySegment.ofAddress(address));
+            address = 0;
+            bytes = 0;
+        }
+    }
+
+    /** Throws a QtoolException naming the call, the status and libqtool's detail message, unless status is QT_OK. */
+    static void check(int status, String call) {
+        if (status == 0) return;
+        String name = NativeLibrary.string(qt_status_string(status));
+        String detail = NativeLibrary.string(qt_last_error());
+        throw new QtoolException(call + " failed: " + name + (detail.isEmpty() ? "" : ": " + detail));
+    }
+
+    static int code(DType dtype) {
+        return switch (dtype) {
+            case F32 -> QT_F32();
+            case F16 -> QT_F16();
+            case BF16 -> QT_BF16();
+            case I32 -> QT_I32();
+            case F64 -> QT_F64();
+            default -> throw new IllegalArgumentException("no kernel takes " + dtype);
+        };
+    }
+
+    private static boolean isFloat16Or32(DType d) {
+        return d == DType.F32 || d == DType.F16 || d == DType.BF16;
+    }
+
+    private static void requireType(Tensor t, DType dtype, String what) {
+        if (t.dtype() != dtype) throw new IllegalArgumentException(what + ": expected " + dtype + ", got " + t);
+    }
+
+    private static void requireFloat(Tensor t, String what) {
+        if (!isFloat16Or32(t.dtype())) throw new IllegalArgumentException(what + ": expected F32, F16 or BF16, got " + t);
+    }
+
+    private static void requireCount(Tensor t, long count, String what) {
+        if (t.numel() != count) throw new IllegalArgumentException(what + ": expected " + count + " elements, got " + t);
+    }
+}

@@ -1,0 +1,291 @@
+package qtool.backend;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Random;
+import qtool.load.DType;
+
+/**
+ * {@link CudaBackend} through Java against double-precision references on random inputs: the bindings, the
+ * argument plumbing (shapes, dtypes, heap and native host memory, row slices, scratch growth) and each kernel.
+ * The kernels' own accuracy is tested more widely by native/test/test_kernels; this checks the Java side.
+ *
+ * <p>Runs from {@link CudaBackendTest} when a GPU answers, or standalone where JUnit is absent (the GPU host):
+ * {@code java --enable-native-access=ALL-UNNAMED -cp target/classes:target/test-classes qtool.backend.CudaBackendCheck}.
+ */
+public final class CudaBackendCheck {
+    public record Result(String name, double error, double limit) {
+        public boolean pass() {
+            return error <= limit;
+        }
+    }
+
+    private final CudaBackend gpu;
+    private final Random random;
+    private final List<Result> results = new ArrayList<>();
+
+    public CudaBackendCheck(CudaBackend gpu, long seed) {
+        this.gpu = gpu;
+        this.random = new Random(seed);
+    }
+
+    public static void main(String[] args) {
+        long seed = args.length > 0 ? Long.parseLong(args[0]) : System.nanoTime();
+        try (Backend backend = Backends.open("cuda", System.out)) {
+            CudaBackend gpu = (CudaBackend) backend;
+            System.out.printf("seed %d; device copy %.1f GB/s%n", seed, gpu.copyBandwidthGBps());
+            List<Result> results = new CudaBackendCheck(gpu, seed).runAll();
+            int failed = 0;
+            for (Result r : results) {
+                System.out.printf("  %-44s %10.3e  limit %7.1e  %s%n", r.name(), r.error(), r.limit(), r.pass() ? "PASS" : "FAIL");
+                if (!r.pass()) failed++;
+            }
+            System.out.printf("java CudaBackend: %d checks, %d failed%n", results.size(), failed);
+            System.exit(failed == 0 ? 0 : 1);
+        }
+    }
+
+    public List<Result> runAll() {
+        embeddingFromBf16Upload();
+        rmsNormOnRowSlice();
+        linear(DType.F32, 1e-5);
+        linear(DType.BF16, 1e-2);
+        linear(DType.F16, 1e-2);
+        ropeAndAttention();
+        siluMulAddCrossEntropy();
+        uploadFromNativeMemory();
+        return results;
+    }
+
+    // ---- checks --------------------------------------------------------------------------------------------------
+
+    private void embeddingFromBf16Upload() {
+        int vocab = 300, dim = 72, rows = 9;
+        float[] table = randn(vocab * dim);
+        int[] ids = new int[rows];
+        for (int i = 0; i < rows; i++) ids[i] = random.nextInt(vocab);
+        Tensor t = gpu.upload(host(table, vocab, dim), DType.BF16);  // converted on the GPU
+        Tensor idt = gpu.upload(new Tensor(MemorySegment.ofArray(ids), DType.I32, new long[] {rows}), DType.I32);
+        Tensor out = gpu.allocate(DType.F32, rows, dim);
+        gpu.embedding(out, t, idt);
+        double[] ref = new double[rows * dim];
+        for (int r = 0; r < rows; r++) for (int j = 0; j < dim; j++) ref[r * dim + j] = bf16(table[ids[r] * dim + j]);
+        record("embedding (BF16 upload)", relL2(download(out), ref), 0);
+        gpu.free(t);
+        gpu.free(idt);
+        gpu.free(out);
+    }
+
+    private void rmsNormOnRowSlice() {
+        int rows = 6, cols = 576;
+        float[] x = randn(rows * cols), w = randn(cols);
+        Tensor dx = gpu.upload(host(x, rows, cols), DType.F32), dw = gpu.upload(host(w, cols), DType.F32);
+        Tensor out = gpu.allocate(DType.F32, rows, cols);
+        gpu.copyFromHost(MemorySegment.ofArray(new float[rows * cols]), out);
+        gpu.rmsNorm(out.rowSlice(2, 3), dx.rowSlice(2, 3), dw, 1e-6f);  // rows 2..4 only: device pointer slices
+        float[] got = download(out);
+        double[] ref = new double[rows * cols];
+        for (int r = 2; r < 5; r++) {
+            double ss = 0;
+            for (int j = 0; j < cols; j++) ss += (double) x[r * cols + j] * x[r * cols + j];
+            double inv = 1 / Math.sqrt(ss / cols + 1e-6);
+            for (int j = 0; j < cols; j++) ref[r * cols + j] = x[r * cols + j] * inv * w[j];
+        }
+        record("rmsNorm on row slices", relL2(got, ref), 1e-6);
+        gpu.free(dx);
+        gpu.free(dw);
+        gpu.free(out);
+    }
+
+    private void linear(DType weightType, double limit) {
+        int rows = 5, in = 256, outF = 320;
+        float[] x = randn(rows * in), w = randn(outF * in), b = randn(outF);
+        Tensor dx = gpu.upload(host(x, rows, in), DType.F32);
+        Tensor dw = gpu.upload(host(w, outF, in), weightType);
+        Tensor db = gpu.upload(host(b, outF), DType.F32);
+        Tensor out = gpu.allocate(DType.F32, rows, outF);
+        // Twice, the second with more rows than the first: the scratch buffer grows in between.
+        gpu.linear(out.rowSlice(0, 1), dx.rowSlice(0, 1), dw, db);
+        gpu.linear(out, dx, dw, db);
+        double[] ref = new double[rows * outF];
+        for (int r = 0; r < rows; r++)
+            for (int o = 0; o < outF; o++) {
+                double acc = b[o];
+                for (int i = 0; i < in; i++) acc += (double) x[r * in + i] * rounded(w[o * in + i], weightType);
+                ref[r * outF + o] = acc;
+            }
+        record("linear " + weightType + " + bias", relL2(download(out), ref), limit);
+        gpu.free(dx);
+        gpu.free(dw);
+        gpu.free(db);
+        gpu.free(out);
+    }
+
+    private void ropeAndAttention() {
+        int batch = 2, heads = 4, kvHeads = 2, headDim = 16, seq = 11, maxSeq = 16;
+        int qw = heads * headDim, kw = kvHeads * headDim;
+        float[] inv = new float[headDim / 2];
+        for (int j = 0; j < inv.length; j++) inv[j] = (float) (1.0 / Math.pow(10000, 2.0 * j / headDim));
+        Tensor dinv = gpu.upload(host(inv, inv.length), DType.F32);
+        Tensor kc = gpu.allocate(DType.F32, batch, maxSeq, kw), vc = gpu.allocate(DType.F32, batch, maxSeq, kw);
+        double[][] refK = new double[batch * maxSeq][], refV = new double[batch * maxSeq][];
+        int start = 0;
+        for (int len : new int[] {seq, 1}) {
+            float[] q = randn(batch * len * qw), k = randn(batch * len * kw), v = randn(batch * len * kw);
+            Tensor dq = gpu.upload(host(q, batch * len, qw), DType.F32), dk = gpu.upload(host(k, batch * len, kw), DType.F32);
+            Tensor dv = gpu.upload(host(v, batch * len, kw), DType.F32);
+            gpu.rope(dq, heads, headDim, len, start, dinv);
+            gpu.rope(dk, kvHeads, headDim, len, start, dinv);
+            double[] qr = ropeRef(q, batch * len, heads, headDim, len, start, inv);
+            double[] kr = ropeRef(k, batch * len, kvHeads, headDim, len, start, inv);
+            record("rope s" + len + "@" + start, relL2(download(dq), qr), 1e-6);
+            Tensor out = gpu.allocate(DType.F32, batch * len, qw);
+            gpu.attention(out, dq, dk, dv, kc, vc, batch, len, start, heads, kvHeads, headDim);
+            // Reference on the rotated values (as float, like the GPU's), with its own cache.
+            double[] ref = new double[batch * len * qw];
+            for (int bb = 0; bb < batch; bb++)
+                for (int s = 0; s < len; s++) {
+                    double[] kRow = new double[kw], vRow = new double[kw];
+                    for (int c = 0; c < kw; c++) {
+                        kRow[c] = (float) kr[(bb * len + s) * kw + c];
+                        vRow[c] = v[(bb * len + s) * kw + c];
+                    }
+                    refK[bb * maxSeq + start + s] = kRow;
+                    refV[bb * maxSeq + start + s] = vRow;
+                }
+            for (int bb = 0; bb < batch; bb++)
+                for (int s = 0; s < len; s++)
+                    for (int h = 0; h < heads; h++) {
+                        int p = start + s, kvh = h / (heads / kvHeads), qb = (bb * len + s) * qw + h * headDim;
+                        double[] sc = new double[p + 1];
+                        double max = Double.NEGATIVE_INFINITY, sum = 0;
+                        for (int t = 0; t <= p; t++) {
+                            double dot = 0;
+                            for (int d = 0; d < headDim; d++) dot += (float) qr[qb + d] * refK[bb * maxSeq + t][kvh * headDim + d];
+                            sc[t] = dot / Math.sqrt(headDim);
+                            max = Math.max(max, sc[t]);
+                        }
+                        for (int t = 0; t <= p; t++) sum += sc[t] = Math.exp(sc[t] - max);
+                        for (int t = 0; t <= p; t++)
+                            for (int d = 0; d < headDim; d++) ref[qb + d] += sc[t] / sum * refV[bb * maxSeq + t][kvh * headDim + d];
+                    }
+            record("attention GQA s" + len + "@" + start, relL2(download(out), ref), 1e-5);
+            for (Tensor t : new Tensor[] {dq, dk, dv, out}) gpu.free(t);
+            start += len;
+        }
+        gpu.free(dinv);
+        gpu.free(kc);
+        gpu.free(vc);
+    }
+
+    private void siluMulAddCrossEntropy() {
+        int rows = 3, vocab = 5000;
+        float[] g = randn(rows * vocab), u = randn(rows * vocab);
+        Tensor dg = gpu.upload(host(g, rows, vocab), DType.F32), du = gpu.upload(host(u, rows, vocab), DType.F32);
+        gpu.siluMul(dg, dg, du);  // in place
+        gpu.add(dg, du);
+        double[] ref = new double[rows * vocab];
+        for (int i = 0; i < ref.length; i++) ref[i] = g[i] / (1 + Math.exp(-g[i])) * u[i] + u[i];
+        float[] logits = download(dg);
+        record("siluMul in place, add", relL2(logits, ref), 1e-6);
+        int[] targets = {0, vocab - 1, 1234};
+        Tensor dt = gpu.upload(new Tensor(MemorySegment.ofArray(targets), DType.I32, new long[] {rows}), DType.I32);
+        Tensor loss = gpu.allocate(DType.F32, rows);
+        gpu.crossEntropy(loss, dg, dt);
+        double[] lref = new double[rows];
+        for (int r = 0; r < rows; r++) {
+            double max = Double.NEGATIVE_INFINITY, sum = 0;
+            for (int j = 0; j < vocab; j++) max = Math.max(max, logits[r * vocab + j]);
+            for (int j = 0; j < vocab; j++) sum += Math.exp(logits[r * vocab + j] - max);
+            lref[r] = max + Math.log(sum) - logits[r * vocab + targets[r]];
+        }
+        record("crossEntropy", relL2(download(loss), lref), 1e-6);
+        for (Tensor t : new Tensor[] {dg, du, dt, loss}) gpu.free(t);
+    }
+
+    /** Native (off-heap) host memory, as a mapped weight file gives, uploaded as F16, read back into native memory. */
+    private void uploadFromNativeMemory() {
+        int n = 40_000;
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment src = arena.allocate(4L * n, 64);
+            double[] ref = new double[n];
+            for (int i = 0; i < n; i++) {
+                float v = (float) random.nextGaussian();
+                src.setAtIndex(ValueLayout.JAVA_FLOAT, i, v);
+                ref[i] = Float.float16ToFloat(Float.floatToFloat16(v));
+            }
+            Tensor half = gpu.upload(new Tensor(src, DType.F32, new long[] {n}), DType.F16);
+            Tensor back = gpu.upload(half, DType.F32);  // device to device, converting
+            MemorySegment dst = arena.allocate(4L * n, 64);
+            gpu.copyToHost(back, dst);
+            float[] got = new float[n];
+            MemorySegment.copy(dst, ValueLayout.JAVA_FLOAT, 0, got, 0, n);
+            record("upload native F32 as F16, back to F32", relL2(got, ref), 0);
+            gpu.free(half);
+            gpu.free(back);
+        }
+    }
+
+    // ---- helpers -------------------------------------------------------------------------------------------------
+
+    private void record(String name, double error, double limit) {
+        results.add(new Result(name, error, limit));
+    }
+
+    private float[] randn(int n) {
+        float[] a = new float[n];
+        for (int i = 0; i < n; i++) a[i] = (float) random.nextGaussian();
+        return a;
+    }
+
+    private static Tensor host(float[] a, long... shape) {
+        return new Tensor(MemorySegment.ofArray(a), DType.F32, shape);
+    }
+
+    private float[] download(Tensor t) {
+        float[] a = new float[Math.toIntExact(t.numel())];
+        gpu.copyToHost(t, MemorySegment.ofArray(a));
+        return a;
+    }
+
+    private static double bf16(float v) {
+        int bits = Float.floatToRawIntBits(v);
+        return Float.intBitsToFloat((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000);
+    }
+
+    private static double rounded(float v, DType type) {
+        return switch (type) {
+            case F16 -> Float.float16ToFloat(Float.floatToFloat16(v));
+            case BF16 -> bf16(v);
+            default -> v;
+        };
+    }
+
+    private static double[] ropeRef(float[] x, int rows, int heads, int headDim, int seqLen, int start, float[] inv) {
+        double[] out = new double[x.length];
+        int half = headDim / 2, width = heads * headDim;
+        for (int r = 0; r < rows; r++)
+            for (int h = 0; h < heads; h++)
+                for (int j = 0; j < half; j++) {
+                    double angle = (float) (start + r % seqLen) * inv[j];
+                    int base = r * width + h * headDim;
+                    double a = x[base + j], b = x[base + j + half];
+                    out[base + j] = a * Math.cos(angle) - b * Math.sin(angle);
+                    out[base + j + half] = b * Math.cos(angle) + a * Math.sin(angle);
+                }
+        return out;
+    }
+
+    static double relL2(float[] got, double[] ref) {
+        double num = 0, den = 0;
+        for (int i = 0; i < ref.length; i++) {
+            if (!Float.isFinite(got[i])) return Double.POSITIVE_INFINITY;
+            num += (got[i] - ref[i]) * (got[i] - ref[i]);
+            den += ref[i] * ref[i];
+        }
+        return den == 0 ? Math.sqrt(num) : Math.sqrt(num / den);
+    }
+}

@@ -1,0 +1,255 @@
+/*
+ * qtool.h: the whole native surface of libqtool.so, a C ABI over CUDA kernels and cuBLAS/cuSOLVER.
+ *
+ * Java reaches it through jextract-generated bindings (package qtool.ffi, class qtool_h); the C++ test
+ * native/test/test_kernels.cu uses it directly. Keep it plain C: no C++ types, no CUDA headers.
+ *
+ * Conventions
+ *  - Every function returns a status (enum qt_status, as int); 0 is success. On failure,
+ *    qt_last_error() returns a detail message for the calling thread (which call failed and why, e.g.
+ *    the CUDA error text). The message is kept until the next failure on that thread.
+ *  - Device memory is passed as void*; the library never dereferences such a pointer on the host.
+ *  - Streams: every call that queues device work takes a `void* stream` (a cudaStream_t from
+ *    qt_stream_create); NULL means the legacy default stream. Work queued on one stream runs in order.
+ *    Functions named *_async return once the work is queued; the others wait for it.
+ *  - Kernels work on the current device (qt_set_device), like the CUDA runtime.
+ *  - Tensors are dense and row-major. Activations are F32; weights F32, F16 or BF16 (enum qt_dtype);
+ *    sums accumulate in F32. Shapes follow qtool.backend.Backend, whose Javadoc is the reference.
+ *  - Thread safety: calls may come from several threads; the cuBLAS and cuSOLVER handles are shared per
+ *    device and guarded by a lock.
+ */
+#ifndef QTOOL_H
+#define QTOOL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define QT_API __attribute__((visibility("default")))
+#else
+#define QT_API
+#endif
+
+/* Return codes of every qt_ function. */
+enum qt_status {
+    QT_OK = 0,
+    QT_ERR_INVALID_ARGUMENT = 1, /* a null pointer, a bad size or dtype, misaligned memory */
+    QT_ERR_NOT_INITIALIZED = 2,  /* qt_init has not succeeded yet (cuBLAS/cuSOLVER calls need it) */
+    QT_ERR_NO_DEVICE = 3,        /* no usable GPU: no driver, driver too old (CUDA error 35), no device */
+    QT_ERR_LIBRARY_NOT_FOUND = 4,/* cuBLAS or cuSOLVER could not be loaded or lacks a symbol */
+    QT_ERR_OUT_OF_MEMORY = 5,    /* device or pinned host allocation failed */
+    QT_ERR_CUDA = 6,             /* any other CUDA runtime error (launch failure, illegal address, ...) */
+    QT_ERR_CUBLAS = 7,           /* a cuBLAS call failed */
+    QT_ERR_CUSOLVER = 8,         /* a cuSOLVER call failed */
+    QT_ERR_UNSUPPORTED = 9,      /* valid request this build does not handle (e.g. head_dim > 256) */
+    QT_ERR_NOT_POSITIVE_DEFINITE = 10 /* qt_cholesky: the matrix is not positive definite (see its info) */
+};
+
+/* Element types of tensors, as codes passed to kernels. */
+enum qt_dtype {
+    QT_F32 = 0,
+    QT_F16 = 1,
+    QT_BF16 = 2,
+    QT_I32 = 3,
+    QT_F64 = 4 /* accepted as a source of qt_cast only */
+};
+
+/* Which triangle of a row-major symmetric matrix a factorization reads and writes. */
+enum qt_triangle {
+    QT_LOWER = 0,
+    QT_UPPER = 1
+};
+
+/* Libraries that qt_init loads at run time (argument of qt_loaded_library). */
+enum qt_library {
+    QT_LIB_CUBLASLT = 0,
+    QT_LIB_CUBLAS = 1,
+    QT_LIB_CUSOLVER = 2
+};
+
+typedef struct qt_device_info {
+    char name[256];
+    size_t total_memory_bytes;
+    size_t free_memory_bytes;
+    int multiprocessor_count;
+    int compute_capability_major;
+    int compute_capability_minor;
+    int memory_clock_khz;        /* peak memory clock */
+    int memory_bus_width_bits;
+    int l2_cache_bytes;
+    int shared_memory_per_block_optin_bytes; /* the most a kernel may ask for after opting in */
+} qt_device_info;
+
+/* ---- Status and errors ---------------------------------------------------------------------------- */
+
+/* Short fixed name of a status code, e.g. "QT_ERR_CUDA". Never NULL. */
+QT_API const char* qt_status_string(int status);
+/* Detail of the last failure on the calling thread ("" if none). Valid until the thread's next failure. */
+QT_API const char* qt_last_error(void);
+/* Does nothing and returns QT_OK: measures the cost of a call from Java. */
+QT_API int qt_noop(void);
+/* Version of this library as major * 10000 + minor * 100 + patch. */
+QT_API int qt_version(int* version);
+
+/* ---- Initialization and devices ------------------------------------------------------------------- */
+
+/*
+ * Checks that a GPU answers and loads cuBLAS (libcublasLt.so.13, then libcublas.so.13) and, if present,
+ * cuSOLVER (libcusolver.so.12 or .13, with the libraries it needs). cuda_lib_dirs is a ':'-separated
+ * list of directories searched first, in order; NULL or "" searches only the default places (the
+ * dynamic loader's path, /usr/local/cuda/lib64, /usr/local/cuda/targets/x86_64-linux/lib). Fails with
+ * QT_ERR_NO_DEVICE when no GPU answers and QT_ERR_LIBRARY_NOT_FOUND when cuBLAS is missing (the message
+ * lists the places tried). A missing cuSOLVER is not an error here: qt_cholesky then fails.
+ * Calling it again after success does nothing. Kernels other than qt_linear and the qt_cholesky family
+ * work without it.
+ */
+QT_API int qt_init(const char* cuda_lib_dirs);
+/* Full path of a library qt_init loaded (enum qt_library), or NULL if it is not loaded. */
+QT_API const char* qt_loaded_library(int library);
+QT_API int qt_device_count(int* count);
+QT_API int qt_set_device(int device);
+QT_API int qt_get_device(int* device);
+QT_API int qt_device_info_get(int device, qt_device_info* info);
+/* Waits for all work on the current device. */
+QT_API int qt_device_synchronize(void);
+
+/* ---- Memory --------------------------------------------------------------------------------------- */
+
+/* Device allocation; *ptr is 256-byte aligned. bytes == 0 gives *ptr == NULL. */
+QT_API int qt_malloc(void** ptr, size_t bytes);
+QT_API int qt_free(void* ptr); /* NULL is fine */
+/* Sets bytes to value (the low 8 bits), queued on stream. */
+QT_API int qt_memset_async(void* ptr, int value, size_t bytes, void* stream);
+/* Copies queued on stream; the non-async forms wait for the copy (and everything before it on stream). */
+QT_API int qt_memcpy_htod(void* dst, const void* src, size_t bytes, void* stream);
+QT_API int qt_memcpy_dtoh(void* dst, const void* src, size_t bytes, void* stream);
+QT_API int qt_memcpy_dtod(void* dst, const void* src, size_t bytes, void* stream);
+/* Async host copies are only truly asynchronous with pinned host memory (qt_host_alloc_pinned). */
+QT_API int qt_memcpy_htod_async(void* dst, const void* src, size_t bytes, void* stream);
+QT_API int qt_memcpy_dtoh_async(void* dst, const void* src, size_t bytes, void* stream);
+QT_API int qt_memcpy_dtod_async(void* dst, const void* src, size_t bytes, void* stream);
+/* Page-locked host memory, for fast and asynchronous transfers. */
+QT_API int qt_host_alloc_pinned(void** ptr, size_t bytes);
+QT_API int qt_host_free_pinned(void* ptr);
+
+/* ---- Streams and events --------------------------------------------------------------------------- */
+
+/* A stream that does not synchronize with the legacy default stream (cudaStreamNonBlocking). */
+QT_API int qt_stream_create(void** stream);
+QT_API int qt_stream_destroy(void* stream);
+QT_API int qt_stream_synchronize(void* stream);
+/* Events carry timing. */
+QT_API int qt_event_create(void** event);
+QT_API int qt_event_destroy(void* event);
+QT_API int qt_event_record(void* event, void* stream);
+QT_API int qt_event_synchronize(void* event);
+/* Milliseconds between two recorded, completed events. */
+QT_API int qt_event_elapsed_ms(void* start, void* end, float* ms);
+
+/* ---- Benchmarks ------------------------------------------------------------------------------------ */
+
+/*
+ * Device-to-device copy bandwidth: copies `bytes` between two fresh buffers `iters` times (after a
+ * warm-up), timed with CUDA events; *gbps = 2 * bytes * iters / seconds / 1e9 (bytes read + written).
+ */
+QT_API int qt_bench_copy(size_t bytes, int iters, float* gbps);
+
+/* ---- Kernels: conversions and elementwise ---------------------------------------------------------- */
+
+/* dst[i] = (dst_dtype) src[i] for i < n. Float dtypes only (F64 as a source only); round to nearest even.
+ * Equal dtypes copy. dst and src must not overlap unless they are the same pointer with equal dtypes. */
+QT_API int qt_cast(void* dst, int dst_dtype, const void* src, int src_dtype, size_t n, void* stream);
+
+/* out[r, :] = (F32) table[ids[r], :]; table [vocab, dim] in F32/F16/BF16, ids I32 [rows].
+ * An id outside [0, vocab) gives a row of NaN. */
+QT_API int qt_embedding(void* out, const void* table, int table_dtype, const void* ids,
+                        int rows, int dim, int vocab, void* stream);
+
+/* out = silu(gate) * up, F32, n elements; out may be gate or up. silu(g) = g / (1 + exp(-g)). */
+QT_API int qt_silu_mul(void* out, const void* gate, const void* up, size_t n, void* stream);
+
+/* x += y, F32, n elements. */
+QT_API int qt_add(void* x, const void* y, size_t n, void* stream);
+
+/* out[r] = logsumexp(logits[r, :]) - logits[r, targets[r]]; logits F32 [rows, vocab], targets I32,
+ * out F32 [rows]. A target outside [0, vocab) gives NaN. */
+QT_API int qt_cross_entropy(void* out, const void* logits, const void* targets, int rows, int vocab,
+                            void* stream);
+
+/* ---- Kernels: normalization and rotary embedding -------------------------------------------------- */
+
+/* out[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * weight; x, out F32 [rows, cols]; weight [cols]
+ * F32/F16/BF16. out may be x. */
+QT_API int qt_rmsnorm(void* out, const void* x, const void* weight, int weight_dtype, int rows, int cols,
+                      float eps, void* stream);
+
+/*
+ * Rotary embedding in place, HF rotate_half layout: in each head, dimension j < head_dim/2 pairs with
+ * j + head_dim/2. x: F32 [rows, heads * head_dim]; row r has position startPos + r % seq_len.
+ * angle = (float) position * inv_freq[j], computed in F32 as HF does; cos/sin are full precision.
+ * inv_freq: F32 [head_dim / 2] on the device. head_dim must be even.
+ */
+QT_API int qt_rope(void* x, int rows, int heads, int head_dim, int seq_len, int start_pos,
+                   const void* inv_freq, void* stream);
+
+/* ---- Kernels: attention --------------------------------------------------------------------------- */
+
+/*
+ * Causal grouped-query attention with a KV cache, all F32.
+ *   q:   [batch * seq_len, heads * head_dim]        k, v: [batch * seq_len, kv_heads * head_dim]
+ *   k_cache, v_cache: [batch, max_seq, kv_heads * head_dim]
+ *   out: [batch * seq_len, heads * head_dim] (must not overlap q, k, v or the caches)
+ * Stores k, v at positions [start_pos, start_pos + seq_len) of each sequence's cache, then each query at
+ * position p = start_pos + s attends over cache positions [0, p] with scale 1/sqrt(head_dim). Query head h
+ * uses kv head h / (heads / kv_heads). Positions below start_pos must hold earlier calls' keys and values.
+ * Requires heads % kv_heads == 0, head_dim % 4 == 0, head_dim <= 256, start_pos + seq_len <= max_seq and
+ * 16-byte aligned pointers.
+ * scratch (may be NULL) holds partial results when few query rows leave the GPU idle (decoding): keys are
+ * then split across blocks. qt_attention_scratch_bytes gives the size that enables the split; with less,
+ * the kernel runs unsplit (same result, slower for long caches).
+ */
+QT_API int qt_attention_scratch_bytes(int batch, int seq_len, int start_pos, int heads, int kv_heads,
+                                      int head_dim, size_t* bytes);
+QT_API int qt_attention(void* out, const void* q, const void* k, const void* v, void* k_cache, void* v_cache,
+                        int batch, int seq_len, int start_pos, int max_seq, int heads, int kv_heads,
+                        int head_dim, void* scratch, size_t scratch_bytes, void* stream);
+
+/* ---- Kernels: matrix products (cuBLAS; need qt_init) ---------------------------------------------- */
+
+/*
+ * out[r, o] = sum_i x[r, i] * weight[o, i] (+ bias[o]); x F32 [rows, in_features], weight
+ * [out_features, in_features] in F32/F16/BF16, bias [out_features] F32/F16/BF16 or NULL, out F32
+ * [rows, out_features]. F16/BF16 weights: x is rounded to the weight's type in `scratch` (at least
+ * qt_linear_scratch_bytes), then a tensor-core product accumulates in F32. F32 weights: plain FP32 SGEMM
+ * (no TF32). out must not overlap x.
+ */
+QT_API int qt_linear_scratch_bytes(int rows, int in_features, int weight_dtype, size_t* bytes);
+QT_API int qt_linear(void* out, const void* x, const void* weight, int weight_dtype, const void* bias,
+                     int bias_dtype, int rows, int in_features, int out_features, void* scratch,
+                     size_t scratch_bytes, void* stream);
+
+/* ---- Factorizations (cuSOLVER; need qt_init and cuSOLVER present) --------------------------------- */
+
+/*
+ * Cholesky factorization in place of a symmetric positive definite F32 matrix a [n, n] (row-major),
+ * reading and writing only the given triangle: QT_LOWER gives L with a = L L^T, QT_UPPER gives U with
+ * a = U^T U. The other triangle is left as it was. Waits for the result; *info is 0 on success, or
+ * i > 0 when the leading minor of order i is not positive definite (then returns
+ * QT_ERR_NOT_POSITIVE_DEFINITE).
+ */
+QT_API int qt_cholesky(void* a, int n, int triangle, int* info, void* stream);
+/* Inverse of the matrix whose Cholesky factor qt_cholesky left in `triangle` of a; the inverse's same
+ * triangle is written in place. Waits; *info as for qt_cholesky. */
+QT_API int qt_cholesky_inverse(void* a, int n, int triangle, int* info, void* stream);
+/* Copies one triangle of a row-major [n, n] F32 matrix onto the other, making it symmetric. */
+QT_API int qt_symmetrize(void* a, int n, int from_triangle, void* stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* QTOOL_H */

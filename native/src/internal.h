@@ -1,0 +1,92 @@
+// Private helpers shared by the native sources: error reporting, CUDA call checks, dtype helpers.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdarg>
+#include <cstdint>
+
+#include "qtool.h"
+
+namespace qt {
+
+// Records a detail message for the calling thread (read back by qt_last_error) and returns status.
+int fail(int status, const char* format, ...) __attribute__((format(printf, 2, 3)));
+
+// Maps a CUDA runtime error to a status and records "<what>: <cuda text> (<name>, <code>)".
+int fail_cuda(cudaError_t error, const char* what);
+
+// Status code a failing CUDA call maps to: no device, out of memory, or the generic CUDA error.
+int status_of(cudaError_t error);
+
+// Checks the launch just made (configuration errors, a sticky error from earlier work).
+int check_launch(const char* kernel);
+
+// The current device's multiprocessor count, cached per device.
+int multiprocessor_count();
+
+inline cudaStream_t as_stream(void* stream) { return static_cast<cudaStream_t>(stream); }
+
+inline bool is_float_dtype(int dtype) { return dtype == QT_F32 || dtype == QT_F16 || dtype == QT_BF16; }
+
+inline size_t dtype_bytes(int dtype) {
+    switch (dtype) {
+        case QT_F32: return 4;
+        case QT_F16: return 2;
+        case QT_BF16: return 2;
+        case QT_I32: return 4;
+        case QT_F64: return 8;
+        default: return 0;
+    }
+}
+
+inline const char* dtype_name(int dtype) {
+    switch (dtype) {
+        case QT_F32: return "F32";
+        case QT_F16: return "F16";
+        case QT_BF16: return "BF16";
+        case QT_I32: return "I32";
+        case QT_F64: return "F64";
+        default: return "unknown";
+    }
+}
+
+inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
+inline unsigned int blocks_for(size_t n, unsigned int threads, unsigned int cap = 65535u * 8u) {
+    size_t b = (n + threads - 1) / threads;
+    if (b < 1) b = 1;
+    return b > cap ? cap : static_cast<unsigned int>(b);
+}
+
+// Loads element i of a float tensor of a run-time dtype as F32.
+__device__ __forceinline__ float load_as_float(const void* p, int dtype, size_t i) {
+    switch (dtype) {
+        case QT_F16: return __half2float(static_cast<const __half*>(p)[i]);
+        case QT_BF16: return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+        default: return static_cast<const float*>(p)[i];
+    }
+}
+
+}  // namespace qt
+
+// Returns from the enclosing function with a status when a CUDA runtime call fails.
+#define QT_CUDA_TRY(call)                                                       \
+    do {                                                                        \
+        cudaError_t qt_err_ = (call);                                           \
+        if (qt_err_ != cudaSuccess) return ::qt::fail_cuda(qt_err_, #call);     \
+    } while (0)
+
+// Returns from the enclosing function when a qt_ status is not QT_OK.
+#define QT_TRY(call)                                                            \
+    do {                                                                        \
+        int qt_status_ = (call);                                                \
+        if (qt_status_ != QT_OK) return qt_status_;                             \
+    } while (0)
+
+#define QT_REQUIRE(condition, ...)                                              \
+    do {                                                                        \
+        if (!(condition)) return ::qt::fail(QT_ERR_INVALID_ARGUMENT, __VA_ARGS__); \
+    } while (0)

@@ -1,0 +1,704 @@
+// Standalone kernel test for libqtool (no Java): every kernel against a double-precision CPU reference on
+// fresh random inputs, through the public C ABI of qtool.h. Outputs are poisoned (NaN bytes) before each
+// call so an unwritten element fails; every status is checked. Prints a PASS/FAIL table, then timings
+// (copy bandwidth, attention prefill TFLOP/s); exits 1 if any check fails, 2 if the GPU or cuBLAS is missing.
+//
+// Usage: test_kernels [--seed N] [--cuda-lib-dir DIR[:DIR...]] [--no-bench] [--filter NAME]
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "qtool.h"
+
+namespace {
+
+// ---- plumbing ---------------------------------------------------------------------------------------
+
+struct StatusError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+void check(int status, const char* call) {
+    if (status != QT_OK)
+        throw StatusError(std::string(call) + " -> " + qt_status_string(status) + ": " + qt_last_error());
+}
+#define CHECK(call) check((call), #call)
+
+std::mt19937_64 rng;
+
+std::vector<float> randn(size_t n, float scale = 1.0f) {
+    std::normal_distribution<float> dist(0.0f, scale);
+    std::vector<float> v(n);
+    for (auto& x : v) x = dist(rng);
+    return v;
+}
+
+std::vector<float> uniform(size_t n, float lo, float hi) {
+    std::uniform_real_distribution<float> dist(lo, hi);
+    std::vector<float> v(n);
+    for (auto& x : v) x = dist(rng);
+    return v;
+}
+
+// A device buffer, freed on scope exit.
+struct Device {
+    void* ptr = nullptr;
+    size_t bytes = 0;
+    explicit Device(size_t n) : bytes(n) { CHECK(qt_malloc(&ptr, n)); }
+    Device(Device&& other) noexcept : ptr(other.ptr), bytes(other.bytes) { other.ptr = nullptr; }
+    Device(const Device&) = delete;
+    Device& operator=(const Device&) = delete;
+    ~Device() { qt_free(ptr); }
+    template <typename T> static Device from(const std::vector<T>& host) {
+        Device d(host.size() * sizeof(T));
+        CHECK(qt_memcpy_htod(d.ptr, host.data(), d.bytes, nullptr));
+        return d;
+    }
+    template <typename T> std::vector<T> to_host(size_t n) const {
+        std::vector<T> host(n);
+        CHECK(qt_memcpy_dtoh(host.data(), ptr, n * sizeof(T), nullptr));
+        return host;
+    }
+    void poison() { CHECK(qt_memset_async(ptr, 0xff, bytes, nullptr)); }  // all-ones bytes: NaN in F32/F16/BF16
+};
+
+std::vector<uint16_t> to_f16(const std::vector<float>& v) {
+    std::vector<uint16_t> out(v.size());
+    for (size_t i = 0; i < v.size(); i++) {
+        __half h = __float2half_rn(v[i]);
+        memcpy(&out[i], &h, 2);
+    }
+    return out;
+}
+std::vector<uint16_t> to_bf16(const std::vector<float>& v) {
+    std::vector<uint16_t> out(v.size());
+    for (size_t i = 0; i < v.size(); i++) {
+        __nv_bfloat16 h = __float2bfloat16_rn(v[i]);
+        memcpy(&out[i], &h, 2);
+    }
+    return out;
+}
+float f16_value(uint16_t bits) {
+    __half h;
+    memcpy(&h, &bits, 2);
+    return __half2float(h);
+}
+float bf16_value(uint16_t bits) {
+    uint32_t u = static_cast<uint32_t>(bits) << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+// ||out - ref|| / ||ref||; any non-finite output is an infinite error.
+template <typename T>
+double rel_l2(const std::vector<T>& out, const std::vector<double>& ref) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < ref.size(); i++) {
+        double o = static_cast<double>(out[i]);
+        if (!std::isfinite(o)) return INFINITY;
+        num += (o - ref[i]) * (o - ref[i]);
+        den += ref[i] * ref[i];
+    }
+    return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
+}
+
+struct Row {
+    std::string name;
+    double error;
+    double limit;
+    std::string note;
+    bool pass() const { return error <= limit; }
+};
+std::vector<Row> rows;
+int failures = 0;
+
+void record(const std::string& name, double error, double limit, const std::string& note = "") {
+    Row row{name, error, limit, note};
+    if (!row.pass()) failures++;
+    rows.push_back(row);
+}
+
+std::string only;  // --filter: run only the tests whose name contains this
+
+// Runs one test; a bad status becomes a FAIL row carrying the message.
+void run(const std::string& name, const std::function<void()>& test) {
+    if (!only.empty() && name.find(only) == std::string::npos) return;
+    try {
+        test();
+    } catch (const std::exception& e) {
+        record(name, INFINITY, 0, e.what());
+    }
+}
+
+// ---- references ------------------------------------------------------------------------------------
+
+std::vector<double> ref_rmsnorm(const std::vector<float>& x, const std::vector<float>& w, int rows, int cols, float eps) {
+    std::vector<double> out(x.size());
+    for (int r = 0; r < rows; r++) {
+        double ss = 0;
+        for (int j = 0; j < cols; j++) ss += double(x[r * cols + j]) * x[r * cols + j];
+        double inv = 1.0 / std::sqrt(ss / cols + eps);
+        for (int j = 0; j < cols; j++) out[r * cols + j] = x[r * cols + j] * inv * w[j];
+    }
+    return out;
+}
+
+// Attention reference with its own double-precision caches, updated like the kernel's.
+struct AttentionReference {
+    int batch, max_seq, heads, kv_heads, head_dim;
+    std::vector<double> k_cache, v_cache;
+    AttentionReference(int b, int m, int h, int kvh, int d)
+        : batch(b), max_seq(m), heads(h), kv_heads(kvh), head_dim(d),
+          k_cache(size_t(b) * m * kvh * d), v_cache(size_t(b) * m * kvh * d) {}
+
+    std::vector<double> step(const std::vector<float>& q, const std::vector<float>& k, const std::vector<float>& v,
+                             int seq_len, int start_pos) {
+        const int kv_width = kv_heads * head_dim, q_width = heads * head_dim, group = heads / kv_heads;
+        for (int b = 0; b < batch; b++)
+            for (int s = 0; s < seq_len; s++)
+                for (int c = 0; c < kv_width; c++) {
+                    size_t dst = (size_t(b) * max_seq + start_pos + s) * kv_width + c;
+                    k_cache[dst] = k[(size_t(b) * seq_len + s) * kv_width + c];
+                    v_cache[dst] = v[(size_t(b) * seq_len + s) * kv_width + c];
+                }
+        std::vector<double> out(size_t(batch) * seq_len * q_width);
+        std::vector<double> scores(start_pos + seq_len);
+        const double scale = 1.0 / std::sqrt(double(head_dim));
+        for (int b = 0; b < batch; b++)
+            for (int s = 0; s < seq_len; s++)
+                for (int h = 0; h < heads; h++) {
+                    const int p = start_pos + s, kvh = h / group;
+                    const float* qrow = &q[(size_t(b) * seq_len + s) * q_width + size_t(h) * head_dim];
+                    double mx = -INFINITY;
+                    for (int t = 0; t <= p; t++) {
+                        const double* krow = &k_cache[(size_t(b) * max_seq + t) * kv_width + size_t(kvh) * head_dim];
+                        double dot = 0;
+                        for (int d = 0; d < head_dim; d++) dot += qrow[d] * krow[d];
+                        scores[t] = dot * scale;
+                        mx = std::max(mx, scores[t]);
+                    }
+                    double sum = 0;
+                    for (int t = 0; t <= p; t++) sum += (scores[t] = std::exp(scores[t] - mx));
+                    double* orow = &out[(size_t(b) * seq_len + s) * q_width + size_t(h) * head_dim];
+                    for (int t = 0; t <= p; t++) {
+                        const double* vrow = &v_cache[(size_t(b) * max_seq + t) * kv_width + size_t(kvh) * head_dim];
+                        for (int d = 0; d < head_dim; d++) orow[d] += scores[t] / sum * vrow[d];
+                    }
+                }
+        return out;
+    }
+};
+
+// ---- tests ------------------------------------------------------------------------------------------
+
+void test_cast() {
+    const size_t n = 100003;
+    std::vector<float> x = randn(n, 3.0f);
+    x[0] = 65504.0f * 2;  // overflows F16 to inf
+    x[1] = 1e-8f;         // F16 subnormal range
+    Device dx = Device::from(x);
+    struct Case { int dtype; const char* name; std::vector<uint16_t> (*convert)(const std::vector<float>&); float (*value)(uint16_t); };
+    for (Case c : {Case{QT_F16, "F16", to_f16, f16_value}, Case{QT_BF16, "BF16", to_bf16, bf16_value}}) {
+        run(std::string("cast F32->") + c.name + " (bits)", [&] {
+            Device out(n * 2);
+            out.poison();
+            CHECK(qt_cast(out.ptr, c.dtype, dx.ptr, QT_F32, n, nullptr));
+            std::vector<uint16_t> got = out.to_host<uint16_t>(n), want = c.convert(x);
+            size_t mismatches = 0;
+            for (size_t i = 0; i < n; i++) mismatches += got[i] != want[i];
+            record(std::string("cast F32->") + c.name + " (bits)", double(mismatches), 0, "mismatching elements");
+        });
+        run(std::string("cast ") + c.name + "->F32", [&] {
+            std::vector<uint16_t> half = c.convert(x);
+            Device src = Device::from(half), out(n * 4);
+            out.poison();
+            CHECK(qt_cast(out.ptr, QT_F32, src.ptr, c.dtype, n, nullptr));
+            std::vector<float> got = out.to_host<float>(n);
+            size_t mismatches = 0;
+            for (size_t i = 0; i < n; i++) {
+                float w = c.value(half[i]);
+                mismatches += !(got[i] == w || (std::isnan(got[i]) && std::isnan(w)));
+            }
+            record(std::string("cast ") + c.name + "->F32 (exact)", double(mismatches), 0, "mismatching elements");
+        });
+    }
+    run("cast F64->F32", [&] {
+        std::vector<double> d(n);
+        for (size_t i = 0; i < n; i++) d[i] = double(x[i]) * 1.000000123;
+        Device src = Device::from(d), out(n * 4);
+        out.poison();
+        CHECK(qt_cast(out.ptr, QT_F32, src.ptr, QT_F64, n, nullptr));
+        std::vector<float> got = out.to_host<float>(n);
+        size_t mismatches = 0;
+        for (size_t i = 0; i < n; i++) mismatches += got[i] != static_cast<float>(d[i]);
+        record("cast F64->F32 (exact)", double(mismatches), 0, "mismatching elements");
+    });
+}
+
+void test_embedding() {
+    const int vocab = 1000, dim = 576, rows = 77;
+    std::vector<float> table = randn(size_t(vocab) * dim);
+    std::vector<int> ids(rows);
+    std::uniform_int_distribution<int> pick(0, vocab - 1);
+    for (auto& id : ids) id = pick(rng);
+    Device dids = Device::from(ids);
+    for (int dtype : {QT_F32, QT_F16, QT_BF16}) {
+        std::string name = std::string("embedding ") + (dtype == QT_F32 ? "F32" : dtype == QT_F16 ? "F16" : "BF16");
+        run(name, [&] {
+            std::vector<uint16_t> half = dtype == QT_F16 ? to_f16(table) : to_bf16(table);
+            Device dtable = dtype == QT_F32 ? Device::from(table) : Device::from(half);
+            Device out(size_t(rows) * dim * 4);
+            out.poison();
+            CHECK(qt_embedding(out.ptr, dtable.ptr, dtype, dids.ptr, rows, dim, vocab, nullptr));
+            std::vector<float> got = out.to_host<float>(size_t(rows) * dim);
+            std::vector<double> ref(got.size());
+            for (int r = 0; r < rows; r++)
+                for (int j = 0; j < dim; j++) {
+                    size_t t = size_t(ids[r]) * dim + j;
+                    ref[size_t(r) * dim + j] = dtype == QT_F32 ? table[t] : dtype == QT_F16 ? f16_value(half[t]) : bf16_value(half[t]);
+                }
+            record(name, rel_l2(got, ref), 0);
+        });
+    }
+}
+
+void test_rmsnorm() {
+    const int rows = 13, cols = 4096;
+    const float eps = 1e-5f;
+    std::vector<float> x = randn(size_t(rows) * cols, 2.0f), w = uniform(cols, 0.5f, 1.5f);
+    run("rmsnorm F32 weight", [&] {
+        Device dx = Device::from(x), dw = Device::from(w), out(x.size() * 4);
+        out.poison();
+        CHECK(qt_rmsnorm(out.ptr, dx.ptr, dw.ptr, QT_F32, rows, cols, eps, nullptr));
+        record("rmsnorm F32 weight", rel_l2(out.to_host<float>(x.size()), ref_rmsnorm(x, w, rows, cols, eps)), 1e-6);
+    });
+    run("rmsnorm BF16 weight, in place", [&] {
+        std::vector<uint16_t> wb = to_bf16(w);
+        std::vector<float> wr(cols);
+        for (int j = 0; j < cols; j++) wr[j] = bf16_value(wb[j]);
+        Device dx = Device::from(x), dw = Device::from(wb);
+        CHECK(qt_rmsnorm(dx.ptr, dx.ptr, dw.ptr, QT_BF16, rows, cols, eps, nullptr));
+        record("rmsnorm BF16 weight, in place", rel_l2(dx.to_host<float>(x.size()), ref_rmsnorm(x, wr, rows, cols, eps)), 1e-6);
+    });
+    run("rmsnorm cols 64", [&] {
+        std::vector<float> xs = randn(5 * 64), ws = uniform(64, 0.5f, 1.5f);
+        Device dx = Device::from(xs), dw = Device::from(ws), out(xs.size() * 4);
+        out.poison();
+        CHECK(qt_rmsnorm(out.ptr, dx.ptr, dw.ptr, QT_F32, 5, 64, eps, nullptr));
+        record("rmsnorm cols 64", rel_l2(out.to_host<float>(xs.size()), ref_rmsnorm(xs, ws, 5, 64, eps)), 1e-6);
+    });
+}
+
+void test_rope() {
+    const int batch = 2, seq = 37, heads = 8, head_dim = 64, start = 1500;
+    const int rows = batch * seq, width = heads * head_dim;
+    run("rope (startPos 1500)", [&] {
+        std::vector<float> x = randn(size_t(rows) * width), inv(head_dim / 2);
+        for (int j = 0; j < head_dim / 2; j++) inv[j] = static_cast<float>(1.0 / std::pow(500000.0, 2.0 * j / head_dim));
+        Device dx = Device::from(x), dinv = Device::from(inv);
+        CHECK(qt_rope(dx.ptr, rows, heads, head_dim, seq, start, dinv.ptr, nullptr));
+        std::vector<double> ref(x.size());
+        const int half = head_dim / 2;
+        for (int r = 0; r < rows; r++)
+            for (int h = 0; h < heads; h++)
+                for (int j = 0; j < half; j++) {
+                    // The documented angle: an F32 product, then exact trigonometry.
+                    double angle = static_cast<float>(start + r % seq) * inv[j];
+                    size_t base = size_t(r) * width + size_t(h) * head_dim;
+                    double a = x[base + j], b = x[base + j + half];
+                    ref[base + j] = a * std::cos(angle) - b * std::sin(angle);
+                    ref[base + j + half] = b * std::cos(angle) + a * std::sin(angle);
+                }
+        record("rope (startPos 1500)", rel_l2(dx.to_host<float>(x.size()), ref), 1e-6);
+    });
+}
+
+// Prefill of seq_len positions, then a decode step at start_pos seq_len; caches start as NaN bytes, so a
+// read of a position that was never written shows.
+void test_attention(int batch, int heads, int kv_heads, int head_dim, int seq_len, bool decode_scratch = true) {
+    char name[128];
+    snprintf(name, sizeof name, "attention b%d h%d kv%d d%d s%d", batch, heads, kv_heads, head_dim, seq_len);
+    const int max_seq = seq_len + 9;
+    const int q_width = heads * head_dim, kv_width = kv_heads * head_dim;
+    run(name, [&] {
+        Device k_cache(size_t(batch) * max_seq * kv_width * 4), v_cache(k_cache.bytes);
+        k_cache.poison();
+        v_cache.poison();
+        AttentionReference ref(batch, max_seq, heads, kv_heads, head_dim);
+        struct Step { int seq, start; bool scratch; };
+        for (Step step : {Step{seq_len, 0, true}, Step{1, seq_len, decode_scratch}, Step{3, seq_len + 1, true}}) {
+            const int rows = batch * step.seq;
+            std::vector<float> q = randn(size_t(rows) * q_width), k = randn(size_t(rows) * kv_width),
+                               v = randn(size_t(rows) * kv_width);
+            // Larger keys sharpen the softmax, so a wrong scale or mask shows in the error.
+            for (auto& x : k) x *= 2.0f;
+            Device dq = Device::from(q), dk = Device::from(k), dv = Device::from(v), out(size_t(rows) * q_width * 4);
+            out.poison();
+            size_t scratch_bytes = 0;
+            CHECK(qt_attention_scratch_bytes(batch, step.seq, step.start, heads, kv_heads, head_dim, &scratch_bytes));
+            if (!step.scratch) scratch_bytes = 0;
+            Device scratch(scratch_bytes);
+            CHECK(qt_attention(out.ptr, dq.ptr, dk.ptr, dv.ptr, k_cache.ptr, v_cache.ptr, batch, step.seq, step.start,
+                               max_seq, heads, kv_heads, head_dim, scratch.ptr, scratch_bytes, nullptr));
+            std::vector<double> want = ref.step(q, k, v, step.seq, step.start);
+            char label[192];
+            snprintf(label, sizeof label, "%s %s s%d@%d", name, step.start == 0 ? "prefill" : "step", step.seq, step.start);
+            char note[64];
+            snprintf(note, sizeof note, "%s", scratch_bytes ? "keys split" : "");
+            record(label, rel_l2(out.to_host<float>(want.size()), want), 1e-5, note);
+        }
+    });
+}
+
+void test_silu_add() {
+    const size_t n = 3 * 8192 + 3;  // a tail that misses the float4 path
+    std::vector<float> g = randn(n, 3.0f), u = randn(n);
+    run("silu_mul", [&] {
+        Device dg = Device::from(g), du = Device::from(u), out(n * 4);
+        out.poison();
+        CHECK(qt_silu_mul(out.ptr, dg.ptr, du.ptr, n, nullptr));
+        std::vector<double> ref(n);
+        for (size_t i = 0; i < n; i++) ref[i] = g[i] / (1.0 + std::exp(-double(g[i]))) * u[i];
+        record("silu_mul", rel_l2(out.to_host<float>(n), ref), 1e-6);
+    });
+    run("silu_mul in place (float4)", [&] {
+        const size_t m = 8192;
+        std::vector<float> gm(g.begin(), g.begin() + m), um(u.begin(), u.begin() + m);
+        Device dg = Device::from(gm), du = Device::from(um);
+        CHECK(qt_silu_mul(dg.ptr, dg.ptr, du.ptr, m, nullptr));
+        std::vector<double> ref(m);
+        for (size_t i = 0; i < m; i++) ref[i] = gm[i] / (1.0 + std::exp(-double(gm[i]))) * um[i];
+        record("silu_mul in place (float4)", rel_l2(dg.to_host<float>(m), ref), 1e-6);
+    });
+    run("add", [&] {
+        Device dx = Device::from(g), dy = Device::from(u);
+        CHECK(qt_add(dx.ptr, dy.ptr, n, nullptr));
+        std::vector<double> ref(n);
+        for (size_t i = 0; i < n; i++) ref[i] = double(g[i]) + u[i];
+        record("add", rel_l2(dx.to_host<float>(n), ref), 1e-7);
+    });
+}
+
+void test_linear(int weight_dtype, int rows, int in, int out_f, bool bias, double limit) {
+    const char* dn = weight_dtype == QT_F32 ? "F32" : weight_dtype == QT_F16 ? "F16" : "BF16";
+    char name[128];
+    snprintf(name, sizeof name, "linear %s %dx%d->%d%s", dn, rows, in, out_f, bias ? " +bias" : "");
+    run(name, [&] {
+        std::vector<float> x = randn(size_t(rows) * in), w = randn(size_t(out_f) * in, 0.05f), b = randn(out_f);
+        std::vector<float> wv(w.size()), bv(b.size());  // the weight and bias values the GPU holds
+        std::vector<uint16_t> wh, bh;
+        if (weight_dtype == QT_F32) {
+            wv = w;
+            bv = b;
+        } else {
+            wh = weight_dtype == QT_F16 ? to_f16(w) : to_bf16(w);
+            bh = weight_dtype == QT_F16 ? to_f16(b) : to_bf16(b);
+            for (size_t i = 0; i < w.size(); i++) wv[i] = weight_dtype == QT_F16 ? f16_value(wh[i]) : bf16_value(wh[i]);
+            for (size_t i = 0; i < b.size(); i++) bv[i] = weight_dtype == QT_F16 ? f16_value(bh[i]) : bf16_value(bh[i]);
+        }
+        Device dx = Device::from(x);
+        Device dw = weight_dtype == QT_F32 ? Device::from(w) : Device::from(wh);
+        Device db = weight_dtype == QT_F32 ? Device::from(b) : Device::from(bh);
+        Device dout(size_t(rows) * out_f * 4);
+        dout.poison();
+        size_t scratch_bytes = 0;
+        CHECK(qt_linear_scratch_bytes(rows, in, weight_dtype, &scratch_bytes));
+        Device scratch(scratch_bytes);
+        CHECK(qt_linear(dout.ptr, dx.ptr, dw.ptr, weight_dtype, bias ? db.ptr : nullptr, weight_dtype, rows, in, out_f,
+                        scratch.ptr, scratch_bytes, nullptr));
+        // Reference: the unrounded F32 activations times the weight values held on the GPU.
+        std::vector<double> ref(size_t(rows) * out_f);
+        for (int r = 0; r < rows; r++)
+            for (int o = 0; o < out_f; o++) {
+                double acc = bias ? bv[o] : 0.0;
+                const float* xr = &x[size_t(r) * in];
+                const float* wr = &wv[size_t(o) * in];
+                for (int i = 0; i < in; i++) acc += double(xr[i]) * wr[i];
+                ref[size_t(r) * out_f + o] = acc;
+            }
+        record(name, rel_l2(dout.to_host<float>(ref.size()), ref), limit);
+    });
+}
+
+void test_cross_entropy() {
+    const int rows = 6, vocab = 32000;
+    run("cross_entropy", [&] {
+        std::vector<float> logits = randn(size_t(rows) * vocab, 4.0f);
+        logits[size_t(2) * vocab + 7] = 60.0f;  // a peaked row: loss near 0 for its target
+        for (int j = 0; j < vocab; j += 3) logits[size_t(3) * vocab + j] = -INFINITY;  // masked logits
+        std::vector<int> targets = {5, 31999, 7, 1, 12345, 0};
+        Device dl = Device::from(logits), dt = Device::from(targets), out(rows * 4);
+        out.poison();
+        CHECK(qt_cross_entropy(out.ptr, dl.ptr, dt.ptr, rows, vocab, nullptr));
+        std::vector<double> ref(rows);
+        for (int r = 0; r < rows; r++) {
+            const float* l = &logits[size_t(r) * vocab];
+            double mx = -INFINITY, sum = 0;
+            for (int j = 0; j < vocab; j++) mx = std::max(mx, double(l[j]));
+            for (int j = 0; j < vocab; j++) sum += std::exp(double(l[j]) - mx);
+            ref[r] = mx + std::log(sum) - l[targets[r]];
+        }
+        record("cross_entropy", rel_l2(out.to_host<float>(rows), ref), 1e-6);
+    });
+}
+
+void test_cholesky(int n) {
+    // a = M M^T / n + I: symmetric positive definite and well conditioned.
+    std::vector<float> m = randn(size_t(n) * n);
+    std::vector<double> a(size_t(n) * n);
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < n; j++) {
+            double acc = i == j ? 1.0 : 0.0;
+            for (int k = 0; k < n; k++) acc += double(m[size_t(i) * n + k]) * m[size_t(j) * n + k] / n;
+            a[size_t(i) * n + j] = acc;
+        }
+    std::vector<float> af(a.begin(), a.end());
+    for (int triangle : {QT_LOWER, QT_UPPER}) {
+        std::string name = std::string("cholesky n") + std::to_string(n) + (triangle == QT_LOWER ? " lower" : " upper");
+        run(name, [&] {
+            Device da = Device::from(af);
+            int info = -1;
+            CHECK(qt_cholesky(da.ptr, n, triangle, &info, nullptr));
+            std::vector<float> f = da.to_host<float>(af.size());
+            // Rebuild a from the factor's triangle: L L^T (lower) or U^T U (upper).
+            std::vector<double> rebuilt(a.size());
+            auto factor = [&](int i, int j) -> double {  // L[i][j] (zero above the diagonal)
+                if (j > i) return 0.0;
+                return triangle == QT_LOWER ? f[size_t(i) * n + j] : f[size_t(j) * n + i];
+            };
+            for (int i = 0; i < n; i++)
+                for (int j = 0; j < n; j++) {
+                    double acc = 0;
+                    for (int k = 0; k <= std::min(i, j); k++) acc += factor(i, k) * factor(j, k);
+                    rebuilt[size_t(i) * n + j] = acc;
+                }
+            std::vector<double> orig(a);
+            record(name + " (L L^T = A)", rel_l2(rebuilt, orig), 1e-5, "info " + std::to_string(info));
+
+            CHECK(qt_cholesky_inverse(da.ptr, n, triangle, &info, nullptr));
+            CHECK(qt_symmetrize(da.ptr, n, triangle, nullptr));
+            std::vector<float> inv = da.to_host<float>(af.size());
+            std::vector<double> product(a.size()), identity(a.size());
+            for (int i = 0; i < n; i++) {
+                identity[size_t(i) * n + i] = 1.0;
+                for (int j = 0; j < n; j++) {
+                    double acc = 0;
+                    for (int k = 0; k < n; k++) acc += a[size_t(i) * n + k] * inv[size_t(k) * n + j];
+                    product[size_t(i) * n + j] = acc;
+                }
+            }
+            record(name + " inverse (A X = I)", rel_l2(product, identity), 1e-4);
+        });
+    }
+    run("cholesky of a non-SPD matrix", [&] {
+        std::vector<float> bad(af);
+        bad[size_t(5) * n + 5] = -1.0f;  // minor of order 6 turns indefinite
+        Device db = Device::from(bad);
+        int info = 0;
+        int status = qt_cholesky(db.ptr, n, QT_LOWER, &info, nullptr);
+        record("cholesky of a non-SPD matrix", status == QT_ERR_NOT_POSITIVE_DEFINITE && info > 0 ? 0 : 1, 0,
+               std::string(qt_status_string(status)) + ", info " + std::to_string(info));
+    });
+}
+
+void test_errors() {
+    run("errors are reported", [&] {
+        int wrong = 0;
+        std::string notes;
+        Device buffer(1024);
+        // head_dim not a multiple of 4; head_dim above 256; heads not a multiple of kv_heads; unaligned.
+        int s1 = qt_attention(buffer.ptr, buffer.ptr, buffer.ptr, buffer.ptr, buffer.ptr, buffer.ptr, 1, 1, 0, 4, 2, 1, 6,
+                              nullptr, 0, nullptr);
+        wrong += s1 != QT_ERR_INVALID_ARGUMENT || strstr(qt_last_error(), "head_dim") == nullptr;
+        int s2 = qt_attention(buffer.ptr, buffer.ptr, buffer.ptr, buffer.ptr, buffer.ptr, buffer.ptr, 1, 1, 0, 4, 2, 1,
+                              512, nullptr, 0, nullptr);
+        wrong += s2 != QT_ERR_UNSUPPORTED;
+        int s3 = qt_attention(buffer.ptr, buffer.ptr, buffer.ptr, buffer.ptr, buffer.ptr, buffer.ptr, 1, 1, 0, 4, 3, 2, 8,
+                              nullptr, 0, nullptr);
+        wrong += s3 != QT_ERR_INVALID_ARGUMENT;
+        int s4 = qt_linear(buffer.ptr, buffer.ptr, buffer.ptr, QT_F16, nullptr, 0, 4, 8, 8, nullptr, 0, nullptr);
+        wrong += s4 != QT_ERR_INVALID_ARGUMENT || strstr(qt_last_error(), "scratch") == nullptr;
+        void* huge = nullptr;
+        int s5 = qt_malloc(&huge, size_t(1) << 50);
+        wrong += s5 != QT_ERR_OUT_OF_MEMORY;
+        notes = std::string("e.g. \"") + qt_last_error() + "\"";
+        // The failed allocation must not poison later calls.
+        CHECK(qt_memset_async(buffer.ptr, 0, 1024, nullptr));
+        CHECK(qt_device_synchronize());
+        record("errors are reported", wrong, 0, notes.substr(0, 110));
+    });
+}
+
+// ---- timings ----------------------------------------------------------------------------------------
+
+double median(std::vector<float> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+}
+
+// Median milliseconds of `iters` event-timed runs of fn, after 3 warm-ups.
+double time_ms(const std::function<void()>& fn, int iters = 20) {
+    for (int i = 0; i < 3; i++) fn();
+    void *start, *stop;
+    CHECK(qt_event_create(&start));
+    CHECK(qt_event_create(&stop));
+    std::vector<float> times;
+    for (int i = 0; i < iters; i++) {
+        CHECK(qt_event_record(start, nullptr));
+        fn();
+        CHECK(qt_event_record(stop, nullptr));
+        CHECK(qt_event_synchronize(stop));
+        float ms = 0;
+        CHECK(qt_event_elapsed_ms(start, stop, &ms));
+        times.push_back(ms);
+    }
+    qt_event_destroy(start);
+    qt_event_destroy(stop);
+    return median(times);
+}
+
+void bench() {
+    printf("\nTimings (median of 20 CUDA-event-timed runs after warm-up; random inputs)\n");
+    try {
+        float gbps = 0;
+        CHECK(qt_bench_copy(size_t(1) << 30, 20, &gbps));
+        printf("  %-58s %10.1f GB/s (read + write)\n", "device copy, 1 GiB", gbps);
+
+        struct Shape { int batch, seq, heads, kv_heads, head_dim; };
+        for (Shape sh : {Shape{1, 2048, 32, 32, 128}, Shape{1, 2048, 32, 8, 128}, Shape{4, 512, 32, 8, 128},
+                         Shape{1, 2048, 9, 3, 64}}) {
+            const int max_seq = sh.seq + 1;
+            const size_t q_elems = size_t(sh.batch) * sh.seq * sh.heads * sh.head_dim;
+            const size_t kv_elems = size_t(sh.batch) * sh.seq * sh.kv_heads * sh.head_dim;
+            Device q = Device::from(randn(q_elems)), k = Device::from(randn(kv_elems)), v = Device::from(randn(kv_elems));
+            Device out(q_elems * 4), kc(size_t(sh.batch) * max_seq * sh.kv_heads * sh.head_dim * 4), vc(kc.bytes);
+            double ms = time_ms([&] {
+                CHECK(qt_attention(out.ptr, q.ptr, k.ptr, v.ptr, kc.ptr, vc.ptr, sh.batch, sh.seq, 0, max_seq, sh.heads,
+                                   sh.kv_heads, sh.head_dim, nullptr, 0, nullptr));
+            });
+            // Causal: query s sees s + 1 keys; QK^T and PV are 2 flops per multiply-add each.
+            double flops = 4.0 * sh.batch * sh.heads * sh.head_dim * (double(sh.seq) * (sh.seq + 1) / 2);
+            char label[128];
+            snprintf(label, sizeof label, "attention prefill b%d s%d h%d kv%d d%d", sh.batch, sh.seq, sh.heads,
+                     sh.kv_heads, sh.head_dim);
+            printf("  %-58s %10.3f ms  %6.1f TFLOP/s\n", label, ms, flops / (ms * 1e-3) / 1e12);
+
+            // One decode step after the prefill (positions 0..seq-1 hold keys): memory-bound, so GB/s of cache read.
+            Device q1 = Device::from(randn(size_t(sh.batch) * sh.heads * sh.head_dim));
+            Device k1 = Device::from(randn(size_t(sh.batch) * sh.kv_heads * sh.head_dim)), v1 = Device::from(randn(size_t(sh.batch) * sh.kv_heads * sh.head_dim));
+            size_t scratch_bytes = 0;
+            CHECK(qt_attention_scratch_bytes(sh.batch, 1, sh.seq, sh.heads, sh.kv_heads, sh.head_dim, &scratch_bytes));
+            Device scratch(scratch_bytes), out1(size_t(sh.batch) * sh.heads * sh.head_dim * 4);
+            double ms1 = time_ms([&] {
+                CHECK(qt_attention(out1.ptr, q1.ptr, k1.ptr, v1.ptr, kc.ptr, vc.ptr, sh.batch, 1, sh.seq, max_seq, sh.heads,
+                                   sh.kv_heads, sh.head_dim, scratch.ptr, scratch_bytes, nullptr));
+            });
+            double bytes = 2.0 * 4 * sh.batch * double(sh.seq + 1) * sh.kv_heads * sh.head_dim;
+            snprintf(label, sizeof label, "attention decode  b%d at %d h%d kv%d d%d", sh.batch, sh.seq, sh.heads,
+                     sh.kv_heads, sh.head_dim);
+            printf("  %-58s %10.3f ms  %6.1f GB/s of cache\n", label, ms1, bytes / (ms1 * 1e-3) / 1e9);
+        }
+
+        for (int dtype : {QT_BF16, QT_F32}) {
+            const int rows = 2048, in = 4096, out_f = 4096;
+            Device x = Device::from(randn(size_t(rows) * in));
+            std::vector<float> w = randn(size_t(out_f) * in, 0.02f);
+            Device dw = dtype == QT_F32 ? Device::from(w) : Device::from(to_bf16(w));
+            Device out(size_t(rows) * out_f * 4);
+            size_t scratch_bytes = 0;
+            CHECK(qt_linear_scratch_bytes(rows, in, dtype, &scratch_bytes));
+            Device scratch(scratch_bytes);
+            double ms = time_ms([&] {
+                CHECK(qt_linear(out.ptr, x.ptr, dw.ptr, dtype, nullptr, 0, rows, in, out_f, scratch.ptr, scratch_bytes,
+                                nullptr));
+            });
+            char label[128];
+            snprintf(label, sizeof label, "linear %s %dx%d->%d (incl. activation cast)", dtype == QT_F32 ? "F32" : "BF16",
+                     rows, in, out_f);
+            printf("  %-58s %10.3f ms  %6.1f TFLOP/s\n", label, ms, 2.0 * rows * in * out_f / (ms * 1e-3) / 1e12);
+        }
+    } catch (const std::exception& e) {
+        printf("  benchmark failed: %s\n", e.what());
+        failures++;
+    }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    uint64_t seed = std::random_device{}();
+    const char* lib_dirs = getenv("QTOOL_CUDA_LIB_DIR");
+    bool benchmarks = true;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--seed") && i + 1 < argc) seed = strtoull(argv[++i], nullptr, 10);
+        else if (!strcmp(argv[i], "--cuda-lib-dir") && i + 1 < argc) lib_dirs = argv[++i];
+        else if (!strcmp(argv[i], "--no-bench")) benchmarks = false;
+        else if (!strcmp(argv[i], "--filter") && i + 1 < argc) only = argv[++i];
+        else {
+            fprintf(stderr, "usage: %s [--seed N] [--cuda-lib-dir DIR[:DIR...]] [--no-bench] [--filter NAME]\n", argv[0]);
+            return 2;
+        }
+    }
+    rng.seed(seed);
+
+    int status = qt_init(lib_dirs);
+    if (status != QT_OK) {
+        printf("test_kernels: qt_init failed: %s: %s\n", qt_status_string(status), qt_last_error());
+        return 2;
+    }
+    qt_device_info info;
+    if (qt_device_info_get(0, &info) != QT_OK) {
+        printf("test_kernels: %s\n", qt_last_error());
+        return 2;
+    }
+    printf("device: %s, %d SMs, cc %d.%d, %.1f GiB (%.1f free), memory %d-bit at %d MHz\n", info.name,
+           info.multiprocessor_count, info.compute_capability_major, info.compute_capability_minor,
+           info.total_memory_bytes / 1073741824.0, info.free_memory_bytes / 1073741824.0, info.memory_bus_width_bits,
+           info.memory_clock_khz / 1000);
+    const char* cusolver = qt_loaded_library(QT_LIB_CUSOLVER);
+    printf("cuBLAS: %s\ncuSOLVER: %s\nseed: %llu\n\n", qt_loaded_library(QT_LIB_CUBLAS),
+           cusolver ? cusolver : "(not loaded)", static_cast<unsigned long long>(seed));
+
+    test_cast();
+    test_embedding();
+    test_rmsnorm();
+    test_rope();
+    test_attention(2, 8, 2, 64, 37);               // the GQA case of the spec
+    test_attention(2, 8, 2, 64, 37, false);        // its decode step without scratch (unsplit fallback)
+    test_attention(1, 4, 4, 128, 70);
+    test_attention(1, 8, 4, 8, 19);                // stories260K's shape (head_dim 8)
+    test_attention(2, 6, 2, 96, 50);
+    test_attention(1, 4, 1, 256, 40);
+    test_attention(1, 9, 3, 64, 150);              // SmolLM2's heads
+    test_attention(1, 32, 8, 128, 600);            // long cache: the decode step splits its keys
+    test_silu_add();
+    test_linear(QT_F32, 37, 1024, 768, true, 1e-5);
+    test_linear(QT_F32, 1, 576, 1536, false, 1e-5);
+    test_linear(QT_F16, 37, 1024, 768, true, 1e-2);
+    test_linear(QT_BF16, 37, 1024, 768, true, 1e-2);
+    test_linear(QT_BF16, 1, 576, 1536, false, 1e-2);
+    test_cross_entropy();
+    test_cholesky(200);
+    test_errors();
+
+    printf("%-58s %12s %10s  %s\n", "check", "error", "limit", "result");
+    for (const Row& row : rows)
+        printf("%-58s %12.3e %10.1e  %s%s%s\n", row.name.c_str(), row.error, row.limit, row.pass() ? "PASS" : "FAIL",
+               row.note.empty() ? "" : "  ", row.note.c_str());
+    printf("%zu checks, %d failed\n", rows.size(), failures);
+
+    if (benchmarks) bench();
+    return failures == 0 ? 0 : 1;
+}
