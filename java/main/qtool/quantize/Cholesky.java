@@ -31,7 +31,19 @@ final class Cholesky {
                 IntStream.range(0, chunks).parallel().forEach(ch -> {
                     int c0 = start + ch * CHUNK, c1 = Math.min(c0 + CHUNK, n), len = c1 - c0;
                     double[] acc = new double[rows * len];
-                    for (int m = 0; m < start; m++) {
+                    int m = 0;
+                    for (; m + 4 <= start; m += 4) { // four source rows per pass: a quarter of the acc traffic
+                        int s0 = m * n + c0, s1 = s0 + n, s2 = s1 + n, s3 = s2 + n;
+                        for (int r = 0; r < rows; r++) {
+                            int col = m * n + start + r;
+                            double k0 = a[col], k1 = a[col + n], k2 = a[col + 2 * n], k3 = a[col + 3 * n];
+                            int accRow = r * len;
+                            for (int c = 0; c < len; c++) {
+                                acc[accRow + c] += k0 * a[s0 + c] + k1 * a[s1 + c] + k2 * a[s2 + c] + k3 * a[s3 + c];
+                            }
+                        }
+                    }
+                    for (; m < start; m++) {
                         int mRow = m * n;
                         for (int r = 0; r < rows; r++) {
                             double coef = a[mRow + start + r];
@@ -67,11 +79,14 @@ final class Cholesky {
     }
 
     /**
-     * Overwrites the upper triangular U in {@code a} (positive diagonal) with U⁻¹, also upper triangular, by back
+     * Overwrites the upper triangular U in {@code a} (positive diagonal) with U⁻¹, also upper triangular (zeroing the
+     * strictly lower part), by back
      * substitution over blocks of rows from the bottom: row i of Y = U⁻¹ is (e_i − Σ_{k>i} U[i][k]·Y[k]) / U[i][i].
      * Returns false if the result is not finite.
      */
     static boolean invertUpperInPlace(double[] a, int n) {
+        // Zeros below the diagonal let whole rows be read as rows of the upper triangular Y.
+        IntStream.range(0, n).parallel().forEach(i -> java.util.Arrays.fill(a, i * n, i * n + i, 0));
         for (int b1 = n; b1 > 0; b1 -= BLOCK) {
             int b0 = Math.max(0, b1 - BLOCK);
             int rows = b1 - b0;
@@ -83,7 +98,20 @@ final class Cholesky {
                 int chunks = (n - b1 + CHUNK - 1) / CHUNK;
                 IntStream.range(0, chunks).parallel().forEach(ch -> {
                     int c0 = end + ch * CHUNK, c1 = Math.min(c0 + CHUNK, n);
-                    for (int k = end; k < c1; k++) {
+                    int k = end;
+                    for (; k + 4 <= c1; k += 4) { // four rows of Y per pass; Y[k + j][c] = 0 for c < k + j
+                        int from = Math.max(k, c0);
+                        int y0 = k * n, y1 = y0 + n, y2 = y1 + n, y3 = y2 + n;
+                        for (int r = 0; r < rows; r++) {
+                            int uRow = (b0 + r) * n + k;
+                            double k0 = a[uRow], k1 = a[uRow + 1], k2 = a[uRow + 2], k3 = a[uRow + 3];
+                            int accRow = r * width - b0;
+                            for (int c = from; c < c1; c++) {
+                                acc[accRow + c] += k0 * a[y0 + c] + k1 * a[y1 + c] + k2 * a[y2 + c] + k3 * a[y3 + c];
+                            }
+                        }
+                    }
+                    for (; k < c1; k++) {
                         int kRow = k * n;
                         int from = Math.max(k, c0);
                         for (int r = 0; r < rows; r++) {

@@ -302,9 +302,15 @@ public final class Gptq {
                 int len = Math.min(CHUNK, in - c0);
                 for (int t = 0; t < rows; t++) {
                     Arrays.fill(sum, 0, len, 0f);
-                    for (int k = 0; k < count; k++) {
+                    int k = 0;
+                    for (; k + 4 <= count; k += 4) { // four rows of U per pass over the sum
+                        int e0 = t * bs + k;
+                        float f0 = err[e0], f1 = err[e0 + 1], f2 = err[e0 + 2], f3 = err[e0 + 3];
+                        int u0 = (i1 + k) * in + c0, u1 = u0 + in, u2 = u1 + in, u3 = u2 + in;
+                        for (int c = 0; c < len; c++) sum[c] += f0 * u[u0 + c] + f1 * u[u1 + c] + f2 * u[u2 + c] + f3 * u[u3 + c];
+                    }
+                    for (; k < count; k++) {
                         float e = err[t * bs + k];
-                        if (e == 0) continue;
                         int uOff = (i1 + k) * in + c0;
                         for (int c = 0; c < len; c++) sum[c] += e * u[uOff + c];
                     }
