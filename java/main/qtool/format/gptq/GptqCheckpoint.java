@@ -2,6 +2,7 @@ package qtool.format.gptq;
 
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
+import java.nio.ByteOrder;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
@@ -275,16 +276,30 @@ public final class GptqCheckpoint implements AutoCloseable {
     /** Writes the tensors of a packed linear (and its F16 bias when not null). */
     public static void write(SafetensorsWriter out, PackedLinear p, float[] bias) {
         String prefix = p.prefix();
-        out.add(prefix + "." + GptqLayout.QWEIGHT, DType.I32, p.qweightShape(), MemorySegment.ofArray(p.qweight()));
-        out.add(prefix + "." + GptqLayout.QZEROS, DType.I32, p.qzerosShape(), MemorySegment.ofArray(p.qzeros()));
-        out.add(prefix + "." + GptqLayout.SCALES, DType.F16, new long[] {p.groups(), p.out()}, MemorySegment.ofArray(p.scalesF16()));
-        out.add(prefix + "." + GptqLayout.G_IDX, DType.I32, new long[] {p.in()}, MemorySegment.ofArray(p.gIdx()));
+        out.add(prefix + "." + GptqLayout.QWEIGHT, DType.I32, p.qweightShape(), littleEndian(p.qweight()));
+        out.add(prefix + "." + GptqLayout.QZEROS, DType.I32, p.qzerosShape(), littleEndian(p.qzeros()));
+        out.add(prefix + "." + GptqLayout.SCALES, DType.F16, new long[] {p.groups(), p.out()}, littleEndian(p.scalesF16()));
+        out.add(prefix + "." + GptqLayout.G_IDX, DType.I32, new long[] {p.in()}, littleEndian(p.gIdx()));
         if (bias != null) {
             if (bias.length != p.out()) throw new IllegalArgumentException(prefix + ": bias has " + bias.length + " values, not " + p.out());
             short[] half = new short[bias.length];
             for (int k = 0; k < half.length; k++) half[k] = Float.floatToFloat16(bias[k]);
-            out.add(prefix + "." + GptqLayout.BIAS, DType.F16, new long[] {p.out()}, MemorySegment.ofArray(half));
+            out.add(prefix + "." + GptqLayout.BIAS, DType.F16, new long[] {p.out()}, littleEndian(half));
         }
+    }
+
+    /** The little-endian bytes of an int array, as a byte[]-backed segment (what SafetensorsWriter streams). */
+    public static MemorySegment littleEndian(int[] values) {
+        MemorySegment bytes = MemorySegment.ofArray(new byte[values.length * 4]);
+        MemorySegment.copy(values, 0, bytes, ValueLayout.JAVA_INT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN), 0, values.length);
+        return bytes;
+    }
+
+    /** The little-endian bytes of a short array (fp16 bit patterns), as a byte[]-backed segment. */
+    public static MemorySegment littleEndian(short[] values) {
+        MemorySegment bytes = MemorySegment.ofArray(new byte[values.length * 2]);
+        MemorySegment.copy(values, 0, bytes, ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN), 0, values.length);
+        return bytes;
     }
 
     /**
