@@ -11,7 +11,7 @@ import java.util.stream.IntStream;
  */
 final class Cholesky {
     static final int BLOCK = 32;
-    private static final int CHUNK = 256;
+    private static final int CHUNK = 128;
 
     private Cholesky() {}
 
