@@ -74,6 +74,19 @@ public interface Backend extends AutoCloseable {
     /** out[r] = logsumexp(logits[r, :]) - logits[r, targets[r]] (negative log-likelihood). out F32 [rows]; targets I32. */
     void crossEntropy(Tensor out, Tensor logits, Tensor targets);
 
+    /** dst ← src (same byte size), on the device. */
+    void copy(Tensor dst, Tensor src);
+
+    /** h += xᵀ·x: h F32 [in, in], x F32 [rows, in]. Calibration sums each linear input's Gram matrix this way. */
+    void accumulateGram(Tensor h, Tensor x);
+
+    /**
+     * GPTQ of one linear layer (see {@link qtool.quantize.Gptq}, the CPU reference this must agree with):
+     * {@code weight} F32 [out, in] and {@code hessian} F32 [in, in] on this device, neither modified. The result
+     * lives in host memory (codes, group parameters, the dequantized weight for the next layer's inputs).
+     */
+    qtool.quantize.GptqResult gptq(Tensor weight, Tensor hessian, qtool.quantize.GptqParams params);
+
     /** Waits for all work queued on this backend. */
     void synchronize();
 

@@ -265,6 +265,34 @@ public final class CpuBackend implements Backend {
     }
 
     @Override
+    public void copy(Tensor dst, Tensor src) {
+        MemorySegment.copy(src.data(), 0, dst.data(), 0, src.byteSize());
+    }
+
+    @Override
+    public void accumulateGram(Tensor h, Tensor x) {
+        float[] hs = f(h), xs = f(x);
+        int rows = x.rows(), in = x.cols(), ho = off(h), xo = off(x);
+        // upper triangle row by row in parallel, then mirrored: each h[i][j] sums its rows in order
+        IntStream.range(0, in).parallel().forEach(i -> {
+            for (int r = 0; r < rows; r++) {
+                float xi = xs[xo + r * in + i];
+                if (xi == 0) continue;
+                int hb = ho + i * in, xb = xo + r * in;
+                for (int j = i; j < in; j++) hs[hb + j] += xi * xs[xb + j];
+            }
+        });
+        for (int i = 0; i < in; i++) for (int j = 0; j < i; j++) hs[ho + i * in + j] = hs[ho + j * in + i];
+    }
+
+    @Override
+    public qtool.quantize.GptqResult gptq(Tensor weight, Tensor hessian, qtool.quantize.GptqParams params) {
+        float[] w = f(weight), h = f(hessian);
+        if (off(weight) != 0 || off(hessian) != 0) throw new IllegalArgumentException("gptq takes whole tensors");
+        return qtool.quantize.Gptq.quantize(w, weight.rows(), weight.cols(), h, params);
+    }
+
+    @Override
     public void synchronize() {
         // synchronous
     }

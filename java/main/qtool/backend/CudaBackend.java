@@ -194,6 +194,34 @@ public final class CudaBackend implements Backend {
         return pinned;
     }
 
+    @Override
+    public void copy(Tensor dst, Tensor src) {
+        check(qt_memcpy_dtod(dst.data(), src.data(), src.byteSize(), stream), "qt_memcpy_dtod");
+    }
+
+    // ---- quantization --------------------------------------------------------------------------------------------
+
+    /** Interim: through host memory and the CPU reference, until the device kernels land. */
+    @Override
+    public void accumulateGram(Tensor h, Tensor x) {
+        CpuBackend cpu = new CpuBackend();
+        Tensor hh = cpu.allocate(DType.F32, h.shape()), hx = cpu.allocate(DType.F32, x.shape());
+        copyToHost(h, hh.data());
+        copyToHost(x, hx.data());
+        cpu.accumulateGram(hh, hx);
+        copyFromHost(hh.data(), h);
+    }
+
+    /** Interim: through host memory and the CPU reference, until the device kernels land. */
+    @Override
+    public qtool.quantize.GptqResult gptq(Tensor weight, Tensor hessian, qtool.quantize.GptqParams params) {
+        CpuBackend cpu = new CpuBackend();
+        Tensor w = cpu.allocate(DType.F32, weight.shape()), h = cpu.allocate(DType.F32, hessian.shape());
+        copyToHost(weight, w.data());
+        copyToHost(hessian, h.data());
+        return cpu.gptq(w, h, params);
+    }
+
     // ---- kernels -----------------------------------------------------------------------------------------------
 
     @Override
