@@ -174,12 +174,12 @@ public final class LlamaModel implements AutoCloseable {
     }
 
     private void expectLinear(String prefix, long out, long in) {
+        if (gptq == null || !gptq.isQuantized(prefix)) expect(weights.get(prefix + ".weight"), prefix + ".weight", out, in);
         long[] shape = linearShape(prefix);
         if (!Arrays.equals(shape, new long[] {out, in})) {
             throw new QtoolException(dir + ": linear '" + prefix + "' has shape " + Arrays.toString(shape) + ", config.json implies "
                     + Arrays.toString(new long[] {out, in}));
         }
-        if (gptq == null || !gptq.isQuantized(prefix)) expect(weights.get(prefix + ".weight"), prefix + ".weight", out, in);
         Tensor b = bias(prefix);
         if (b != null) expect(b, prefix + ".bias", out);
     }
