@@ -23,6 +23,12 @@ import qtool.tokenize.Tokenizer;
 @Command(name = "convert", mixinStandardHelpOptions = true, sortOptions = false,
         description = "Quantize a model: GPTQ checkpoints (--format gptq).")
 public final class ConvertCommand implements Callable<Integer> {
+    @picocli.CommandLine.Spec picocli.CommandLine.Model.CommandSpec spec;
+
+    private java.io.PrintWriter out() {
+        return spec.commandLine().getOut();
+    }
+
     @Option(names = {"-i", "--in"}, required = true, description = "Input model directory (config.json, tokenizer, safetensors).") Path input;
     @Option(names = {"-o", "--out-dir"}, required = true, description = "Work directory: job state and the result in WORK/out; a rerun resumes.") Path work;
     @Option(names = {"-cf", "--compile-full"}, description = "Also copy the finished model here (with every non-weight input file).") Path compileDir;
@@ -82,14 +88,14 @@ public final class ConvertCommand implements Callable<Integer> {
         s.put("seconds_total", total);
         s.put("warnings", r.warnings());
         if (json) {
-            System.out.println(Json.write(s));
+            out().println(Json.write(s));
         } else {
-            System.out.printf("convert: %s: GPTQ %d-bit g%d, %,d weights at %.3f bits per weight (scales, zeros and g_idx included)%n",
+            out().printf("convert: %s: GPTQ %d-bit g%d, %,d weights at %.3f bits per weight (scales, zeros and g_idx included)%n",
                     r.output(), bits, groupSize, r.quantizedParams(), r.bitsPerWeight());
-            System.out.printf("calibration ppl of the quantized model %.4f; %.1f s in all (", r.calibrationPpl(), total);
-            r.secondsPerStage().forEach((k, v) -> System.out.printf("%s %.1f s; ", k, v));
-            System.out.println(")");
-            for (String w : r.warnings()) System.out.println("warning: " + w);
+            out().printf("calibration ppl of the quantized model %.4f; %.1f s in all (", r.calibrationPpl(), total);
+            r.secondsPerStage().forEach((k, v) -> out().printf("%s %.1f s; ", k, v));
+            out().println(")");
+            for (String w : r.warnings()) out().println("warning: " + w);
         }
         return 0;
     }
