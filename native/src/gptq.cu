@@ -400,6 +400,7 @@ gptq_block_kernel(float* wp, const float* u, float* err, uint8_t* codes_p, float
             zero = static_cast<float>(zeros[o]);
         }
     }
+    int next_group = ((i1 + group - 1) / group) * group;  // dynamic groups: the next column that starts one
     if constexpr (MODE == kDynamicGroups) {
         if (valid && i1 % group != 0) {  // a group that began in an earlier block goes on
             scale = scales[static_cast<size_t>(i1 / group) * out + o];
@@ -417,7 +418,8 @@ gptq_block_kernel(float* wp, const float* u, float* err, uint8_t* codes_p, float
             if (t >= count) break;
             const int i = i1 + t;
             if constexpr (MODE == kDynamicGroups) {
-                if (i % group == 0) {
+                if (i == next_group) {
+                    next_group += group;
                     // The group's columns as gptq.py reads W[:, i:i+g]: this block's still hold their start values.
                     const Grid g = find_grid<kLanesPerRow>(row + i, valid ? min(group, in - i) : 0, nullptr, 0, 0, sub,
                                                            maxq, sym != 0, mse != 0);
@@ -440,7 +442,8 @@ gptq_block_kernel(float* wp, const float* u, float* err, uint8_t* codes_p, float
             const float q = dequantize_code(code, sc, z);
             const float diff = w - q;
             const float e = diff / d;
-            if (sub == 0 && valid) loss += static_cast<double>(__fdiv_rn(__fdiv_rn(__fmul_rn(diff, diff), __fmul_rn(d, d)), 2.f));
+            // (w - q)² / U_ii² / 2, in double from e (Java: in float from diff; the same up to rounding)
+            if (sub == 0 && valid) loss += 0.5 * static_cast<double>(e) * static_cast<double>(e);
             if (sub == s) {
                 val[kk] = q;
                 ev[kk] = e;

@@ -294,9 +294,14 @@ public final class CudaBackend implements Backend {
         int[] gIdx = qtool.quantize.Gptq.groupIndex(perm, params);
         float[] dequantized = new float[out * in];
         java.util.stream.IntStream.range(0, out).parallel().forEach(o -> {
+            float[] s = new float[groups];
+            float[] z = new float[groups];
+            for (int g = 0; g < groups; g++) {
+                s[g] = scales[g * out + o];
+                z[g] = zeros[g * out + o];
+            }
             for (int i = 0, k = o * in; i < in; i++, k++) {
-                int g = gIdx[i] * out + o;
-                dequantized[k] = qtool.quantize.Quantizer.dequantize(codes[k] & 0xFF, scales[g], zeros[g]);
+                dequantized[k] = qtool.quantize.Quantizer.dequantize(codes[k] & 0xFF, s[gIdx[i]], z[gIdx[i]]);
             }
         });
         lastGptqPhases = new double[] {(t1 - t0) / 1e6, (t2 - t1) / 1e6, (t3 - t2) / 1e6, (System.nanoTime() - t3) / 1e6};
