@@ -9,7 +9,7 @@ import qtool.QtoolException;
 /** {@code qtool}: the command line. Each subcommand is one class in this package. */
 @Command(name = "qtool", mixinStandardHelpOptions = true, versionProvider = Main.Version.class,
         description = "Quantize large language models (GPTQ, EXL2, GGUF, AWQ) and run them.",
-        subcommands = {CommandLine.HelpCommand.class, InspectCommand.class, SynthCommand.class, PplCommand.class, GenerateCommand.class, LogitsCommand.class, GgufCommand.class})
+        subcommands = {CommandLine.HelpCommand.class, InspectCommand.class, SynthCommand.class, PplCommand.class, GenerateCommand.class, LogitsCommand.class, GgufCommand.class, TokenizeCommand.class})
 public final class Main {
 
     /**

@@ -165,9 +165,9 @@ final class HfTokenizerJson {
             case "NFKD" -> new Normalizer.Unicode(java.text.Normalizer.Form.NFKD);
             case "Lowercase" -> new Normalizer.Lowercase();
             case "Strip" -> new Normalizer.Strip(bool(n, "strip_left", true), bool(n, "strip_right", true));
-            // SentencePiece's compiled character map: NFKC is what nmt_nfkc maps, give or take control characters
+            // SentencePiece's compiled character map, approximated
             case "Precompiled" -> n.get("precompiled_charsmap") == null || "".equals(n.get("precompiled_charsmap"))
-                    ? null : new Normalizer.Unicode(java.text.Normalizer.Form.NFKC);
+                    ? null : new Normalizer.NmtNfkc();
             default -> throw new QtoolException(where + ": normalizer type \"" + type + "\" is not supported");
         };
     }

@@ -57,8 +57,33 @@ sealed interface Normalizer {
     }
 
     /**
-     * SentencePiece's normalizer (normalizer_spec of tokenizer.model): optional NFKC (standing in for a precompiled
-     * character map), optional removal of leading, trailing and repeated spaces, spaces escaped as "▁", and the dummy
+     * Stands in for SentencePiece's precompiled "nmt_nfkc" character map (which is data, not an algorithm): NFKC,
+     * whitespace characters (tab, newline, carriage return...) to spaces, other control characters removed. Close
+     * to, not exactly, the real map.
+     */
+    record NmtNfkc() implements Normalizer {
+        @Override
+        public String apply(String s) {
+            s = java.text.Normalizer.normalize(s, java.text.Normalizer.Form.NFKC);
+            StringBuilder b = null;
+            for (int i = 0; i < s.length(); i++) {
+                char c = s.charAt(i);
+                boolean space = c != ' ' && Character.isWhitespace(c) || c == '\u0085';
+                boolean control = !space && Character.getType(c) == Character.CONTROL;
+                if (space || control) {
+                    if (b == null) b = new StringBuilder(s.length()).append(s, 0, i);
+                    if (space) b.append(' ');
+                } else if (b != null) {
+                    b.append(c);
+                }
+            }
+            return b == null ? s : b.toString();
+        }
+    }
+
+    /**
+     * SentencePiece's normalizer (normalizer_spec of tokenizer.model): optionally the nmt_nfkc map (when the model
+     * has a precompiled character map, see {@link NmtNfkc}), optional removal of leading, trailing and repeated spaces, spaces escaped as "▁", and the dummy
      * "▁" prefix. As in llama.cpp, every text segment gets the prefix: each is the start of the text or follows a
      * special token.
      */
@@ -66,7 +91,7 @@ sealed interface Normalizer {
             implements Normalizer {
         @Override
         public String apply(String s) {
-            if (nfkc) s = java.text.Normalizer.normalize(s, java.text.Normalizer.Form.NFKC);
+            if (nfkc) s = new NmtNfkc().apply(s);
             if (removeExtraWhitespaces) {
                 StringBuilder b = new StringBuilder(s.length());
                 boolean space = true; // drops leading spaces

@@ -2,7 +2,10 @@ package qtool.tokenize;
 
 import java.nio.charset.StandardCharsets;
 import java.util.Arrays;
+import java.util.ArrayList;
+import java.util.Comparator;
 import java.util.HashMap;
+import java.util.List;
 import java.util.Map;
 
 /**
@@ -19,6 +22,8 @@ final class ScoreBpe implements TokenModel {
     private final int[] byteIds = new int[256];
     private final int unkId;
     private final int maxPieceChars;
+    /** User-defined pieces by first char, longest first: SentencePiece keeps them whole as initial symbols. */
+    private final Map<Character, List<String>> userDefined = new HashMap<>();
 
     /**
      * @param pieces  by id; null where absent
@@ -42,6 +47,9 @@ final class ScoreBpe implements TokenModel {
                 mergeable.putIfAbsent(p, id);
                 maxChars = Math.max(maxChars, p.length());
             }
+            if (type == TokenizerSpec.TYPE_USER_DEFINED && !p.isEmpty()) {
+                userDefined.computeIfAbsent(p.charAt(0), c -> new ArrayList<>()).add(p);
+            }
             if (type == TokenizerSpec.TYPE_UNUSED) {
                 unused[id] = true;
                 anyUnused = true;
@@ -53,6 +61,7 @@ final class ScoreBpe implements TokenModel {
         }
         this.anyUnused = anyUnused;
         this.maxPieceChars = maxChars;
+        for (List<String> l : userDefined.values()) l.sort(Comparator.comparingInt(String::length).reversed());
     }
 
     /** {@code <0xNN>} → NN, else -1. */
@@ -68,15 +77,18 @@ final class ScoreBpe implements TokenModel {
     @Override
     public void encode(String word, IntList out) {
         if (word.isEmpty()) return;
-        int n = word.codePointCount(0, word.length());
-        int[] start = new int[n];
-        int[] end = new int[n];
+        int capacity = word.codePointCount(0, word.length());
+        int[] start = new int[capacity];
+        int[] end = new int[capacity];
+        int n = 0;
+        for (int i = 0; i < word.length(); n++) {
+            start[n] = i;
+            i += userDefinedLength(word, i);
+            end[n] = i;
+        }
         int[] prev = new int[n];
         int[] next = new int[n];
-        for (int i = 0, s = 0; s < n; s++) {
-            start[s] = i;
-            i += Character.charCount(word.codePointAt(i));
-            end[s] = i;
+        for (int s = 0; s < n; s++) {
             prev[s] = s - 1;
             next[s] = s + 1 < n ? s + 1 : -1;
         }
@@ -97,7 +109,15 @@ final class ScoreBpe implements TokenModel {
             if (prev[l] >= 0) tryAdd(word, start, end, prev[l], l, agenda);
             if (next[l] >= 0) tryAdd(word, start, end, l, next[l], agenda);
         }
-        for (int s = 0; s >= 0; s = next[s]) emit(word, start[s], end[s], splits, out);
+        int begin = out.size();
+        for (int s = 0; s >= 0; s = next[s]) emit(word, start[s], end[s], splits, begin, out);
+    }
+
+    /** The length of the initial symbol at i: a user-defined piece starting there, else one character. */
+    private int userDefinedLength(String word, int i) {
+        List<String> candidates = userDefined.isEmpty() ? null : userDefined.get(word.charAt(i));
+        if (candidates != null) for (String u : candidates) if (word.startsWith(u, i)) return u.length();
+        return Character.charCount(word.codePointAt(i));
     }
 
     private void tryAdd(String word, int[] start, int[] end, int l, int r, Agenda agenda) {
@@ -109,7 +129,7 @@ final class ScoreBpe implements TokenModel {
     }
 
     /** A final symbol: its piece, or (an unused piece) the two symbols it was merged from, or bytes, or unknown. */
-    private void emit(String word, int from, int to, Map<Long, Integer> splits, IntList out) {
+    private void emit(String word, int from, int to, Map<Long, Integer> splits, int begin, IntList out) {
         String s = word.substring(from, to);
         Integer id = mergeable.get(s);
         if (id != null && !unused[id]) {
@@ -119,8 +139,8 @@ final class ScoreBpe implements TokenModel {
         if (id != null && splits != null) {
             Integer mid = splits.get(((long) from << 32) | to);
             if (mid != null) {
-                emit(word, from, mid, splits, out);
-                emit(word, mid, to, splits, out);
+                emit(word, from, mid, splits, begin, out);
+                emit(word, mid, to, splits, begin, out);
                 return;
             }
         }
@@ -129,8 +149,8 @@ final class ScoreBpe implements TokenModel {
         for (byte b : bytes) allBytes &= byteIds[b & 0xFF] >= 0;
         if (allBytes) {
             for (byte b : bytes) out.add(byteIds[b & 0xFF]);
-        } else if (unkId >= 0) {
-            out.add(unkId);
+        } else if (unkId >= 0 && (out.size() == begin || out.last() != unkId)) {
+            out.add(unkId); // a run of unknown symbols is one unknown, as SentencePiece and HF (fuse_unk) emit it
         }
     }
 

@@ -115,7 +115,7 @@ final class SentencePieceModelFile {
             case MODEL_UNIGRAM -> new Unigram(pieceArray, scoreArray, typeArray, unkId, byteFallback);
             default -> throw new QtoolException(where + ": model_type " + modelType + " is not supported (1 unigram, 2 BPE)");
         };
-        return new PipelineTokenizer(where, pieceArray, typeArray, specialTokens(pieceArray, typeArray),
+        return new PipelineTokenizer(where, pieceArray, typeArray, specialTokens(pieceArray, typeArray, false),
                 new Normalizer.SentencePiece(charsmap, removeExtraWhitespaces, escapeWhitespaces, addDummyPrefix),
                 null, model, TokenDecoder.sentencePiece(addDummyPrefix), validId(bosId, n), validId(eosId, n),
                 validId(bosId, n) >= 0);
@@ -125,13 +125,17 @@ final class SentencePieceModelFile {
         return id >= 0 && id < n ? id : -1;
     }
 
-    /** Control, unknown and user-defined pieces written in the text stand for themselves, as in llama.cpp. */
-    static AddedTokens specialTokens(String[] pieces, int[] types) {
+    /**
+     * Control and unknown pieces written in the text stand for themselves, as in llama.cpp and HF; so do
+     * user-defined ones with {@code userDefined} (llama.cpp, HF), where SentencePiece itself instead matches them
+     * inside the normalized text (the model then keeps them whole).
+     */
+    static AddedTokens specialTokens(String[] pieces, int[] types, boolean userDefined) {
         List<AddedTokens.Token> added = new ArrayList<>();
         for (int id = 0; id < pieces.length; id++) {
             int t = types[id];
             if (pieces[id] == null || pieces[id].isEmpty()) continue;
-            if (t == TokenizerSpec.TYPE_CONTROL || t == TokenizerSpec.TYPE_UNKNOWN || t == TokenizerSpec.TYPE_USER_DEFINED) {
+            if (t == TokenizerSpec.TYPE_CONTROL || t == TokenizerSpec.TYPE_UNKNOWN || (userDefined && t == TokenizerSpec.TYPE_USER_DEFINED)) {
                 added.add(new AddedTokens.Token(id, pieces[id], t != TokenizerSpec.TYPE_USER_DEFINED, false, false, false, false));
             }
         }

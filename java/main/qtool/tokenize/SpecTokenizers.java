@@ -21,7 +21,7 @@ final class SpecTokenizers {
             types[id] = spec.type(id);
         }
         if (spec.unk() >= 0 && types[spec.unk()] == TokenizerSpec.TYPE_NORMAL) types[spec.unk()] = TokenizerSpec.TYPE_UNKNOWN;
-        AddedTokens added = SentencePieceModelFile.specialTokens(pieces, types);
+        AddedTokens added = SentencePieceModelFile.specialTokens(pieces, types, true);
         return switch (spec.model()) {
             case TokenizerSpec.MODEL_LLAMA -> {
                 boolean byteFallback = Arrays.stream(types).anyMatch(t -> t == TokenizerSpec.TYPE_BYTE);
