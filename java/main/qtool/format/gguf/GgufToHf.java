@@ -228,6 +228,28 @@ public final class GgufToHf {
         }
     }
 
+    /**
+     * Imports {@code gguf} into a new temporary directory that is deleted when the JVM exits, for commands that are
+     * given a .gguf where they read an HF directory. Returns the model directory.
+     */
+    public static Path convertToTemporary(Path gguf, DType dtype, PrintStream log) {
+        Path base;
+        try {
+            base = Files.createTempDirectory("qtool-gguf-");
+        } catch (IOException e) {
+            throw new QtoolException("cannot create a temporary directory to import " + gguf + ": " + e.getMessage());
+        }
+        Runtime.getRuntime().addShutdownHook(new Thread(() -> deleteRecursively(base)));
+        Path dir = base.resolve("model");
+        try {
+            convert(gguf, dir, dtype, 0, log);
+        } catch (RuntimeException | Error e) {
+            deleteRecursively(base);
+            throw e;
+        }
+        return dir;
+    }
+
     private static void checkTarget(Path out) {
         if (Files.exists(out)) {
             if (!Files.isDirectory(out)) throw new QtoolException(out + ": exists and is not a directory");

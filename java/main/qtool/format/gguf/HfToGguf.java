@@ -68,7 +68,7 @@ public final class HfToGguf {
     public record Planned(String name, String hfName, GgmlType type, long[] dims, float[] importance) {}
 
     /** What was written: the tensors with their types, the fallbacks taken, the file size. */
-    public record Result(List<Planned> tensors, List<String> fallbacks, long fileBytes, double seconds) {
+    public record Result(List<Planned> tensors, List<LlamaQuantTypes.Fallback> fallbacks, long fileBytes, double seconds) {
         public Map<GgmlType, Integer> typeCounts() {
             Map<GgmlType, Integer> m = new TreeMap<>();
             for (Planned p : tensors) m.merge(p.type(), 1, Integer::sum);
@@ -134,7 +134,7 @@ public final class HfToGguf {
         return raw;
     }
 
-    private static List<Planned> plan(Path dir, ModelConfig c, Weights w, Options o, List<String> fallbacks) {
+    private static List<Planned> plan(Path dir, ModelConfig c, Weights w, Options o, List<LlamaQuantTypes.Fallback> fallbacks) {
         Map<String, String> hfByGguf = new HashMap<>();
         for (var e : w.all().entrySet()) {
             String hf = e.getKey();
@@ -246,9 +246,9 @@ public final class HfToGguf {
         TokenizerSpec tok = HfTokenizerSpec.read(dir, c.vocabSize(), o.tokenizerPre());
         String chatTemplate = HfTokenizerSpec.chatTemplate(dir);
         try (Weights w = Weights.open(dir)) {
-            List<String> fallbacks = new ArrayList<>();
+            List<LlamaQuantTypes.Fallback> fallbacks = new ArrayList<>();
             List<Planned> plan = plan(dir, c, w, o, fallbacks);
-            for (String f : fallbacks) err.println("gguf export: " + f);
+            for (String line : describeFallbacks(fallbacks)) err.println("gguf export: " + line);
             long total = 0;
             for (Planned p : plan) total += elements(p.dims());
             GgufWriter writer = new GgufWriter(out);
@@ -272,6 +272,19 @@ public final class HfToGguf {
             }
             return new Result(plan, fallbacks, bytes, (System.nanoTime() - t0) / 1e9);
         }
+    }
+
+    /** One line per kind of fallback: "166 tensors of 576 columns (not a multiple of 256): Q5_0 for Q4_K, e.g. ...". */
+    static List<String> describeFallbacks(List<LlamaQuantTypes.Fallback> fallbacks) {
+        Map<String, List<String>> groups = new LinkedHashMap<>();
+        for (LlamaQuantTypes.Fallback f : fallbacks) {
+            String key = f.columns() + " columns (not a multiple of " + f.wanted().blockSize + "): " + f.used() + " for " + f.wanted();
+            groups.computeIfAbsent(key, k -> new ArrayList<>()).add(f.tensor());
+        }
+        List<String> out = new ArrayList<>();
+        groups.forEach((k, names) -> out.add((names.size() == 1 ? names.getFirst() + ": " : names.size() + " tensors of ") + k
+                + (names.size() > 1 ? ", e.g. " + names.getFirst() : "")));
+        return out;
     }
 
     private static long elements(long[] dims) {

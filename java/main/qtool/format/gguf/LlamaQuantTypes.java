@@ -39,7 +39,10 @@ public final class LlamaQuantTypes {
     private final int nLayers;
     private int iAttentionWv;
     private int iFfnDown;
-    private final List<String> fallbacks = new ArrayList<>();
+    private final List<Fallback> fallbacks = new ArrayList<>();
+
+    /** A tensor whose row length the chosen type's block does not divide, and the type it got instead. */
+    public record Fallback(String tensor, long columns, GgmlType wanted, GgmlType used) {}
 
     /**
      * @param tensorNames   every tensor of the file (to count attn_v tensors and see whether output.weight exists)
@@ -88,8 +91,8 @@ public final class LlamaQuantTypes {
         return fallback(name, dims[0], t);
     }
 
-    /** Messages of the fallbacks taken so far ("blk.0.ffn_down.weight: 172 columns, Q5_0 → F16"). */
-    public List<String> fallbacks() {
+    /** The fallbacks taken so far. */
+    public List<Fallback> fallbacks() {
         return List.copyOf(fallbacks);
     }
 
@@ -145,7 +148,7 @@ public final class LlamaQuantTypes {
             default -> GgmlType.F16;
         };
         if (nx % r.blockSize != 0) r = GgmlType.F16;
-        fallbacks.add(name + ": " + nx + " columns, not a multiple of " + t + "'s " + t.blockSize + ": " + r);
+        fallbacks.add(new Fallback(name, nx, t, r));
         return r;
     }
 
