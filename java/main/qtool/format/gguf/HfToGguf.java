@@ -417,7 +417,7 @@ public final class HfToGguf {
 
     /** Per GGUF type, how many tensors and parameters a plan holds (for the CLI summary). */
     public static Map<GgmlType, long[]> summary(List<Planned> plan) {
-        Map<GgmlType, long[]> m = new LinkedHashMap<>();
+        Map<GgmlType, long[]> m = new TreeMap<>();
         for (Planned p : plan) {
             long[] v = m.computeIfAbsent(p.type(), k -> new long[2]);
             v[0]++;

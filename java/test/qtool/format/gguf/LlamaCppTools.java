@@ -56,11 +56,23 @@ final class LlamaCppTools {
 
     /** Runs a tool; returns stdout and stderr together; fails on a non-zero exit, skips when it cannot start. */
     static String run(String name, String... args) {
+        return run(true, name, args);
+    }
+
+    /** Runs a tool and returns what it printed on stdout only (generated text; the log goes to stderr). */
+    static String stdout(String name, String... args) {
+        return run(false, name, args);
+    }
+
+    private static String run(boolean withStderr, String name, String... args) {
         List<String> cmd = new ArrayList<>();
         cmd.add(tool(name).toString());
         cmd.addAll(Arrays.asList(args));
         try {
-            Process p = new ProcessBuilder(cmd).redirectErrorStream(true).start();
+            ProcessBuilder pb = new ProcessBuilder(cmd);
+            if (withStderr) pb.redirectErrorStream(true);
+            else pb.redirectError(ProcessBuilder.Redirect.DISCARD);
+            Process p = pb.start();
             byte[] out = p.getInputStream().readAllBytes();
             if (!p.waitFor(300, TimeUnit.SECONDS)) {
                 p.destroyForcibly();
@@ -81,13 +93,20 @@ final class LlamaCppTools {
 
     private static final Pattern FINAL_PPL = Pattern.compile("Final estimate: PPL = ([0-9.]+)");
 
-    /** llama-perplexity's final estimate over the first {@code chunks} windows of {@code ctx} tokens. */
+    /**
+     * llama-perplexity's final estimate over the first {@code chunks} windows of {@code ctx} tokens. This build now and
+     * then exits (status 0) before its log thread has printed the results; such runs are repeated, up to 3 times.
+     */
     static double perplexity(Path gguf, Path text, int ctx, int chunks) {
-        String log = run("llama-perplexity", "-m", gguf.toString(), "-f", text.toString(), "-c", String.valueOf(ctx),
-                "--chunks", String.valueOf(chunks), "-t", "2");
-        Matcher m = FINAL_PPL.matcher(log);
-        if (!m.find()) fail("llama-perplexity printed no final estimate:\n" + log);
-        return Double.parseDouble(m.group(1));
+        String log = "";
+        for (int attempt = 0; attempt < 3; attempt++) {
+            log = run("llama-perplexity", "-m", gguf.toString(), "-f", text.toString(), "-c", String.valueOf(ctx),
+                    "--chunks", String.valueOf(chunks), "-t", "2");
+            Matcher m = FINAL_PPL.matcher(log);
+            if (m.find()) return Double.parseDouble(m.group(1));
+        }
+        fail("llama-perplexity printed no final estimate for " + gguf + ":\n" + log);
+        return Double.NaN;
     }
 
     /** llama-tokenize's ids of a text file, without BOS. */
