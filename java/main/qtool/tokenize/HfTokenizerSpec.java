@@ -328,12 +328,28 @@ public final class HfTokenizerSpec {
                 scores[id] = -(float) merges.length - id;
             }
         }
-        boolean spacePrefix = root.get("normalizer") instanceof Map<?, ?> norm && Json.write(norm).contains("\"Prepend\"")
-                || root.get("pre_tokenizer") instanceof Map<?, ?> pt && Json.write(pt).contains("\"Metaspace\"")
-                && !Json.write(pt).contains("\"never\"");
+        boolean spacePrefix = prependsSpace(root.get("normalizer")) || prependsSpace(root.get("pre_tokenizer"));
         Specials s = specials(tokens, root, tokenizerConfig, config, true);
         return new TokenizerSpec(TokenizerSpec.MODEL_LLAMA, null, tokens, scores, types, null, s.bos >= 0 ? s.bos : -1,
                 s.eos, unk >= 0 ? unk : s.unk, s.pad, s.addBos && s.bos >= 0, s.addEos && s.eos >= 0, spacePrefix);
+    }
+
+    /**
+     * Whether a normalizer or pre-tokenizer puts "▁" before the text (SentencePiece's dummy prefix): a Prepend of "▁"
+     * (Llama 2's tokenizer.json), or a Metaspace that prepends (older files), anywhere in a Sequence.
+     */
+    private static boolean prependsSpace(Object v) {
+        if (!(v instanceof Map<?, ?> m)) return false;
+        return switch (String.valueOf(m.get("type"))) {
+            case "Sequence" -> {
+                Object steps = m.containsKey("normalizers") ? m.get("normalizers") : m.get("pretokenizers");
+                yield steps instanceof List<?> l && l.stream().anyMatch(HfTokenizerSpec::prependsSpace);
+            }
+            case "Prepend" -> "\u2581".equals(m.get("prepend"));
+            case "Metaspace" -> m.get("prepend_scheme") instanceof String scheme ? !scheme.equals("never")
+                    : !Boolean.FALSE.equals(m.get("add_prefix_space"));
+            default -> false;
+        };
     }
 
     private static String[] merges(Path where, Map<String, Object> model) {

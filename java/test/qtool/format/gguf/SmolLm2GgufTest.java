@@ -30,7 +30,7 @@ import qtool.tokenize.Tokenizer;
  * <li>for every file type, export picks each tensor's type as llama-quantize does (its --dry-run on the GGUF): the
  *     576-wide rows take the fallbacks, the 1536-wide ffn_down the K-quants, with use_more_bits per layer;</li>
  * <li>the Q8_0 export of the fp16 import runs in llama.cpp with the perplexity of llama-quantize's Q8_0 of the GGUF
- *     (one window here, within 2%), and greedy generation gives the same 16 tokens.</li>
+ *     (one short window here, within 2%), and greedy generation gives the same 16 tokens.</li>
  * </ul>
  * Exact bytes are {@link HfToGgufTest}'s and {@link LlamaQuantizeBitExactTest}'s job: here the import is fp16, which
  * rounds about a third of the Q4_1 weights (an fp32 import exports byte-identical tensors, see the class comment
@@ -112,19 +112,25 @@ class SmolLm2GgufTest {
         HfToGguf.convert(hf, mine, HfToGguf.Options.of(LlamaFileType.Q8_0), null);
         Path theirs = dir.resolve("llama-Q8_0.gguf");
         LlamaCppTools.run("llama-quantize", "--allow-requantize", gguf.toString(), theirs.toString(), "Q8_0");
-        // one window (the first 512 tokens, the last 256 scored): 13.12 vs 13.05 when written; over 20 windows the
-        // two agree within 0.1% (28.76 vs 28.74)
-        double pMine = LlamaCppTools.perplexity(mine, text, 512, 1);
-        double pTheirs = LlamaCppTools.perplexity(theirs, text, 512, 1);
+        // one window of 256 tokens (the last 128 scored): 47.4695 vs 47.4725 when written; over 20 windows of 512
+        // the two agree within 0.1% (28.7614 vs 28.7420)
+        double pMine = LlamaCppTools.perplexity(mine, text, 256, 1);
+        double pTheirs = LlamaCppTools.perplexity(theirs, text, 256, 1);
         assertTrue(Double.isFinite(pMine) && Math.abs(pMine / pTheirs - 1) < 0.02, "ppl " + pMine + " vs llama-quantize's " + pTheirs);
         String prompt = "Once upon a time";
         assertEquals(complete(theirs, prompt), complete(mine, prompt));
     }
 
-    /** llama-completion's greedy continuation (16 tokens) of a prompt: what it prints on stdout. */
+    /**
+     * llama-completion's greedy continuation (16 tokens) of a prompt: what it prints on stdout. A run that prints
+     * nothing (this build, rarely, on a loaded machine) is repeated, up to 3 times.
+     */
     static String complete(Path model, String prompt) {
-        String out = LlamaCppTools.stdout("llama-completion", "-m", model.toString(), "-p", prompt, "-n", "16", "--temp", "0",
-                "-no-cnv", "-t", "2");
+        String out = "";
+        for (int attempt = 0; attempt < 3 && out.isBlank(); attempt++) {
+            out = LlamaCppTools.stdout("llama-completion", "-m", model.toString(), "-p", prompt, "-n", "16", "--temp", "0",
+                    "-no-cnv", "-t", "2");
+        }
         int at = out.indexOf(prompt);
         assertTrue(at >= 0, "no completion in:\n" + out);
         return out.substring(at).strip();
