@@ -30,7 +30,7 @@ import qtool.load.Json;
  *     llama.cpp's table finds the same name for the models both know.</li>
  * </ul>
  * Special ids come from tokenizer_config.json's {@code bos_token}/... looked up among tokenizer.json's added tokens,
- * then config.json's {@code bos_token_id}/...; {@code add_bos_token}/{@code add_eos_token} from tokenizer_config.json,
+ * then config.json's {@code bos_token_id}/..., then tokenizer.json's post-processor template; {@code add_bos_token}/{@code add_eos_token} from tokenizer_config.json,
  * then from the post-processor template, then llama.cpp's default for the vocabulary (gguf-py's SpecialVocab).
  * Ids from {@code vocab_size} on are padded with "[PADn]" tokens of type unused, as the converter does.
  */
@@ -330,8 +330,11 @@ public final class HfTokenizerSpec {
         }
         boolean spacePrefix = prependsSpace(root.get("normalizer")) || prependsSpace(root.get("pre_tokenizer"));
         Specials s = specials(tokens, root, tokenizerConfig, config, true);
-        return new TokenizerSpec(TokenizerSpec.MODEL_LLAMA, null, tokens, scores, types, null, s.bos >= 0 ? s.bos : -1,
-                s.eos, unk >= 0 ? unk : s.unk, s.pad, s.addBos && s.bos >= 0, s.addEos && s.eos >= 0, spacePrefix);
+        // without ids in the configs, llama.cpp's defaults for a SentencePiece vocabulary: <s> 1, </s> 2
+        int bos = s.bos >= 0 ? s.bos : n > 1 && "<s>".equals(tokens[1]) ? 1 : -1;
+        int eos = s.eos >= 0 ? s.eos : n > 2 && "</s>".equals(tokens[2]) ? 2 : -1;
+        return new TokenizerSpec(TokenizerSpec.MODEL_LLAMA, null, tokens, scores, types, null, bos, eos,
+                unk >= 0 ? unk : s.unk, s.pad, s.addBos && bos >= 0, s.addEos && eos >= 0, spacePrefix);
     }
 
     /**
@@ -445,6 +448,8 @@ public final class HfTokenizerSpec {
         }
         HfTokenizerJson.Template template = tokenizerJson == null || tokenizerJson.get("post_processor") == null
                 ? null : templateOrNull(tokenizerJson.get("post_processor"), tokens);
+        if (template != null && ids[0] < 0) ids[0] = valid(template.bos(), tokens.length);
+        if (template != null && ids[1] < 0) ids[1] = valid(template.eos(), tokens.length);
         boolean addBos = tokenizerConfig.get("add_bos_token") instanceof Boolean b ? b
                 : template != null ? template.bos() >= 0 : addBosDefault;
         boolean addEos = tokenizerConfig.get("add_eos_token") instanceof Boolean b ? b

@@ -66,7 +66,8 @@ class HfTokenizerSpecTest {
         assertEquals("llama", fromJson.model());
         assertArrayEquals(theirs.tokens(), fromJson.tokens());
         assertArrayEquals(theirs.tokenTypes(), fromJson.tokenTypes());
-        assertTrue(fromJson.addBos() && fromJson.addSpacePrefix());
+        assertEquals(List.of(1, 2, 0, true, false, true),
+                List.of(fromJson.bos(), fromJson.eos(), fromJson.unk(), fromJson.addBos(), fromJson.addEos(), fromJson.addSpacePrefix()));
         String text = Files.readString(GgufTestFiles.requireShared("data/wiki.test.raw"), StandardCharsets.UTF_8).substring(0, 100_000);
         assertArrayEquals(Tokenizer.fromSpec(theirs).encode(text, false), Tokenizer.fromSpec(fromJson).encode(text, false));
     }
