@@ -64,7 +64,10 @@ public final class HfToGguf {
         }
     }
 
-    /** One tensor of the output: its GGUF name and type, and where its floats come from. */
+    /**
+     * One tensor of the output: GGUF name, the transformers tensor its floats come from (null for the computed
+     * rope_freqs), type, ggml dims, and the importance its quantizer weights errors with (or null).
+     */
     public record Planned(String name, String hfName, GgmlType type, long[] dims, float[] importance) {}
 
     /** What was written: the tensors with their types, the fallbacks taken, the file size. */
@@ -253,7 +256,7 @@ public final class HfToGguf {
             for (Planned p : plan) total += elements(p.dims());
             GgufWriter writer = new GgufWriter(out);
             try (Progress progress = new Progress("export " + o.type().name(), total, "weights", err)) {
-                putMetadata(writer, raw, c, dir, o, tok, chatTemplate);
+                putMetadata(writer, c, dir, o, tok, chatTemplate);
                 for (Planned p : plan) writer.addTensor(p.name(), p.type(), p.dims());
                 for (Planned p : plan) {
                     writeTensor(writer, c, w, p);
@@ -294,8 +297,7 @@ public final class HfToGguf {
     }
 
     /** The metadata convert_hf_to_gguf.py writes for a Llama model, in its order. */
-    static void putMetadata(GgufWriter w, Map<String, Object> raw, ModelConfig c, Path dir, Options o, TokenizerSpec tok,
-                            String chatTemplate) {
+    static void putMetadata(GgufWriter w, ModelConfig c, Path dir, Options o, TokenizerSpec tok, String chatTemplate) {
         w.putString("general.architecture", "llama");
         w.putString("general.type", "model");
         String name = o.name();

@@ -223,6 +223,47 @@ class HfToGgufTest {
     }
 
     @Test
+    void biasesArePermutedAndLlama3RopeScalingBecomesRopeFreqs() throws IOException {
+        Path biased = dir.resolve("biased");
+        Files.createDirectories(biased);
+        for (String f : List.of("tokenizer.json", "tokenizer_config.json")) Files.copy(hf.resolve(f), biased.resolve(f));
+        Map<String, Object> config = Json.readObject(hf.resolve("config.json"));
+        config.put("attention_bias", true);
+        config.put("rope_theta", 500000.0);
+        config.put("rope_scaling", Map.of("rope_type", "llama3", "factor", 8.0, "low_freq_factor", 1.0, "high_freq_factor", 4.0,
+                "original_max_position_embeddings", 64));
+        Json.writeFile(biased.resolve("config.json"), config);
+        Map<String, float[]> biases = new LinkedHashMap<>();
+        try (qtool.load.Weights w = qtool.load.Weights.open(hf)) {
+            qtool.write.SafetensorsWriter sw = new qtool.write.SafetensorsWriter(biased, 0, Map.of());
+            for (var e : w.all().entrySet()) sw.add(e.getKey(), e.getValue().dtype(), e.getValue().shape(), e.getValue().data());
+            for (String p : List.of("q_proj", "k_proj", "v_proj", "o_proj")) {
+                float[] b = new float[GgufTestFiles.HIDDEN];
+                for (int i = 0; i < b.length; i++) b[i] = i + (p.charAt(0) - 'a') * 1000;
+                biases.put(p, b);
+                sw.add("model.layers.0.self_attn." + p + ".bias", DType.F32, new long[] {b.length}, GgufTestFiles.floatsLE(b));
+            }
+            sw.close();
+        }
+        Path out = dir.resolve("biased.gguf");
+        HfToGguf.convert(biased, out, HfToGguf.Options.of(LlamaFileType.Q8_0), null);
+        try (GgufFile g = GgufFile.open(out)) {
+            float[] q = GgmlCodec.dequantize(g.requireTensor("blk.0.attn_q.bias"));
+            float[] v = GgmlCodec.dequantize(g.requireTensor("blk.0.attn_v.bias"));
+            for (int r = 0; r < q.length; r++) {
+                assertEquals(biases.get("q_proj")[(int) HfToGguf.hfRowOf(r, 64)], q[r], "q bias " + r); // permuted like the rows
+                assertEquals(biases.get("v_proj")[r], v[r], "v bias " + r);
+            }
+            assertArrayEquals(biases.get("o_proj"), GgmlCodec.dequantize(g.requireTensor("blk.0.attn_output.bias")));
+            assertEquals(GgmlType.F32, g.requireTensor("blk.0.attn_k.bias").type());
+            float[] freqs = GgmlCodec.dequantize(g.requireTensor("rope_freqs.weight"));
+            assertEquals(32, freqs.length);
+            assertEquals(1f, freqs[0]);   // high frequencies unscaled
+            assertEquals(8f, freqs[31]);  // low frequencies divided by the factor
+        }
+    }
+
+    @Test
     void badInputFailsNamingTheFile() throws IOException {
         // not a llama
         Path qwen = copyOf(hf, "qwen");
