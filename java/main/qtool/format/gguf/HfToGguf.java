@@ -252,6 +252,20 @@ public final class HfToGguf {
             List<LlamaQuantTypes.Fallback> fallbacks = new ArrayList<>();
             List<Planned> plan = plan(dir, c, w, o, fallbacks);
             for (String line : describeFallbacks(fallbacks)) err.println("gguf export: " + line);
+            if (o.importance() != null && !o.importance().isEmpty()) {
+                // llama-quantize quantizes a tensor the imatrix lacks without it, and says so; so does this
+                List<String> without = new ArrayList<>();
+                int quantized = 0;
+                for (Planned p : plan) {
+                    if (!p.type().isQuantized() || p.type() == GgmlType.Q8_0) continue;
+                    quantized++;
+                    if (p.importance() == null) without.add(p.name());
+                }
+                if (!without.isEmpty()) {
+                    err.println("gguf export: no importance for " + without.size() + " of " + quantized + " tensors that use it ("
+                            + String.join(", ", without.subList(0, Math.min(4, without.size()))) + (without.size() > 4 ? ", ..." : "") + ")");
+                }
+            }
             long total = 0;
             for (Planned p : plan) total += elements(p.dims());
             GgufWriter writer = new GgufWriter(out);
