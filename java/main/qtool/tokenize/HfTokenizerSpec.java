@@ -98,67 +98,11 @@ public final class HfTokenizerSpec {
 
     private static TokenizerSpec sentencePiece(Path dir, Path file, int vocabSize, Map<String, Object> tokenizerJson,
                                                Map<String, Object> tokenizerConfig, Map<String, Object> config) {
-        String where = file.toString();
-        byte[] bytes;
-        try {
-            bytes = Files.readAllBytes(file);
-        } catch (IOException e) {
-            throw new QtoolException(where + ": cannot read: " + e.getMessage());
-        }
-        List<String> pieces = new ArrayList<>();
-        List<Float> pieceScores = new ArrayList<>();
-        List<Integer> pieceTypes = new ArrayList<>();
-        boolean addDummyPrefix = true; // proto2 default of NormalizerSpec
-        int unkId = 0, bosId = 1, eosId = 2; // TrainerSpec defaults
-        ProtobufReader r = new ProtobufReader(bytes, 0, bytes.length, where);
-        while (r.hasMore()) {
-            int tag = r.readTag();
-            int field = tag >>> 3, wire = tag & 7;
-            if (field == 1 && wire == ProtobufReader.LENGTH_DELIMITED) {
-                ProtobufReader p = r.readMessage("piece " + pieces.size());
-                String piece = null;
-                float score = 0;
-                int type = TokenizerSpec.TYPE_NORMAL;
-                while (p.hasMore()) {
-                    int t = p.readTag();
-                    switch (t) {
-                        case (1 << 3) | ProtobufReader.LENGTH_DELIMITED -> piece = p.readString();
-                        case (2 << 3) | ProtobufReader.FIXED32 -> score = p.readFloat();
-                        case (3 << 3) | ProtobufReader.VARINT -> type = (int) p.readVarint();
-                        default -> p.skip(t & 7);
-                    }
-                }
-                if (piece == null) throw r.malformed("piece " + pieces.size() + " has no text");
-                pieces.add(piece);
-                pieceScores.add(score);
-                pieceTypes.add(type);
-            } else if (field == 2 && wire == ProtobufReader.LENGTH_DELIMITED) {
-                ProtobufReader t = r.readMessage("trainer_spec");
-                while (t.hasMore()) {
-                    int k = t.readTag();
-                    if ((k & 7) != ProtobufReader.VARINT) {
-                        t.skip(k & 7);
-                        continue;
-                    }
-                    long v = t.readVarint();
-                    switch (k >>> 3) {
-                        case 40 -> unkId = (int) v;
-                        case 41 -> bosId = (int) v;
-                        case 42 -> eosId = (int) v;
-                        default -> { }
-                    }
-                }
-            } else if (field == 3 && wire == ProtobufReader.LENGTH_DELIMITED) {
-                ProtobufReader n = r.readMessage("normalizer_spec");
-                while (n.hasMore()) {
-                    int k = n.readTag();
-                    if (k == ((3 << 3) | ProtobufReader.VARINT)) addDummyPrefix = n.readVarint() != 0;
-                    else n.skip(k & 7);
-                }
-            } else {
-                r.skip(wire);
-            }
-        }
+        SentencePieceModelFile.Model model = SentencePieceModelFile.read(file);
+        String where = model.where();
+        List<String> pieces = List.of(model.pieces());
+        int unkId = model.unkId(), bosId = model.bosId(), eosId = model.eosId();
+        boolean addDummyPrefix = model.addDummyPrefix();
         if (pieces.isEmpty()) throw new QtoolException(where + ": not a SentencePiece model (no pieces)");
         int n = vocabSize > 0 ? vocabSize : pieces.size();
         String[] tokens = new String[n];
@@ -171,9 +115,8 @@ public final class HfTokenizerSpec {
         }
         for (int id = 0; id < Math.min(n, pieces.size()); id++) {
             tokens[id] = pieces.get(id);
-            scores[id] = pieceScores.get(id);
-            int t = pieceTypes.get(id);
-            types[id] = t >= TokenizerSpec.TYPE_NORMAL && t <= TokenizerSpec.TYPE_BYTE ? t : TokenizerSpec.TYPE_NORMAL;
+            scores[id] = model.scores()[id];
+            types[id] = model.types()[id];
         }
         Map<String, Object> addedJson = readIfPresent(dir.resolve("added_tokens.json"));
         for (var e : addedJson.entrySet()) {
