@@ -176,7 +176,7 @@ public final class GptqConverter {
                     cal = CalibrationSet.generate(gen, tokenizer, o.rows, o.length, o.seed);
                 }
             }
-            job.writeAtomically("calibration.i32", ints(cal.tokens()));
+            job.writeAtomically("calibration.i32", MemorySegment.ofBuffer(ints(cal.tokens())));
             job.commit("calibration", Map.of("source", cal.source(), "rows", cal.rows(), "length", cal.length()));
         }
         seconds.put("calibration", (System.nanoTime() - t0) / 1e9);
@@ -205,11 +205,19 @@ public final class GptqConverter {
         return 0;
     }
 
+    /** The residual stream to WORK/states.f32, through a host buffer of at most 256 MiB. */
     private void saveStates(JobDir job, Tensor states, int layer) {
+        long rowBytes = (long) states.cols() * Float.BYTES;
+        long rowsPerChunk = Math.max(1, (256L << 20) / rowBytes);
         try (Arena arena = Arena.ofConfined()) {
-            MemorySegment host = arena.allocate(states.byteSize(), 64);
-            backend.copyToHost(states, host);
-            job.writeAtomically("states.f32", host.asByteBuffer());
+            MemorySegment host = arena.allocate(rowsPerChunk * rowBytes, 64);
+            job.writeAtomically("states.f32", ch -> {
+                for (long r = 0; r < states.rows(); r += rowsPerChunk) {
+                    long n = Math.min(rowsPerChunk, states.rows() - r);
+                    backend.copyToHost(states.rowSlice(r, n), host);
+                    JobDir.write(ch, host.asSlice(0, n * rowBytes));
+                }
+            });
         }
         job.commit("states_after_layer", layer);
     }

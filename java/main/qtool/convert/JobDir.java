@@ -1,6 +1,7 @@
 package qtool.convert;
 
 import java.io.IOException;
+import java.lang.foreign.MemorySegment;
 import java.nio.ByteBuffer;
 import java.nio.channels.FileChannel;
 import java.nio.file.AtomicMoveNotSupportedException;
@@ -112,11 +113,30 @@ public final class JobDir {
         Json.writeFile(dir.resolve(JOB), job);
     }
 
+    /** Fills a file through its channel (in pieces, so that no buffer has to hold it whole). */
+    @FunctionalInterface
+    public interface Contents {
+        void writeTo(FileChannel ch) throws IOException;
+    }
+
     /** Writes bytes to {@code name} atomically: temporary file, fsync, rename. */
-    public void writeAtomically(String name, ByteBuffer... parts) {
+    public void writeAtomically(String name, MemorySegment data) {
+        writeAtomically(name, ch -> write(ch, data));
+    }
+
+    /** Writes a segment of any size (a ByteBuffer holds at most 2 GiB). */
+    public static void write(FileChannel ch, MemorySegment data) throws IOException {
+        for (long pos = 0; pos < data.byteSize(); pos += 1L << 30) {
+            ByteBuffer b = data.asSlice(pos, Math.min(1L << 30, data.byteSize() - pos)).asByteBuffer();
+            while (b.hasRemaining()) ch.write(b);
+        }
+    }
+
+    /** Writes {@code name} atomically from {@code contents}: temporary file, fsync, rename. */
+    public void writeAtomically(String name, Contents contents) {
         Path target = dir.resolve(name), tmp = dir.resolve(name + ".tmp");
         try (FileChannel ch = FileChannel.open(tmp, StandardOpenOption.CREATE, StandardOpenOption.TRUNCATE_EXISTING, StandardOpenOption.WRITE)) {
-            for (ByteBuffer b : parts) while (b.hasRemaining()) ch.write(b);
+            contents.writeTo(ch);
             ch.force(true);
         } catch (IOException e) {
             throw new QtoolException(tmp + ": cannot write: " + e.getMessage());
