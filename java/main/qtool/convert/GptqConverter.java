@@ -293,6 +293,7 @@ public final class GptqConverter {
             f.free(dev);
         }
         writeLayer(job, i, host, results);
+        LlamaModel.release(host);
     }
 
     /**

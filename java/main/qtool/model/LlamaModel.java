@@ -135,6 +135,14 @@ public final class LlamaModel implements AutoCloseable {
                 linear(p + "mlp.gate_proj"), linear(p + "mlp.up_proj"), linear(p + "mlp.down_proj"));
     }
 
+    /**
+     * Hints the OS to drop a layer's mapped pages from memory once they are on the device, so that streaming a
+     * model through the GPU does not leave all of it resident in host memory.
+     */
+    public static void release(Layer host) {
+        for (Tensor t : host.all()) if (t != null && t.data().isMapped()) t.data().unload();
+    }
+
     public Tensor embedTokens() {
         return weights.get("model.embed_tokens.weight");
     }
