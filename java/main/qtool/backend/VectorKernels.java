@@ -113,7 +113,9 @@ final class VectorKernels implements CpuKernels {
             s3 = FloatVector.fromArray(S, a, ao + i + 3 * L).fma(FloatVector.fromArray(S, b, bo + i + 3 * L), s3);
         }
         for (; i <= n - L; i += L) s0 = FloatVector.fromArray(S, a, ao + i).fma(FloatVector.fromArray(S, b, bo + i), s0);
-        float s = s0.add(s1).add(s2.add(s3)).reduceLanes(VectorOperators.ADD);
+        float[] lanes = new float[L];
+        s0.add(s1).add(s2.add(s3)).intoArray(lanes, 0);
+        float s = sumInOrder(lanes);
         for (; i < n; i++) s += a[ao + i] * b[bo + i];
         return s;
     }
@@ -240,6 +242,18 @@ final class VectorKernels implements CpuKernels {
             y.intoArray(dst, d + i);
             sum = sum.add(y);
         }
-        return sum.reduceLanes(VectorOperators.ADD);
+        float[] lanes = new float[L];
+        sum.intoArray(lanes, 0);
+        return sumInOrder(lanes);
+    }
+
+    /**
+     * Lanes added first to last. reduceLanes(ADD) would add them in a different order compiled than interpreted,
+     * and results would then depend on when the JIT got to a method.
+     */
+    private static float sumInOrder(float[] lanes) {
+        float s = 0;
+        for (float x : lanes) s += x;
+        return s;
     }
 }
