@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/build.sh
-qtool() { java -jar target/qtool.jar "$@"; }
+qtool() { ./scripts/qtool "$@"; }  # java -jar with the Vector API module (fast CPU backend)
 model=../shared/models/stories260K
 data=../shared/data/wikitext-2-raw-v1_test.parquet
 if [ ! -d "$model" ]; then
