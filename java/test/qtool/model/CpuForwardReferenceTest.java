@@ -40,7 +40,7 @@ class CpuForwardReferenceTest {
         Path data = Shared.require("data/wikitext-2-raw-v1_test.parquet");
         Path hf = dir.resolve("smol");
         GgufToHf.convert(gguf, hf, DType.F16, 0, null);
-        Files.copy(gguf.resolveSibling("tokenizer.json"), hf.resolve("tokenizer.json"));
+        // tokenizer.json is the import's own, rebuilt from the GGUF vocabulary (GgufToHfTest checks its ids)
         Map<String, Object> windows = Json.object(Json.object(Json.readObject(gguf.resolveSibling("reference.json")).get("windows"), "windows")
                 .get("512"), "512");
         List<Object> expected = Json.array(windows.get("nll_sum"), "nll_sum");
