@@ -413,18 +413,20 @@ int launch(const Params& p, int batch_kv, cudaStream_t stream) {
 // first row's position; a block loads no tile past its last row's position.
 namespace tc {
 
-constexpr int kBK = 64;  // keys per tile
+constexpr int kBK = 64;  // keys per tile of the decoding (one-warp) shape, which alone splits keys
 
-template <typename T, int D_, int NW_>
+template <typename T, int D_, int NW_, int MT_ = 1>
 struct Shape {
     static constexpr int D = D_;                     // head_dim rounded up to 64 or 128; padded dims hold zeros
     static constexpr int NW = NW_;                   // warps per block
+    static constexpr int MT = MT_;                   // 16-row m-tiles per warp
+    static constexpr int BK = MT == 1 ? 64 : 32;     // keys per tile (two m-tiles: 32, or the scores spill)
     static constexpr int THREADS = 32 * NW;
-    static constexpr int BQ = 16 * NW;               // packed rows per block
+    static constexpr int BQ = 16 * MT * NW;          // packed rows per block
     static constexpr int STRIDE = D + 8;             // elements per shared row: +16 bytes, so the 8 rows of an
                                                      // ldmatrix 8x8 read fall into 8 different bank groups
     static constexpr int Q_ELEMS = BQ * STRIDE;
-    static constexpr int KV_ELEMS = kBK * STRIDE;    // one K or V tile
+    static constexpr int KV_ELEMS = BK * STRIDE;     // one K or V tile
     static constexpr size_t SMEM_BYTES = sizeof(T) * (Q_ELEMS + 4 * KV_ELEMS);  // Q, K x2, V x2
 };
 
@@ -488,6 +490,7 @@ template <typename T, class S>
 __global__ void __launch_bounds__(S::THREADS)
 attention_kernel(const Params p) {
     constexpr int D = S::D, STRIDE = S::STRIDE, CPR = D / 8;  // CPR: 16-byte chunks per padded row
+    constexpr int MT = S::MT, WR = 16 * MT, BK = S::BK;       // m-tiles and rows per warp, keys per tile
     extern __shared__ float4 smem4[];
     T* q_s = reinterpret_cast<T*>(smem4);  // [BQ][STRIDE]
     T* k_s = q_s + S::Q_ELEMS;             // [2][BK][STRIDE]
@@ -501,7 +504,7 @@ attention_kernel(const Params p) {
     const int row0 = row_block * S::BQ;
     const int rows_here = min(S::BQ, p.rows_per_group - row0);
     const int kv_end = p.start_pos + (row0 + rows_here - 1) / p.group + 1;  // keys [0, kv_end) matter here
-    const int tiles = (kv_end + kBK - 1) / kBK;
+    const int tiles = (kv_end + BK - 1) / BK;
     const int tile_begin = static_cast<int>(static_cast<long long>(split) * tiles / p.splits);
     const int tile_end = static_cast<int>(static_cast<long long>(split + 1) * tiles / p.splits);
     const int chunks = p.head_dim / 8;  // 16-byte chunks of a row that hold data
@@ -525,11 +528,11 @@ attention_kernel(const Params p) {
 
     // K and V of one tile into buffer `buf`; keys at or past kv_end are zeros (their cache rows may hold anything).
     auto load_tile = [&](int tile, int buf) {
-        const int key0 = tile * kBK;
+        const int key0 = tile * BK;
         const size_t base = (static_cast<size_t>(b) * p.max_seq + key0) * kv_row + static_cast<size_t>(kv_head) * p.head_dim;
         T* kd = k_s + buf * S::KV_ELEMS;
         T* vd = v_s + buf * S::KV_ELEMS;
-        for (int idx = tid; idx < kBK * CPR; idx += S::THREADS) {
+        for (int idx = tid; idx < BK * CPR; idx += S::THREADS) {
             const int kk = idx / CPR, c = idx % CPR;
             const bool valid = key0 + kk < kv_end && c < chunks;
             const size_t off = base + static_cast<size_t>(kk) * kv_row + c * 8;
@@ -538,20 +541,36 @@ attention_kernel(const Params p) {
         }
     };
 
-    // This warp's rows: lane holds rows lane / 4 and lane / 4 + 8 of the warp's 16 (the accumulator layout).
-    const int wrow0 = row0 + warp * 16;
-    const int wrows = min(16, rows_here - warp * 16);  // <= 0: a warp with no rows (short blocks)
-    const int r_lo = wrow0 + lane / 4, r_hi = r_lo + 8;
-    const int pos_lo = p.start_pos + r_lo / p.group, pos_hi = p.start_pos + r_hi / p.group;
-    const int warp_min_pos = p.start_pos + wrow0 / p.group;
-    const int warp_max_pos = wrows > 0 ? p.start_pos + (wrow0 + wrows - 1) / p.group : -1;
+    // This warp's rows: WR packed rows from wrow0, as MT m-tiles of 16; in m-tile mt, lane holds rows lane / 4 and
+    // lane / 4 + 8 (the accumulator layout). Positions grow with the packed index.
+    const int wrow0 = row0 + warp * WR;
+    const int last_row = row0 + rows_here - 1;  // the block's last valid packed row
+    int pos_lo[MT], pos_hi[MT], mt_min_pos[MT], mt_max_pos[MT];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) {
+        const int r_lo = wrow0 + mt * 16 + lane / 4;
+        pos_lo[mt] = p.start_pos + r_lo / p.group;
+        pos_hi[mt] = p.start_pos + (r_lo + 8) / p.group;
+        const int first = wrow0 + mt * 16;
+        mt_min_pos[mt] = p.start_pos + first / p.group;
+        mt_max_pos[mt] = first <= last_row ? p.start_pos + min(first + 15, last_row) / p.group : -1;  // -1: no rows
+    }
     const int d_steps = (p.head_dim + 15) / 16;  // 16-wide steps over dims that hold data
 
-    float o[D / 8][4];
+    float o[MT][D / 8][4];
 #pragma unroll
-    for (int j = 0; j < D / 8; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
-    float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.f, l_hi = 0.f;
-    uint32_t qf[D / 16][4];
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int j = 0; j < D / 8; j++) o[mt][j][0] = o[mt][j][1] = o[mt][j][2] = o[mt][j][3] = 0.f;
+    float m_lo[MT], m_hi[MT], l_lo[MT], l_hi[MT];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) {
+        m_lo[mt] = m_hi[mt] = -INFINITY;
+        l_lo[mt] = l_hi[mt] = 0.f;
+    }
+    // One m-tile: Q's A fragments stay in registers for the whole block. Two: they are re-read from shared memory
+    // at each step (registers go to the second m-tile's scores and output instead).
+    uint32_t qf[MT == 1 ? D / 16 : 1][4];
 
     if (tile_begin < tile_end) load_tile(tile_begin, 0);
     commit_copies();
@@ -561,105 +580,147 @@ attention_kernel(const Params p) {
         commit_copies();
         wait_copies<1>();  // Q and this tile are here; the next tile may still be on its way
         __syncthreads();
-        if (t == tile_begin) {
+        if constexpr (MT == 1) {
+            if (t == tile_begin) {
 #pragma unroll
-            for (int kk = 0; kk < D / 16; kk++)
-                ldsm_x4(qf[kk], q_s + (warp * 16 + (lane % 8) + 8 * ((lane / 8) % 2)) * STRIDE + kk * 16 + 8 * (lane / 16));
+                for (int kk = 0; kk < D / 16; kk++)
+                    ldsm_x4(qf[kk], q_s + (warp * 16 + (lane % 8) + 8 * ((lane / 8) % 2)) * STRIDE + kk * 16 + 8 * (lane / 16));
+            }
         }
-        const int key0 = t * kBK;
-        if (key0 <= warp_max_pos) {  // warp-uniform: otherwise every key of the tile is masked for this warp
+        const int key0 = t * BK;
+        bool active[MT];  // warp-uniform: an m-tile whose every row precedes key0 has nothing to do in this tile
+        bool any = false;
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+            active[mt] = key0 <= mt_max_pos[mt];
+            any = any || active[mt];
+        }
+        if (any) {
             const T* kt = k_s + buf * S::KV_ELEMS;
             const T* vt = v_s + buf * S::KV_ELEMS;
-            float s[kBK / 8][4];
+            float s[MT][BK / 8][4];
 #pragma unroll
-            for (int j = 0; j < kBK / 8; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int j = 0; j < BK / 8; j++) s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.f;
 #pragma unroll
             for (int kk = 0; kk < D / 16; kk++) {
                 if (kk < d_steps) {
+                    uint32_t af[MT][4];
+                    if constexpr (MT > 1) {
+#pragma unroll
+                        for (int mt = 0; mt < MT; mt++)
+                            if (active[mt])
+                                ldsm_x4(af[mt], q_s + (warp * WR + mt * 16 + (lane % 8) + 8 * ((lane / 8) % 2)) * STRIDE +
+                                                    kk * 16 + 8 * (lane / 16));
+                    }
                     // Matrices: keys nn*16 + [0,8) / [8,16) (lane / 16) x dims kk*16 + [0,8) / [8,16) ((lane / 8) % 2):
-                    // bf[nn][0], [1]: key tile 2 nn; bf[nn][2], [3]: key tile 2 nn + 1. All four loads, then the products.
-                    uint32_t bf[kBK / 16][4];
+                    // bf[i][0], [1]: key tile 2 nn; bf[i][2], [3]: key tile 2 nn + 1. A group's loads, then its products
+                    // (groups of 4 with one m-tile, 2 with two, where registers are short).
+                    constexpr int G = MT == 1 ? BK / 16 : 2;
 #pragma unroll
-                    for (int nn = 0; nn < kBK / 16; nn++)
-                        ldsm_x4(bf[nn], kt + (nn * 16 + (lane % 8) + 8 * (lane / 16)) * STRIDE + kk * 16 + 8 * ((lane / 8) % 2));
+                    for (int n0 = 0; n0 < BK / 16; n0 += G) {
+                        uint32_t bf[G][4];
 #pragma unroll
-                    for (int nn = 0; nn < kBK / 16; nn++) {
-                        Ops<T>::mma(s[2 * nn], qf[kk], bf[nn][0], bf[nn][1]);
-                        Ops<T>::mma(s[2 * nn + 1], qf[kk], bf[nn][2], bf[nn][3]);
+                        for (int i = 0; i < G; i++)
+                            ldsm_x4(bf[i], kt + ((n0 + i) * 16 + (lane % 8) + 8 * (lane / 16)) * STRIDE + kk * 16 + 8 * ((lane / 8) % 2));
+#pragma unroll
+                        for (int mt = 0; mt < MT; mt++) {
+                            if (!active[mt]) continue;
+                            const uint32_t* a = MT == 1 ? qf[kk] : af[mt];
+#pragma unroll
+                            for (int i = 0; i < G; i++) {
+                                Ops<T>::mma(s[mt][2 * (n0 + i)], a, bf[i][0], bf[i][1]);
+                                Ops<T>::mma(s[mt][2 * (n0 + i) + 1], a, bf[i][2], bf[i][3]);
+                            }
+                        }
                     }
                 }
             }
-            // Causal mask, only where the tile reaches past the warp's first position.
-            if (key0 + kBK - 1 > warp_min_pos) {
+            uint32_t pa[MT][BK / 16][4];  // P as 16-bit A fragments, 16 keys per step
 #pragma unroll
-                for (int j = 0; j < kBK / 8; j++) {
-                    const int key = key0 + 8 * j + 2 * (lane % 4);
-                    if (key > pos_lo) s[j][0] = -INFINITY;
-                    if (key + 1 > pos_lo) s[j][1] = -INFINITY;
-                    if (key > pos_hi) s[j][2] = -INFINITY;
-                    if (key + 1 > pos_hi) s[j][3] = -INFINITY;
+            for (int mt = 0; mt < MT; mt++) {
+                if (!active[mt]) continue;
+                // Causal mask, only where the tile reaches past the m-tile's first position.
+                if (key0 + BK - 1 > mt_min_pos[mt]) {
+#pragma unroll
+                    for (int j = 0; j < BK / 8; j++) {
+                        const int key = key0 + 8 * j + 2 * (lane % 4);
+                        if (key > pos_lo[mt]) s[mt][j][0] = -INFINITY;
+                        if (key + 1 > pos_lo[mt]) s[mt][j][1] = -INFINITY;
+                        if (key > pos_hi[mt]) s[mt][j][2] = -INFINITY;
+                        if (key + 1 > pos_hi[mt]) s[mt][j][3] = -INFINITY;
+                    }
                 }
-            }
-            // Online softmax in the log2 domain; each row's 64 scores sit in the 4 lanes of a quad.
-            float mx_lo = -INFINITY, mx_hi = -INFINITY;
+                // Online softmax in the log2 domain; each row's 64 scores sit in the 4 lanes of a quad.
+                float mx_lo = -INFINITY, mx_hi = -INFINITY;
 #pragma unroll
-            for (int j = 0; j < kBK / 8; j++) {
-                mx_lo = fmaxf(mx_lo, fmaxf(s[j][0], s[j][1]));
-                mx_hi = fmaxf(mx_hi, fmaxf(s[j][2], s[j][3]));
-            }
+                for (int j = 0; j < BK / 8; j++) {
+                    mx_lo = fmaxf(mx_lo, fmaxf(s[mt][j][0], s[mt][j][1]));
+                    mx_hi = fmaxf(mx_hi, fmaxf(s[mt][j][2], s[mt][j][3]));
+                }
 #pragma unroll
-            for (int offset = 1; offset < 4; offset <<= 1) {
-                mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, offset));
-                mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, offset));
-            }
-            const float new_lo = fmaxf(m_lo, mx_lo * p.scale_log2), new_hi = fmaxf(m_hi, mx_hi * p.scale_log2);
-            const float base_lo = new_lo == -INFINITY ? 0.f : new_lo;  // all masked so far: keep exp2 finite
-            const float base_hi = new_hi == -INFINITY ? 0.f : new_hi;
-            const float alpha_lo = exp2f(m_lo - base_lo), alpha_hi = exp2f(m_hi - base_hi);
-            m_lo = new_lo;
-            m_hi = new_hi;
-            float sum_lo = 0.f, sum_hi = 0.f;
+                for (int offset = 1; offset < 4; offset <<= 1) {
+                    mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, offset));
+                    mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, offset));
+                }
+                const float new_lo = fmaxf(m_lo[mt], mx_lo * p.scale_log2), new_hi = fmaxf(m_hi[mt], mx_hi * p.scale_log2);
+                const float base_lo = new_lo == -INFINITY ? 0.f : new_lo;  // all masked so far: keep exp2 finite
+                const float base_hi = new_hi == -INFINITY ? 0.f : new_hi;
+                const float alpha_lo = exp2f(m_lo[mt] - base_lo), alpha_hi = exp2f(m_hi[mt] - base_hi);
+                m_lo[mt] = new_lo;
+                m_hi[mt] = new_hi;
+                float sum_lo = 0.f, sum_hi = 0.f;
 #pragma unroll
-            for (int j = 0; j < kBK / 8; j++) {
-                s[j][0] = exp2f(fmaf(s[j][0], p.scale_log2, -base_lo));
-                s[j][1] = exp2f(fmaf(s[j][1], p.scale_log2, -base_lo));
-                s[j][2] = exp2f(fmaf(s[j][2], p.scale_log2, -base_hi));
-                s[j][3] = exp2f(fmaf(s[j][3], p.scale_log2, -base_hi));
-                sum_lo += s[j][0] + s[j][1];
-                sum_hi += s[j][2] + s[j][3];
-            }
-            l_lo = l_lo * alpha_lo + sum_lo;
-            l_hi = l_hi * alpha_hi + sum_hi;
+                for (int j = 0; j < BK / 8; j++) {
+                    s[mt][j][0] = exp2f(fmaf(s[mt][j][0], p.scale_log2, -base_lo));
+                    s[mt][j][1] = exp2f(fmaf(s[mt][j][1], p.scale_log2, -base_lo));
+                    s[mt][j][2] = exp2f(fmaf(s[mt][j][2], p.scale_log2, -base_hi));
+                    s[mt][j][3] = exp2f(fmaf(s[mt][j][3], p.scale_log2, -base_hi));
+                    sum_lo += s[mt][j][0] + s[mt][j][1];
+                    sum_hi += s[mt][j][2] + s[mt][j][3];
+                }
+                l_lo[mt] = l_lo[mt] * alpha_lo + sum_lo;
+                l_hi[mt] = l_hi[mt] * alpha_hi + sum_hi;
 #pragma unroll
-            for (int j = 0; j < D / 8; j++) {
-                o[j][0] *= alpha_lo;
-                o[j][1] *= alpha_lo;
-                o[j][2] *= alpha_hi;
-                o[j][3] *= alpha_hi;
+                for (int j = 0; j < D / 8; j++) {
+                    o[mt][j][0] *= alpha_lo;
+                    o[mt][j][1] *= alpha_lo;
+                    o[mt][j][2] *= alpha_hi;
+                    o[mt][j][3] *= alpha_hi;
+                }
+                // The C layout of key tiles 2 kk and 2 kk + 1 is the A layout of keys [16 kk, 16 kk + 16).
+#pragma unroll
+                for (int kk = 0; kk < BK / 16; kk++) {
+                    pa[mt][kk][0] = Ops<T>::pack(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+                    pa[mt][kk][1] = Ops<T>::pack(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+                    pa[mt][kk][2] = Ops<T>::pack(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+                    pa[mt][kk][3] = Ops<T>::pack(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+                }
             }
             // O += P V, 16 keys per step.
 #pragma unroll
-            for (int kk = 0; kk < kBK / 16; kk++) {
-                uint32_t a[4];
-                a[0] = Ops<T>::pack(s[2 * kk][0], s[2 * kk][1]);
-                a[1] = Ops<T>::pack(s[2 * kk][2], s[2 * kk][3]);
-                a[2] = Ops<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-                a[3] = Ops<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+            for (int kk = 0; kk < BK / 16; kk++) {
                 // Matrices (transposed): keys kk*16 + [0,8) / [8,16) ((lane / 8) % 2) x dims nd*16 + [0,8) / [8,16)
-                // (lane / 16): bf[i][0], [1]: dim tile 2 (n0 + i); bf[i][2], [3]: dim tile 2 (n0 + i) + 1. Loads in
-                // groups of four, then their products.
+                // (lane / 16): bf[i][0], [1]: dim tile 2 (n0 + i); bf[i][2], [3]: dim tile 2 (n0 + i) + 1. A group's
+                // loads, then its products.
+                constexpr int GV = MT == 1 ? 4 : 2;
 #pragma unroll
-                for (int n0 = 0; n0 < D / 16; n0 += 4) {
-                    uint32_t bf[4][4];
+                for (int n0 = 0; n0 < D / 16; n0 += GV) {
+                    uint32_t bf[GV][4];
 #pragma unroll
-                    for (int i = 0; i < 4; i++)
+                    for (int i = 0; i < GV; i++)
                         if (n0 + i < d_steps)
                             ldsm_x4_trans(bf[i], vt + (kk * 16 + (lane % 8) + 8 * ((lane / 8) % 2)) * STRIDE + (n0 + i) * 16 + 8 * (lane / 16));
 #pragma unroll
-                    for (int i = 0; i < 4; i++) {
-                        if (n0 + i < d_steps) {
-                            Ops<T>::mma(o[2 * (n0 + i)], a, bf[i][0], bf[i][1]);
-                            Ops<T>::mma(o[2 * (n0 + i) + 1], a, bf[i][2], bf[i][3]);
+                    for (int mt = 0; mt < MT; mt++) {
+                        if (!active[mt]) continue;
+#pragma unroll
+                        for (int i = 0; i < GV; i++) {
+                            if (n0 + i < d_steps) {
+                                Ops<T>::mma(o[mt][2 * (n0 + i)], pa[mt][kk], bf[i][0], bf[i][1]);
+                                Ops<T>::mma(o[mt][2 * (n0 + i) + 1], pa[mt][kk], bf[i][2], bf[i][3]);
+                            }
                         }
                     }
                 }
@@ -671,36 +732,39 @@ attention_kernel(const Params p) {
 
     // Finish: full row sums, then the normalized output, or this split's partial result.
 #pragma unroll
-    for (int offset = 1; offset < 4; offset <<= 1) {
-        l_lo += __shfl_xor_sync(0xffffffffu, l_lo, offset);
-        l_hi += __shfl_xor_sync(0xffffffffu, l_hi, offset);
-    }
+    for (int mt = 0; mt < MT; mt++) {
 #pragma unroll
-    for (int h = 0; h < 2; h++) {
-        const int r = h == 0 ? r_lo : r_hi;
-        if (r >= row0 + rows_here) continue;
-        const float l = h == 0 ? l_lo : l_hi, m = h == 0 ? m_lo : m_hi;
-        if (p.splits == 1) {
-            const float inv = 1.0f / l;  // >= 1 term: key 0 is never masked
-            const int s = r / p.group, head = kv_head * p.group + r % p.group;
-            T* dst = static_cast<T*>(p.out) + (static_cast<size_t>(b * p.seq_len + s) * p.heads + head) * p.head_dim;
+        for (int offset = 1; offset < 4; offset <<= 1) {
+            l_lo[mt] += __shfl_xor_sync(0xffffffffu, l_lo[mt], offset);
+            l_hi[mt] += __shfl_xor_sync(0xffffffffu, l_hi[mt], offset);
+        }
 #pragma unroll
-            for (int j = 0; j < D / 8; j++) {
-                const int d = 8 * j + 2 * (lane % 4);
-                if (d < p.head_dim)
-                    *reinterpret_cast<uint32_t*>(dst + d) = Ops<T>::pack(o[j][2 * h] * inv, o[j][2 * h + 1] * inv);
-            }
-        } else {
-            const size_t slot = (static_cast<size_t>(split) * gridDim.y + bkv) * p.rows_per_group + r;
-            float* dst = p.partial_o + slot * p.head_dim;
+        for (int h = 0; h < 2; h++) {
+            const int r = wrow0 + mt * 16 + lane / 4 + 8 * h;
+            if (r > last_row) continue;
+            const float l = h == 0 ? l_lo[mt] : l_hi[mt], m = h == 0 ? m_lo[mt] : m_hi[mt];
+            if (p.splits == 1) {
+                const float inv = 1.0f / l;  // >= 1 term: key 0 is never masked
+                const int s = r / p.group, head = kv_head * p.group + r % p.group;
+                T* dst = static_cast<T*>(p.out) + (static_cast<size_t>(b * p.seq_len + s) * p.heads + head) * p.head_dim;
 #pragma unroll
-            for (int j = 0; j < D / 8; j++) {
-                const int d = 8 * j + 2 * (lane % 4);
-                if (d < p.head_dim) *reinterpret_cast<float2*>(dst + d) = make_float2(o[j][2 * h], o[j][2 * h + 1]);
-            }
-            if (lane % 4 == 0) {
-                p.partial_ml[slot * 2] = m;
-                p.partial_ml[slot * 2 + 1] = l;
+                for (int j = 0; j < D / 8; j++) {
+                    const int d = 8 * j + 2 * (lane % 4);
+                    if (d < p.head_dim)
+                        *reinterpret_cast<uint32_t*>(dst + d) = Ops<T>::pack(o[mt][j][2 * h] * inv, o[mt][j][2 * h + 1] * inv);
+                }
+            } else {
+                const size_t slot = (static_cast<size_t>(split) * gridDim.y + bkv) * p.rows_per_group + r;
+                float* dst = p.partial_o + slot * p.head_dim;
+#pragma unroll
+                for (int j = 0; j < D / 8; j++) {
+                    const int d = 8 * j + 2 * (lane % 4);
+                    if (d < p.head_dim) *reinterpret_cast<float2*>(dst + d) = make_float2(o[mt][j][2 * h], o[mt][j][2 * h + 1]);
+                }
+                if (lane % 4 == 0) {
+                    p.partial_ml[slot * 2] = m;
+                    p.partial_ml[slot * 2 + 1] = l;
+                }
             }
         }
     }
@@ -734,26 +798,31 @@ __global__ void merge_splits_kernel(const Params p) {
 }
 
 struct Plan {
-    int d_pad, warps;
+    int d_pad, warps, mtiles;
     int row_blocks, splits;
     size_t scratch_bytes;
 };
 
-// Warps per block for prefill: QTOOL_ATTN_WARPS (4 or 8) overrides the default 4, for measurements.
-int prefill_warps() {
-    static const int warps = [] {
-        const char* e = getenv("QTOOL_ATTN_WARPS");
-        return e != nullptr && atoi(e) == 8 ? 8 : 4;
+constexpr int kDefaultMTiles = 2;
+
+// 16-row m-tiles per warp for prefill: QTOOL_ATTN_MTILES (1 or 2) overrides kDefaultMTiles, for measurements.
+int prefill_mtiles() {
+    static const int mtiles = [] {
+        const char* e = getenv("QTOOL_ATTN_MTILES");
+        const int v = e != nullptr ? atoi(e) : 0;
+        return v == 1 || v == 2 ? v : kDefaultMTiles;
     }();
-    return warps;
+    return mtiles;
 }
 
 Plan make_plan(int batch, int seq_len, int start_pos, int heads, int kv_heads, int head_dim) {
     Plan plan{};
     const int rows_per_group = seq_len * (heads / kv_heads);
     plan.d_pad = head_dim <= 64 ? 64 : 128;
-    plan.warps = rows_per_group <= 16 ? 1 : prefill_warps();  // decoding: one warp of 16 rows
-    const int bq = 16 * plan.warps;
+    // Decoding (a few packed rows): one warp of 16 rows. Prefill: four warps of 16 or 32 rows.
+    plan.warps = rows_per_group <= 16 ? 1 : 4;
+    plan.mtiles = rows_per_group <= 64 ? 1 : prefill_mtiles();
+    const int bq = 16 * plan.warps * plan.mtiles;
     plan.row_blocks = (rows_per_group + bq - 1) / bq;
     const long long blocks = static_cast<long long>(plan.row_blocks) * batch * kv_heads;
     const int tiles = (start_pos + seq_len + kBK - 1) / kBK;
@@ -789,13 +858,13 @@ template <typename T>
 int run(const Plan& plan, const Params& p, int batch_kv, cudaStream_t s) {
     int status;
     if (plan.d_pad == 64) {
-        status = plan.warps == 1   ? launch<T, Shape<T, 64, 1>>(p, batch_kv, s)
-                 : plan.warps == 8 ? launch<T, Shape<T, 64, 8>>(p, batch_kv, s)
-                                   : launch<T, Shape<T, 64, 4>>(p, batch_kv, s);
+        status = plan.warps == 1    ? launch<T, Shape<T, 64, 1>>(p, batch_kv, s)
+                 : plan.mtiles == 2 ? launch<T, Shape<T, 64, 4, 2>>(p, batch_kv, s)
+                                    : launch<T, Shape<T, 64, 4>>(p, batch_kv, s);
     } else {
-        status = plan.warps == 1   ? launch<T, Shape<T, 128, 1>>(p, batch_kv, s)
-                 : plan.warps == 8 ? launch<T, Shape<T, 128, 8>>(p, batch_kv, s)
-                                   : launch<T, Shape<T, 128, 4>>(p, batch_kv, s);
+        status = plan.warps == 1    ? launch<T, Shape<T, 128, 1>>(p, batch_kv, s)
+                 : plan.mtiles == 2 ? launch<T, Shape<T, 128, 4, 2>>(p, batch_kv, s)
+                                    : launch<T, Shape<T, 128, 4>>(p, batch_kv, s);
     }
     QT_TRY(status);
     if (p.splits > 1) {

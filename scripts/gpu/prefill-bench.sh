@@ -6,7 +6,7 @@
 #   small    stories260K greedy (fp16, fp32) against llama2.c; logits of stories260K, a synth GQA Llama (f16) and a
 #            synth Qwen2 (bf16) against transformers fp32 (cuda fp32, cuda fp16, cpu)
 #   7b       synth Llama-2-7B shape; qtool ppl --ctx 2048 at batch 1 and 16 (the checks.sh window counts, and more)
-#   torch    transformers fp16 sdpa prefill at 1x2048 and 16x2048, and a profiler breakdown of 1x2048
+#   torch    transformers fp16 sdpa prefill at 1x2048 and 16x2048 (PROFILE=1: a profiler breakdown of 1x2048 too)
 # Log and summary under $OUT. Needs .gpu/runtime.tgz and .gpu/data (scripts/gpu-pack.sh, scripts/gpu/pack-data.sh).
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -29,6 +29,10 @@ if has kernels; then
   grep -E "FAIL|checks," $OUT/kernels.txt
   sed -n '/^Timings/,$p' $OUT/kernels.txt
   row "test_kernels (exit $rc)" "$(grep 'checks,' $OUT/kernels.txt)"
+  # The other prefill attention shape (one 16-row m-tile per warp, 64-key tiles): its checks and timings.
+  QTOOL_ATTN_MTILES=1 LD_LIBRARY_PATH=$P $P/test_kernels --seed $(( ${SEED:-12} + 1 )) --filter attention --bench attention > $OUT/kernels-mt1.txt 2>&1; rc=$?
+  grep -E "FAIL" $OUT/kernels-mt1.txt; grep "F16 prefill" $OUT/kernels-mt1.txt | sed 's/^/one m-tile: /'
+  row "test_kernels attention, QTOOL_ATTN_MTILES=1 (exit $rc)" "$(grep 'checks,' $OUT/kernels-mt1.txt)"
   LD_LIBRARY_PATH=$P $P/test_kernels --bench-only --bench layer 2>&1 | tee -a $OUT/kernels.txt | grep -v "^device\|^cuBLAS\|^cuSOLVER\|^seed"
   [ -n "${BENCH_LINEAR:-}" ] && LD_LIBRARY_PATH=$P $P/test_kernels --bench-only --bench linear 2>&1 | tee -a $OUT/kernels.txt | grep linear
 fi
@@ -80,11 +84,11 @@ if has 7b; then
     Q ppl -m $W/l7b -d $D/data/wiki.test.raw --ctx 2048 --windows $2 --batch $1 --json --device cuda 2>$W/ppl.err > $W/ppl.json
     row "prefill 7B ${1}x2048 qtool ppl, $2 windows (incl. warm-up)" "$(tps $W/ppl.json || tail -3 $W/ppl.err)"
   done
-  for spec in "1 8" "16 4"; do
+  for spec in "1 8 2" "16 4 2" "1 8 1" "16 4 1"; do
     set -- $spec
-    $JAVA -Xmx32g -cp $P/qtool.jar:$P/checks qtool.model.PrefillTiming $W/l7b $1 2048 $2 > $W/timing.txt 2>&1
-    cat $W/timing.txt >> $OUT/timing.txt
-    row "PrefillTiming ${1}x2048, $2 passes" "$(tail -1 $W/timing.txt)"
+    QTOOL_ATTN_MTILES=$3 $JAVA -Xmx32g -cp $P/qtool.jar:$P/checks qtool.model.PrefillTiming $W/l7b $1 2048 $2 > $W/timing.txt 2>&1
+    echo "QTOOL_ATTN_MTILES=$3" >> $OUT/timing.txt; cat $W/timing.txt >> $OUT/timing.txt
+    row "PrefillTiming ${1}x2048, $2 passes, m-tiles $3" "$(tail -1 $W/timing.txt)"
   done
 fi
 
@@ -92,8 +96,10 @@ if has torch; then
   for b in 1 16; do
     row "prefill 7B ${b}x2048 transformers fp16 sdpa" "$(py prefill $W/l7b $b 2048 | python3 -c "import json,sys;r=json.loads(sys.stdin.read());print(round(r['tokens_per_second']),'tok/s', round(r['seconds']*1000,1),'ms')")"
   done
-  python3 $P/prefill_profile.py $W/l7b 1 2048 > $OUT/torch-profile.txt 2>&1
-  cat $OUT/torch-profile.txt | tail -14
-  row "transformers 1x2048 profile" "$(tail -1 $OUT/torch-profile.txt)"
+  if [ -n "${PROFILE:-}" ]; then
+    python3 $P/prefill_profile.py $W/l7b 1 2048 > $OUT/torch-profile.txt 2>&1
+    cat $OUT/torch-profile.txt | tail -14
+    row "transformers 1x2048 profile" "$(tail -1 $OUT/torch-profile.txt)"
+  fi
 fi
 echo; echo "==== summary"; cat $summary
