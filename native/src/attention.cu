@@ -404,11 +404,12 @@ int launch(const Params& p, int batch_kv, cudaStream_t stream) {
 // ---- F16/BF16: tensor cores ---------------------------------------------------------------------------------------
 //
 // Same work split as above (packed rows of one (batch, kv head), key splits for decoding), with NW warps per block,
-// each warp owning 16 packed rows: BQ = 16 * NW rows, 64-key tiles. Per tile, a warp computes S = Q K^T (16 x 64)
-// with mma.sync m16n8k16 (Q fragments stay in registers for the whole block; K fragments come from shared memory
-// through ldmatrix), the online softmax in FP32 on the accumulator registers, then O += P V with P re-packed from
-// the accumulators into 16-bit A fragments (the C layout of two m16n8 tiles is the A layout of one m16n8k16) and V
-// fragments through ldmatrix.trans. K/V tiles are double-buffered: cp.async fills the next tile during this one.
+// each warp owning MT m-tiles of 16 packed rows: BQ = 16 * MT * NW rows (prefill: 4 warps x 1 m-tile; decoding: one
+// warp), 64-key tiles (32 with two m-tiles). Per tile, a warp computes S = Q K^T (16 x 64) with mma.sync m16n8k16 (Q
+// fragments stay in registers for the whole block; K fragments come from shared memory through ldmatrix), the
+// online softmax in FP32 on the accumulator registers, then O += P V with P re-packed from the accumulators into
+// 16-bit A fragments (the C layout of two m16n8 tiles is the A layout of one m16n8k16) and V fragments through
+// ldmatrix.trans. K/V tiles are double-buffered: cp.async fills the next tile during this one.
 // Causality: a warp skips tiles that start past its last row's position and masks only tiles that reach past its
 // first row's position; a block loads no tile past its last row's position.
 namespace tc {
@@ -803,7 +804,10 @@ struct Plan {
     size_t scratch_bytes;
 };
 
-constexpr int kDefaultMTiles = 2;
+// One 16-row m-tile per warp (64-key tiles, Q fragments in registers). Two (128-row blocks, 32-key tiles, Q re-read
+// from shared memory; FA2's layout) measured slower on an H100: 91 against 122 TFLOP/s at b1 s2048 h32 d128, 136
+// against 155 at b16 (native/README.md).
+constexpr int kDefaultMTiles = 1;
 
 // 16-row m-tiles per warp for prefill: QTOOL_ATTN_MTILES (1 or 2) overrides kDefaultMTiles, for measurements.
 int prefill_mtiles() {

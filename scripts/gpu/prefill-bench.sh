@@ -29,10 +29,10 @@ if has kernels; then
   grep -E "FAIL|checks," $OUT/kernels.txt
   sed -n '/^Timings/,$p' $OUT/kernels.txt
   row "test_kernels (exit $rc)" "$(grep 'checks,' $OUT/kernels.txt)"
-  # The other prefill attention shape (one 16-row m-tile per warp, 64-key tiles): its checks and timings.
-  QTOOL_ATTN_MTILES=1 LD_LIBRARY_PATH=$P $P/test_kernels --seed $(( ${SEED:-12} + 1 )) --filter attention --bench attention > $OUT/kernels-mt1.txt 2>&1; rc=$?
-  grep -E "FAIL" $OUT/kernels-mt1.txt; grep "F16 prefill" $OUT/kernels-mt1.txt | sed 's/^/one m-tile: /'
-  row "test_kernels attention, QTOOL_ATTN_MTILES=1 (exit $rc)" "$(grep 'checks,' $OUT/kernels-mt1.txt)"
+  # The other prefill attention shape (two 16-row m-tiles per warp, 32-key tiles): its checks and timings.
+  QTOOL_ATTN_MTILES=2 LD_LIBRARY_PATH=$P $P/test_kernels --seed $(( ${SEED:-12} + 1 )) --filter attention --bench attention > $OUT/kernels-mt2.txt 2>&1; rc=$?
+  grep -E "FAIL" $OUT/kernels-mt2.txt; grep "F16 prefill" $OUT/kernels-mt2.txt | sed 's/^/two m-tiles: /'
+  row "test_kernels attention, QTOOL_ATTN_MTILES=2 (exit $rc)" "$(grep 'checks,' $OUT/kernels-mt2.txt)"
   LD_LIBRARY_PATH=$P $P/test_kernels --bench-only --bench layer 2>&1 | tee -a $OUT/kernels.txt | grep -v "^device\|^cuBLAS\|^cuSOLVER\|^seed"
   [ -n "${BENCH_LINEAR:-}" ] && LD_LIBRARY_PATH=$P $P/test_kernels --bench-only --bench linear 2>&1 | tee -a $OUT/kernels.txt | grep linear
 fi
@@ -84,7 +84,7 @@ if has 7b; then
     Q ppl -m $W/l7b -d $D/data/wiki.test.raw --ctx 2048 --windows $2 --batch $1 --json --device cuda 2>$W/ppl.err > $W/ppl.json
     row "prefill 7B ${1}x2048 qtool ppl, $2 windows (incl. warm-up)" "$(tps $W/ppl.json || tail -3 $W/ppl.err)"
   done
-  for spec in "1 8 2" "16 4 2" "1 8 1" "16 4 1"; do
+  for spec in "1 8 1" "16 4 1" "1 8 2" "16 4 2"; do
     set -- $spec
     QTOOL_ATTN_MTILES=$3 $JAVA -Xmx32g -cp $P/qtool.jar:$P/checks qtool.model.PrefillTiming $W/l7b $1 2048 $2 > $W/timing.txt 2>&1
     echo "QTOOL_ATTN_MTILES=$3" >> $OUT/timing.txt; cat $W/timing.txt >> $OUT/timing.txt

@@ -88,11 +88,13 @@ public final class Forward implements AutoCloseable {
 
     /**
      * Load-time preparation on a GPU: layer 0 once over all batch × maxSeq rows, then one chunk of logits and losses,
-     * on token 0. cuBLAS picks and loads its kernels for this forward's shapes, and CUDA loads the modules of the
-     * other kernels, here rather than in the first real pass, where they cost a 7B model's first 2048-token window
-     * about 0.19 s on an H100 (lazy loading; PyTorch's timings skip the same cost in their warm-up passes). Leaves
-     * nothing a later call reads: the cache positions it writes are rewritten before any query attends to them.
-     * Skipped on the CPU (no such cost; a layer over every row would be slow) and when layers stream.
+     * on token 0. The one-time costs of first launches (cuBLAS choosing and loading its kernels for this forward's
+     * shapes, CUDA loading kernel modules lazily) then fall here rather than in the first real pass: they made a 7B
+     * model's first 2048-token window on an H100 0.19 s slower than the next (0.09 s at 16 × 2048, partly hidden
+     * behind queued work); with this, the first window is as fast as the rest. PyTorch's timings skip the same costs
+     * in their warm-up passes. Leaves nothing a later call reads: the cache positions it writes are rewritten before
+     * any query attends to them. Skipped on the CPU (no such cost; a layer over every row would be slow) and when
+     * layers stream.
      */
     private void warmUp() {
         int rows = batch * maxSeq;
