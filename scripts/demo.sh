@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The main job end to end on a model that needs no download: build, then run qtool on ../shared/models/stories260K
 # (or, where ../shared is absent, on a small random model made by `qtool synth`).
-# Until `qtool convert` lands, the job is: inspect the model, evaluate its perplexity, generate from it.
+# The job: inspect the model, quantize it with GPTQ (4-bit, group 32, act-order) on calibration text, evaluate the
+# perplexity of the original and of the result, and generate from the result.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/build.sh
-qtool() { java -jar target/qtool.jar "$@"; }
+qtool() { ./scripts/qtool "$@"; }  # java -jar with the Vector API module (fast CPU backend)
 model=../shared/models/stories260K
 data=../shared/data/wikitext-2-raw-v1_test.parquet
 if [ ! -d "$model" ]; then
@@ -13,8 +14,13 @@ if [ ! -d "$model" ]; then
   rm -rf "$model"
   qtool synth --out "$model" --hidden 256 --layers 2 --heads 8 --kv-heads 2 --intermediate 512 --vocab 512
   qtool inspect "$model"
+  qtool convert --format gptq -i "$model" -o target/demo-gptq -nr -r 8 -l 128 --bits 4 --group-size 32
+  qtool inspect target/demo-gptq/out
   exit 0
 fi
 qtool inspect "$model"
-qtool ppl -m "$model" -d "$data" --ctx 512
-qtool generate -m "$model" -p "Once upon a time" -n 64 --greedy
+qtool convert --format gptq -i "$model" -o target/demo-gptq -nr -c ../shared/data/calibration-mix.parquet -r 64 -l 512 \
+  --bits 4 --group-size 32 --act-order --asym --checkpoint-format gptq_v2
+qtool ppl -m "$model" -d "$data" --ctx 512 --windows 64
+qtool ppl -m target/demo-gptq/out -d "$data" --ctx 512 --windows 64
+qtool generate -m target/demo-gptq/out -p "Once upon a time" -n 64 --greedy

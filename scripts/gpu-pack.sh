@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Packs what a run on the GPU host needs into .gpu/ (git-ignored; send it with the device tool's carry: [".gpu"]).
 # The GPU host has no Java and takes at most 64 MiB per run, so this ships:
-#   .gpu/runtime.tgz  a jlink'd Java 25 runtime (java.base, java.xml, java.management, java.logging, jdk.unsupported)
+#   .gpu/runtime.tgz  a jlink'd Java 25 runtime (java.base, java.xml, java.management, java.logging, jdk.unsupported,
+#                     jdk.incubator.vector), whose java always adds the Vector API module (the CPU backend's SIMD)
 #   .gpu/qtool.jar    the tool, without the native libraries of other platforms
 #   .gpu/libqtool.so  built here by nvcc for sm_90 (QTOOL_CUDA_ARCH overrides)
 #   .gpu/run.sh       unpacks the runtime once per machine, then runs `java -jar qtool.jar "$@"`
@@ -18,19 +19,27 @@ cp target/qtool.jar .gpu/qtool.jar
 zip -q -d .gpu/qtool.jar 'win/*' 'darwin/*' 'freebsd/*' 'aix/*' 'linux/aarch64/*' 'linux/arm*' 'linux/i386/*' 'linux/loongarch64/*' \
   'linux/mips64/*' 'linux/ppc64*' 'linux/riscv64/*' 'linux/s390x/*' 'org/xerial/snappy/native/[!L]*' \
   'org/xerial/snappy/native/Linux/[!x]*' >/dev/null 2>&1 || true
-if [ ! -f .gpu/runtime.tgz ] || [ "$JAVA_HOME/release" -nt .gpu/runtime.tgz ]; then
+# The runtime is rebuilt when the JDK or this recipe changes (the recipe is kept beside it).
+jre_modules=java.base,java.xml,java.management,java.logging,jdk.unsupported,jdk.incubator.vector
+# --add-options takes "--opt=value" only ("--add-modules X" is refused at startup).
+jre_options="--enable-native-access=ALL-UNNAMED --sun-misc-unsafe-memory-access=allow --add-modules=jdk.incubator.vector"
+jre_recipe="$jre_modules $jre_options"
+if [ ! -f .gpu/runtime.tgz ] || [ "$JAVA_HOME/release" -nt .gpu/runtime.tgz ] \
+   || [ "$(cat .gpu/runtime.recipe 2>/dev/null)" != "$jre_recipe" ]; then
   rm -rf /tmp/qtool-jre
-  jlink --add-modules java.base,java.xml,java.management,java.logging,jdk.unsupported \
+  jlink --add-modules "$jre_modules" \
     --strip-debug --no-man-pages --no-header-files --compress zip-9 \
-    --add-options="--enable-native-access=ALL-UNNAMED --sun-misc-unsafe-memory-access=allow" --output /tmp/qtool-jre
+    --add-options="$jre_options" --output /tmp/qtool-jre
   tar -C /tmp -czf .gpu/runtime.tgz qtool-jre
+  echo "$jre_recipe" > .gpu/runtime.recipe
 fi
 cat > .gpu/run.sh <<'RUN'
 #!/usr/bin/env bash
 # On the GPU host: qtool with the packed runtime. QTOOL_LIB points the tool at the packed libqtool.so.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-[ -x /tmp/qtool-jre/bin/java ] || tar -C /tmp -xzf "$here/runtime.tgz"
+# A runtime unpacked by an older pack (without the Vector API module) is replaced.
+grep -qs jdk.incubator.vector /tmp/qtool-jre/release || { rm -rf /tmp/qtool-jre; tar -C /tmp -xzf "$here/runtime.tgz"; }
 export QTOOL_LIB="$here/libqtool.so"
 exec /tmp/qtool-jre/bin/java -Xmx32g -jar "$here/qtool.jar" "$@"
 RUN

@@ -264,6 +264,43 @@ QT_API int qt_cholesky_inverse(void* a, int n, int triangle, int* info, void* st
 /* Copies one triangle of a row-major [n, n] F32 matrix onto the other, making it symmetric. */
 QT_API int qt_symmetrize(void* a, int n, int from_triangle, void* stream);
 
+/* ---- quantization: Gram matrices, GPTQ ---- */
+
+/*
+ * h += x^T x in FP32 (SSYRK, no TF32): h F32 [in, in], x F32 [rows, in]. The upper triangle is accumulated and then
+ * copied onto the lower one (as CpuBackend.accumulateGram does), so h stays exactly symmetric. Needs qt_init.
+ */
+QT_API int qt_gram_accumulate(void* h, const void* x, int rows, int in, void* stream);
+
+/*
+ * GPTQ of one linear layer, in the steps of qtool.quantize.Gptq (the reference; CudaBackend.gptq drives them):
+ *   1. qt_gptq_diagonal: diag(H) to the host, for the act-order permutation and the mean diagonal.
+ *   2. qt_gptq_inverse_factor: U, the upper Cholesky factor of (H' + damp_abs I)^-1 in processing order, computed in
+ *      F64 (cuSOLVER potrf of the order-reversed matrix, then a triangular inverse); returns
+ *      QT_ERR_NOT_POSITIVE_DEFINITE (with *info > 0) when it does not factor: raise the damping and call again.
+ *   3. qt_gptq_quantize: the column loop with lazy block updates (one kernel per block of block_size <= 128 columns,
+ *      one SGEMM for the rest of the row), outputs in the ORIGINAL column order.
+ * Shapes: w F32 [out, in] and h F32 [in, in] on the device, never modified; perm I32 [in] on the device: perm[k] is
+ * the original column processed k-th. H' is H[perm][perm] with zero diagonals (dead inputs) set to 1; dead inputs'
+ * weights count as 0. One workspace of qt_gptq_workspace_bytes serves steps 2 and 3 (not at the same time).
+ */
+QT_API int qt_gptq_workspace_bytes(int out, int in, int block_size, size_t* bytes);
+/* diagonal: host F32 [n] <- h[i][i]. Waits. */
+QT_API int qt_gptq_diagonal(float* diagonal, const void* h, int n, void* stream);
+/* u: device F32 [n, n], upper triangle U (U^T U = (H' + damp_abs I)^-1), zeros below. Waits. */
+QT_API int qt_gptq_inverse_factor(void* u, const void* h, const int32_t* perm, int n, double damp_abs, void* workspace,
+                                  size_t workspace_bytes, int* info, void* stream);
+/*
+ * bits 1..8 (codes are bytes); group_size -1 (one grid per row, from the row before dead columns are zeroed) or > 0;
+ * sym, mse, static_groups as GptqParams (static groups need group_size > 0); block_size 1..128 (QT_ERR_UNSUPPORTED
+ * above). Outputs on the device: codes U8 [out, in], scales F32 [groups, out], zeros I32 [groups, out], dequantized
+ * F32 [out, in] = scales * (codes - zeros) of each column's group; *loss (host) = sum (w - q)^2 / U_ii^2 / 2. Waits.
+ */
+QT_API int qt_gptq_quantize(const void* w, const void* h, const void* u, const int32_t* perm, int out, int in, int bits,
+                            int group_size, int sym, int mse, int static_groups, int block_size, void* codes,
+                            void* scales, void* zeros, void* dequantized, double* loss, void* workspace,
+                            size_t workspace_bytes, void* stream);
+
 #ifdef __cplusplus
 }
 #endif

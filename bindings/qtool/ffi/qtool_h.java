@@ -3088,5 +3088,342 @@ public class qtool_h extends qtool_h$shared {
            throw new AssertionError("should not reach here", ex$);
         }
     }
+
+    private static class qt_gram_accumulate {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            qtool_h.C_INT,
+            qtool_h.C_POINTER,
+            qtool_h.C_POINTER,
+            qtool_h.C_INT,
+            qtool_h.C_INT,
+            qtool_h.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("qt_gram_accumulate");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * int qt_gram_accumulate(void *h, const void *x, int rows, int in, void *stream)
+     * }
+     */
+    public static FunctionDescriptor qt_gram_accumulate$descriptor() {
+        return qt_gram_accumulate.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * int qt_gram_accumulate(void *h, const void *x, int rows, int in, void *stream)
+     * }
+     */
+    public static MethodHandle qt_gram_accumulate$handle() {
+        return qt_gram_accumulate.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * int qt_gram_accumulate(void *h, const void *x, int rows, int in, void *stream)
+     * }
+     */
+    public static MemorySegment qt_gram_accumulate$address() {
+        return qt_gram_accumulate.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * int qt_gram_accumulate(void *h, const void *x, int rows, int in, void *stream)
+     * }
+     */
+    public static int qt_gram_accumulate(MemorySegment h, MemorySegment x, int rows, int in, MemorySegment stream) {
+        var mh$ = qt_gram_accumulate.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("qt_gram_accumulate", h, x, rows, in, stream);
+            }
+            return (int)mh$.invokeExact(h, x, rows, in, stream);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
+    private static class qt_gptq_workspace_bytes {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            qtool_h.C_INT,
+            qtool_h.C_INT,
+            qtool_h.C_INT,
+            qtool_h.C_INT,
+            qtool_h.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("qt_gptq_workspace_bytes");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * int qt_gptq_workspace_bytes(int out, int in, int block_size, size_t *bytes)
+     * }
+     */
+    public static FunctionDescriptor qt_gptq_workspace_bytes$descriptor() {
+        return qt_gptq_workspace_bytes.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * int qt_gptq_workspace_bytes(int out, int in, int block_size, size_t *bytes)
+     * }
+     */
+    public static MethodHandle qt_gptq_workspace_bytes$handle() {
+        return qt_gptq_workspace_bytes.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * int qt_gptq_workspace_bytes(int out, int in, int block_size, size_t *bytes)
+     * }
+     */
+    public static MemorySegment qt_gptq_workspace_bytes$address() {
+        return qt_gptq_workspace_bytes.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * int qt_gptq_workspace_bytes(int out, int in, int block_size, size_t *bytes)
+     * }
+     */
+    public static int qt_gptq_workspace_bytes(int out, int in, int block_size, MemorySegment bytes) {
+        var mh$ = qt_gptq_workspace_bytes.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("qt_gptq_workspace_bytes", out, in, block_size, bytes);
+            }
+            return (int)mh$.invokeExact(out, in, block_size, bytes);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
+    private static class qt_gptq_diagonal {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            qtool_h.C_INT,
+            qtool_h.C_POINTER,
+            qtool_h.C_POINTER,
+            qtool_h.C_INT,
+            qtool_h.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("qt_gptq_diagonal");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * int qt_gptq_diagonal(float *diagonal, const void *h, int n, void *stream)
+     * }
+     */
+    public static FunctionDescriptor qt_gptq_diagonal$descriptor() {
+        return qt_gptq_diagonal.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * int qt_gptq_diagonal(float *diagonal, const void *h, int n, void *stream)
+     * }
+     */
+    public static MethodHandle qt_gptq_diagonal$handle() {
+        return qt_gptq_diagonal.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * int qt_gptq_diagonal(float *diagonal, const void *h, int n, void *stream)
+     * }
+     */
+    public static MemorySegment qt_gptq_diagonal$address() {
+        return qt_gptq_diagonal.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * int qt_gptq_diagonal(float *diagonal, const void *h, int n, void *stream)
+     * }
+     */
+    public static int qt_gptq_diagonal(MemorySegment diagonal, MemorySegment h, int n, MemorySegment stream) {
+        var mh$ = qt_gptq_diagonal.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("qt_gptq_diagonal", diagonal, h, n, stream);
+            }
+            return (int)mh$.invokeExact(diagonal, h, n, stream);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
+    private static class qt_gptq_inverse_factor {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            qtool_h.C_INT,
+            qtool_h.C_POINTER,
+            qtool_h.C_POINTER,
+            qtool_h.C_POINTER,
+            qtool_h.C_INT,
+            qtool_h.C_DOUBLE,
+            qtool_h.C_POINTER,
+            qtool_h.C_LONG,
+            qtool_h.C_POINTER,
+            qtool_h.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("qt_gptq_inverse_factor");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * int qt_gptq_inverse_factor(void *u, const void *h, const int32_t *perm, int n, double damp_abs, void *workspace, size_t workspace_bytes, int *info, void *stream)
+     * }
+     */
+    public static FunctionDescriptor qt_gptq_inverse_factor$descriptor() {
+        return qt_gptq_inverse_factor.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * int qt_gptq_inverse_factor(void *u, const void *h, const int32_t *perm, int n, double damp_abs, void *workspace, size_t workspace_bytes, int *info, void *stream)
+     * }
+     */
+    public static MethodHandle qt_gptq_inverse_factor$handle() {
+        return qt_gptq_inverse_factor.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * int qt_gptq_inverse_factor(void *u, const void *h, const int32_t *perm, int n, double damp_abs, void *workspace, size_t workspace_bytes, int *info, void *stream)
+     * }
+     */
+    public static MemorySegment qt_gptq_inverse_factor$address() {
+        return qt_gptq_inverse_factor.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * int qt_gptq_inverse_factor(void *u, const void *h, const int32_t *perm, int n, double damp_abs, void *workspace, size_t workspace_bytes, int *info, void *stream)
+     * }
+     */
+    public static int qt_gptq_inverse_factor(MemorySegment u, MemorySegment h, MemorySegment perm, int n, double damp_abs, MemorySegment workspace, long workspace_bytes, MemorySegment info, MemorySegment stream) {
+        var mh$ = qt_gptq_inverse_factor.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("qt_gptq_inverse_factor", u, h, perm, n, damp_abs, workspace, workspace_bytes, info, stream);
+            }
+            return (int)mh$.invokeExact(u, h, perm, n, damp_abs, workspace, workspace_bytes, info, stream);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
+    private static class qt_gptq_quantize {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            qtool_h.C_INT,
+            qtool_h.C_POINTER,
+            qtool_h.C_POINTER,
+            qtool_h.C_POINTER,
+            qtool_h.C_POINTER,
+            qtool_h.C_INT,
+            qtool_h.C_INT,
+            qtool_h.C_INT,
+            qtool_h.C_INT,
+            qtool_h.C_INT,
+            qtool_h.C_INT,
+            qtool_h.C_INT,
+            qtool_h.C_INT,
+            qtool_h.C_POINTER,
+            qtool_h.C_POINTER,
+            qtool_h.C_POINTER,
+            qtool_h.C_POINTER,
+            qtool_h.C_POINTER,
+            qtool_h.C_POINTER,
+            qtool_h.C_LONG,
+            qtool_h.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("qt_gptq_quantize");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * int qt_gptq_quantize(const void *w, const void *h, const void *u, const int32_t *perm, int out, int in, int bits, int group_size, int sym, int mse, int static_groups, int block_size, void *codes, void *scales, void *zeros, void *dequantized, double *loss, void *workspace, size_t workspace_bytes, void *stream)
+     * }
+     */
+    public static FunctionDescriptor qt_gptq_quantize$descriptor() {
+        return qt_gptq_quantize.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * int qt_gptq_quantize(const void *w, const void *h, const void *u, const int32_t *perm, int out, int in, int bits, int group_size, int sym, int mse, int static_groups, int block_size, void *codes, void *scales, void *zeros, void *dequantized, double *loss, void *workspace, size_t workspace_bytes, void *stream)
+     * }
+     */
+    public static MethodHandle qt_gptq_quantize$handle() {
+        return qt_gptq_quantize.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * int qt_gptq_quantize(const void *w, const void *h, const void *u, const int32_t *perm, int out, int in, int bits, int group_size, int sym, int mse, int static_groups, int block_size, void *codes, void *scales, void *zeros, void *dequantized, double *loss, void *workspace, size_t workspace_bytes, void *stream)
+     * }
+     */
+    public static MemorySegment qt_gptq_quantize$address() {
+        return qt_gptq_quantize.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * int qt_gptq_quantize(const void *w, const void *h, const void *u, const int32_t *perm, int out, int in, int bits, int group_size, int sym, int mse, int static_groups, int block_size, void *codes, void *scales, void *zeros, void *dequantized, double *loss, void *workspace, size_t workspace_bytes, void *stream)
+     * }
+     */
+    public static int qt_gptq_quantize(MemorySegment w, MemorySegment h, MemorySegment u, MemorySegment perm, int out, int in, int bits, int group_size, int sym, int mse, int static_groups, int block_size, MemorySegment codes, MemorySegment scales, MemorySegment zeros, MemorySegment dequantized, MemorySegment loss, MemorySegment workspace, long workspace_bytes, MemorySegment stream) {
+        var mh$ = qt_gptq_quantize.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("qt_gptq_quantize", w, h, u, perm, out, in, bits, group_size, sym, mse, static_groups, block_size, codes, scales, zeros, dequantized, loss, workspace, workspace_bytes, stream);
+            }
+            return (int)mh$.invokeExact(w, h, u, perm, out, in, bits, group_size, sym, mse, static_groups, block_size, codes, scales, zeros, dequantized, loss, workspace, workspace_bytes, stream);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
 }
 

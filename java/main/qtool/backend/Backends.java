@@ -11,7 +11,7 @@ public final class Backends {
      * {@code auto}: CUDA when libqtool.so loads and a GPU answers, otherwise the CPU, with the reason.
      * {@code cuda}: CUDA or a {@link QtoolException} saying why not. {@code cpu}: the CPU.
      * The choice goes to {@code log} (when not null) as one line, e.g.
-     * "qtool: device cuda (NVIDIA H100 80GB HBM3, 79.1 GiB)" or
+     * "qtool: device cuda (NVIDIA H100 80GB HBM3, 79.1 GiB)", "qtool: device cpu (2 threads, vector 256-bit, Java 25)" or
      * "qtool: device cpu (libqtool.so not found; run scripts/build-native.sh or set QTOOL_LIB)".
      */
     public static Backend open(String device, PrintStream log) {
@@ -19,7 +19,7 @@ public final class Backends {
         switch (choice) {
             case "cpu" -> {
                 Backend cpu = new CpuBackend();
-                say(log, "qtool: device cpu");
+                say(log, "qtool: device " + cpu.description());
                 return cpu;
             }
             case "cuda" -> {

@@ -2,6 +2,11 @@ package qtool.backend;
 
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
+import java.util.Arrays;
+import java.util.concurrent.ForkJoinPool;
+import java.util.concurrent.ForkJoinTask;
+import java.util.concurrent.atomic.AtomicInteger;
+import java.util.function.IntConsumer;
 import java.util.stream.IntStream;
 import qtool.load.DType;
 
@@ -9,9 +14,48 @@ import qtool.load.DType;
  * The model's arithmetic in plain Java: the fallback on machines without a GPU and the reference the CUDA backend
  * is tested against. Every tensor it owns is a heap {@code float[]} (or {@code int[]}) wrapped as a segment: plain
  * arrays let the JIT unroll and bounds-check-eliminate the inner loops, which mapped segments do not. Weights are
- * therefore converted to F32 arrays on {@link #upload}. Work is split over rows with parallel streams.
+ * therefore converted to F32 arrays on {@link #upload}.
+ *
+ * <p>The inner loops are {@link CpuKernels}: SIMD through the Vector API when the JVM has
+ * {@code --add-modules jdk.incubator.vector} (scripts/qtool passes it), plain Java otherwise. Matrix products
+ * (linear, attention's QK^T and PV) go through one GEMM: B is packed into panels of {@link CpuKernels#panelWidth}
+ * columns, and a 4-row micro-kernel ({@link CpuKernels#tile}) keeps a 4 × panel tile of C in registers over the
+ * whole k loop. Work is split into tasks taken by the calling thread and the common pool's workers; operations
+ * under {@link #SERIAL_WORK} run on the calling thread alone, since handing work over costs tens of µs.
  */
 public final class CpuBackend implements Backend {
+    private static final CpuKernels BEST = CpuKernels.load();
+    /** Rows per micro-tile. */
+    private static final int MR = 4;
+    private static final int THREADS = Runtime.getRuntime().availableProcessors();
+    /** Multiply-adds (or elements, for elementwise work) below which an operation stays on the calling thread. */
+    private static final long SERIAL_WORK = 1 << 18;
+    /** Packed weight floats per linear task: 256 KiB, so that a task's panels stay in L2 while every row streams by. */
+    private static final int L2_FLOATS = 64 * 1024;
+    /** Linear with fewer rows takes dot products against the weight rows as stored: packing would cost more than it saves. */
+    private static final int PACK_MIN_ROWS = 16;
+
+    /** Per-thread scratch: a linear task's packed weight panels, an attention task's panels. */
+    private static final ThreadLocal<float[][]> SCRATCH = ThreadLocal.withInitial(() -> new float[2][0]);
+
+    final CpuKernels kernels;
+    /** Columns per packed panel: the micro-kernel's width. */
+    private final int nr;
+    /** Attention's V^T per sequence and kv head, grown as needed (calls on a backend are ordered). */
+    private float[] vTransposed = new float[0];
+    /** cos/sin of the last RoPE call, reused while positions and frequencies stay the same (q and k, every layer). */
+    private RopeTable rope;
+
+    /** With the fastest kernels this JVM allows (see {@link CpuKernels#load}). */
+    public CpuBackend() {
+        this(BEST);
+    }
+
+    /** With the given kernels (tests run both sets). */
+    CpuBackend(CpuKernels kernels) {
+        this.kernels = kernels;
+        this.nr = kernels.panelWidth();
+    }
 
     @Override
     public String name() {
@@ -20,7 +64,7 @@ public final class CpuBackend implements Backend {
 
     @Override
     public String description() {
-        return "cpu (" + Runtime.getRuntime().availableProcessors() + " threads, Java " + Runtime.version().feature() + ")";
+        return "cpu (" + THREADS + " threads, " + kernels.describe() + ", Java " + Runtime.version().feature() + ")";
     }
 
     @Override
@@ -106,79 +150,88 @@ public final class CpuBackend implements Backend {
     @Override
     public void rmsNorm(Tensor out, Tensor x, Tensor weight, float eps) {
         float[] o = f(out), xs = f(x), w = f(weight);
-        int dim = x.cols(), oo = off(out), xo = off(x), wo = off(weight);
-        IntStream.range(0, x.rows()).parallel().forEach(r -> {
-            int base = xo + r * dim;
-            float ss = 0;
-            for (int i = 0; i < dim; i++) ss += xs[base + i] * xs[base + i];
+        int dim = x.cols(), oo = off(out), xo = off(x), wo = off(weight), rows = x.rows();
+        forRowChunks(rows, dim, r -> {
+            float ss = kernels.sumSquares(xs, xo + r * dim, dim);
             float inv = (float) (1.0 / Math.sqrt(ss / dim + eps));
-            int ob = oo + r * dim;
-            for (int i = 0; i < dim; i++) o[ob + i] = w[wo + i] * (xs[base + i] * inv);
+            kernels.scaleMul(o, oo + r * dim, xs, xo + r * dim, inv, w, wo, dim);
         });
     }
 
+    /**
+     * out = x · W^T (+ bias). Few rows: one dot product per (row, output) over W as stored. Otherwise the outputs
+     * are cut into groups of panels, one task each: the task packs its W rows transposed into panels (at most
+     * {@link #L2_FLOATS}, so they stay in L2), then runs every block of 4 input rows across them; the 4 rows stay
+     * in L1 while they meet each panel. Packing costs one pass over W per call, small next to rows × W multiply-adds.
+     */
     @Override
     public void linear(Tensor out, Tensor x, Tensor weight, Tensor bias) {
         float[] o = f(out), xs = f(x), w = f(weight);
-        float[] b = bias == null ? null : f(bias);
         int rows = x.rows(), in = x.cols(), outF = weight.rows();
-        int oo = off(out), xo = off(x), wo = off(weight), bo = bias == null ? 0 : off(bias);
-        // Parallel over blocks of output features; within a block each weight row is read once per 4 input rows.
-        int block = Math.max(1, Math.min(64, outF / (4 * Runtime.getRuntime().availableProcessors()) + 1));
-        IntStream.range(0, (outF + block - 1) / block).parallel().forEach(blk -> {
-            int o0 = blk * block, o1 = Math.min(outF, o0 + block);
-            for (int r = 0; r < rows; r += 4) {
-                int nr = Math.min(4, rows - r);
-                for (int j = o0; j < o1; j++) {
-                    int wb = wo + j * in;
-                    float bj = b == null ? 0 : b[bo + j];
-                    if (nr == 4) {
-                        int x0 = xo + r * in, x1 = x0 + in, x2 = x1 + in, x3 = x2 + in;
-                        float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-                        for (int i = 0; i < in; i++) {
-                            float wv = w[wb + i];
-                            s0 += xs[x0 + i] * wv;
-                            s1 += xs[x1 + i] * wv;
-                            s2 += xs[x2 + i] * wv;
-                            s3 += xs[x3 + i] * wv;
-                        }
-                        o[oo + r * outF + j] = s0 + bj;
-                        o[oo + (r + 1) * outF + j] = s1 + bj;
-                        o[oo + (r + 2) * outF + j] = s2 + bj;
-                        o[oo + (r + 3) * outF + j] = s3 + bj;
-                    } else {
-                        for (int k = 0; k < nr; k++) o[oo + (r + k) * outF + j] = dot(xs, xo + (r + k) * in, w, wb, in) + bj;
-                    }
+        int oo = off(out), xo = off(x), wo = off(weight);
+        long work = (long) rows * in * outF;
+        if (rows < PACK_MIN_ROWS) {
+            int perTask = Math.max(1, (int) Math.min(outF, (1 << 16) / Math.max(1, (long) rows * in)));
+            parallelFor(ceilDiv(outF, perTask), work, t -> {
+                for (int j = t * perTask, e = Math.min(outF, j + perTask); j < e; j++) {
+                    for (int r = 0; r < rows; r++) o[oo + r * outF + j] = kernels.dot(xs, xo + r * in, w, wo + j * in, in);
                 }
-            }
-        });
+            });
+        } else {
+            int panels = ceilDiv(outF, nr), panelSize = in * nr;
+            int group = Math.max(1, Math.min(L2_FLOATS / panelSize, ceilDiv(panels, 4 * THREADS)));
+            parallelFor(ceilDiv(panels, group), work, t -> {
+                int p0 = t * group, p1 = Math.min(panels, p0 + group), col0 = p0 * nr;
+                float[] packed = scratch(0, (p1 - p0) * panelSize);
+                for (int p = p0; p < p1; p++) {
+                    packTransposed(w, wo + p * nr * in, in, Math.min(nr, outF - p * nr), in, packed, (p - p0) * panelSize);
+                }
+                gemm(xs, xo, in, rows, in, packed, 0, panelSize, Math.min(outF, p1 * nr) - col0, o, oo + col0, outF);
+            });
+        }
+        if (bias != null) {
+            float[] b = f(bias);
+            int bo = off(bias);
+            for (int r = 0; r < rows; r++) kernels.add(o, oo + r * outF, b, bo, outF);
+        }
     }
 
-    /** Dot product with four independent partial sums (the JIT keeps float adds in order, so split the chain). */
-    static float dot(float[] a, int ao, float[] b, int bo, int n) {
-        float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-        int i = 0;
-        for (; i + 3 < n; i += 4) {
-            s0 += a[ao + i] * b[bo + i];
-            s1 += a[ao + i + 1] * b[bo + i + 1];
-            s2 += a[ao + i + 2] * b[bo + i + 2];
-            s3 += a[ao + i + 3] * b[bo + i + 3];
+    /**
+     * c[r, j] = sum_i a[r, i] * B[i, j] for r < rows, j < n, i < k, where B is packed: panel p (columns
+     * p·nr ... p·nr + nr − 1) starts at b[bo + p · panelStride] and holds [k][nr]. Blocks of 4 rows (the rest one
+     * by one) go across all panels, so a block's rows are read from L1 once per panel.
+     */
+    private void gemm(float[] a, int ao, int lda, int rows, int k, float[] b, int bo, int panelStride, int n,
+                      float[] c, int co, int ldc) {
+        int panels = ceilDiv(n, nr);
+        for (int r = 0; r < rows; r += MR) {
+            int mr = Math.min(MR, rows - r);
+            for (int p = 0; p < panels; p++) {
+                kernels.tile(a, ao + r * lda, lda, mr, b, bo + p * panelStride, k, c, co + r * ldc + p * nr, ldc, Math.min(nr, n - p * nr));
+            }
         }
-        for (; i < n; i++) s0 += a[ao + i] * b[bo + i];
-        return (s0 + s1) + (s2 + s3);
+    }
+
+    /** One panel of the transpose: dst[d + i · nr + j] = src[so + j · ld + i] for j < nc, i < k; zero for nc ≤ j < nr. */
+    private void packTransposed(float[] src, int so, int ld, int nc, int k, float[] dst, int d) {
+        for (int j = 0; j < nc; j++) {
+            for (int i = 0, s = so + j * ld; i < k; i++) dst[d + i * nr + j] = src[s + i];
+        }
+        if (nc < nr) for (int i = 0; i < k; i++) Arrays.fill(dst, d + i * nr + nc, d + i * nr + nr, 0f);
     }
 
     @Override
     public void rope(Tensor x, int heads, int headDim, int seqLen, int startPos, Tensor invFreq) {
-        float[] xs = f(x), inv = f(invFreq);
-        int width = x.cols(), xo = off(x), io = off(invFreq), half = headDim / 2;
-        IntStream.range(0, x.rows()).parallel().forEach(r -> {
-            float pos = startPos + r % seqLen;
-            for (int j = 0; j < half; j++) {
-                float angle = pos * inv[io + j];
-                float c = (float) Math.cos(angle), s = (float) Math.sin(angle);
-                for (int h = 0; h < heads; h++) {
-                    int base = xo + r * width + h * headDim;
+        float[] xs = f(x);
+        int width = x.cols(), xo = off(x), half = headDim / 2;
+        RopeTable table = ropeTable(f(invFreq), off(invFreq), half, startPos, seqLen);
+        float[] cos = table.cos, sin = table.sin;
+        forRowChunks(x.rows(), width, r -> {
+            int tb = (r % seqLen) * half;
+            for (int h = 0; h < heads; h++) {
+                int base = xo + r * width + h * headDim;
+                for (int j = 0; j < half; j++) {
+                    float c = cos[tb + j], s = sin[tb + j];
                     float a = xs[base + j], b = xs[base + j + half];
                     xs[base + j] = a * c - b * s;
                     xs[base + j + half] = b * c + a * s;
@@ -187,6 +240,32 @@ public final class CpuBackend implements Backend {
         });
     }
 
+    /** cos and sin of position × invFreq[j] for the positions [startPos, startPos + seqLen): [seqLen][half]. */
+    private record RopeTable(float[] invFreq, int startPos, int seqLen, float[] cos, float[] sin) {}
+
+    private RopeTable ropeTable(float[] inv, int io, int half, int startPos, int seqLen) {
+        float[] freq = Arrays.copyOfRange(inv, io, io + half);
+        RopeTable t = rope;
+        if (t != null && t.startPos == startPos && t.seqLen == seqLen && Arrays.equals(t.invFreq, freq)) return t;
+        float[] cos = new float[seqLen * half], sin = new float[seqLen * half];
+        for (int p = 0; p < seqLen; p++) {
+            float pos = startPos + p;
+            for (int j = 0; j < half; j++) {
+                float angle = pos * freq[j];
+                cos[p * half + j] = (float) Math.cos(angle);
+                sin[p * half + j] = (float) Math.sin(angle);
+            }
+        }
+        return rope = new RopeTable(freq, startPos, seqLen, cos, sin);
+    }
+
+    /**
+     * Stores k and v in the caches, then one task per (sequence, head, block of nr queries), all in transposed form so
+     * that the block's queries are the columns of one packed panel whatever the head size: S^T = K · Q^T (positions
+     * as rows, K read straight from the cache), the causal corner set to −inf, softmax down each column, then
+     * O^T = V^T · P^T (V^T packed once per kv head and call). Blocks run latest first: the causal ones at the end
+     * cost most, and taking them first evens out the threads' shares.
+     */
     @Override
     public void attention(Tensor out, Tensor q, Tensor k, Tensor v, Tensor kCache, Tensor vCache,
                           int batch, int seqLen, int startPos, int heads, int kvHeads, int headDim) {
@@ -201,30 +280,36 @@ public final class CpuBackend implements Backend {
                 System.arraycopy(vs, vo + src, vc, vco + dst, kvDim);
             }
         }
+        int len = startPos + seqLen, vtSize = headDim * len;
+        if (vTransposed.length < batch * kvHeads * vtSize) vTransposed = new float[batch * kvHeads * vtSize];
+        float[] vt = vTransposed;
+        parallelFor(batch * kvHeads, (long) batch * len * kvDim, bh -> {
+            int src = vco + (bh / kvHeads * maxSeq) * kvDim + bh % kvHeads * headDim, dst = bh * vtSize;
+            for (int p = 0; p < len; p++) {
+                for (int d = 0; d < headDim; d++) vt[dst + d * len + p] = vc[src + p * kvDim + d];
+            }
+        });
         float scale = (float) (1.0 / Math.sqrt(headDim));
-        int group = heads / kvHeads;
-        IntStream.range(0, batch * seqLen * heads).parallel().forEach(task -> {
-            int h = task % heads, row = task / heads, b = row / seqLen, t = row % seqLen;
-            int kvh = h / group, len = startPos + t + 1;
-            int qBase = qo + row * qDim + h * headDim;
-            float[] scores = new float[len];
-            float max = Float.NEGATIVE_INFINITY;
-            for (int p = 0; p < len; p++) {
-                float s = dot(qs, qBase, kc, kco + (b * maxSeq + p) * kvDim + kvh * headDim, headDim) * scale;
-                scores[p] = s;
-                if (s > max) max = s;
+        int group = heads / kvHeads, blocks = ceilDiv(seqLen, nr), perBlock = batch * heads;
+        long work = 2L * batch * heads * seqLen * len * headDim;
+        parallelFor(blocks * perBlock, work, task -> {
+            int blk = blocks - 1 - task / perBlock, b = task % perBlock / heads, h = task % heads, kvh = h / group;
+            int t0 = blk * nr, nq = Math.min(nr, seqLen - t0), span = startPos + t0 + nq;
+            int rowOff = qo + (b * seqLen + t0) * qDim + h * headDim;
+            // scratch: Q^T [headDim][nr], S^T [span][nr], O^T [headDim][nr], column sums [nr]
+            int sOff = headDim * nr, oOff = sOff + span * nr, sumOff = oOff + headDim * nr;
+            float[] w = scratch(1, sumOff + nr);
+            packTransposed(qs, rowOff, qDim, nq, headDim, w, 0);
+            gemm(kc, kco + b * maxSeq * kvDim + kvh * headDim, kvDim, span, headDim, w, 0, 0, nr, w, sOff, nr);
+            for (int p = startPos + t0 + 1; p < span; p++) {
+                Arrays.fill(w, sOff + p * nr, sOff + p * nr + p - startPos - t0, Float.NEGATIVE_INFINITY); // p > query t0 + j
             }
-            float sum = 0;
-            for (int p = 0; p < len; p++) {
-                scores[p] = (float) Math.exp(scores[p] - max);
-                sum += scores[p];
-            }
-            int oBase = oo + row * qDim + h * headDim;
-            java.util.Arrays.fill(o, oBase, oBase + headDim, 0f);
-            for (int p = 0; p < len; p++) {
-                float wgt = scores[p] / sum;
-                int vb = vco + (b * maxSeq + p) * kvDim + kvh * headDim;
-                for (int d = 0; d < headDim; d++) o[oBase + d] += wgt * vc[vb + d];
+            kernels.softmaxColumns(w, sOff, span, scale, w, sumOff);
+            gemm(vt, (b * kvHeads + kvh) * vtSize, len, headDim, span, w, sOff, 0, nr, w, oOff, nr);
+            int dst = oo + (b * seqLen + t0) * qDim + h * headDim;
+            for (int j = 0; j < nq; j++) {
+                float sum = w[sumOff + j];
+                for (int d = 0; d < headDim; d++) o[dst + j * qDim + d] = w[oOff + d * nr + j] / sum;
             }
         });
     }
@@ -233,20 +318,16 @@ public final class CpuBackend implements Backend {
     public void siluMul(Tensor out, Tensor gate, Tensor up) {
         float[] o = f(out), g = f(gate), u = f(up);
         int oo = off(out), go = off(gate), uo = off(up);
-        int n = Math.toIntExact(out.numel());
-        IntStream.range(0, (n + 4095) / 4096).parallel().forEach(c -> {
-            for (int i = c * 4096, e = Math.min(n, i + 4096); i < e; i++) {
-                float x = g[go + i];
-                o[oo + i] = x / (1f + (float) Math.exp(-x)) * u[uo + i];
-            }
+        int n = Math.toIntExact(out.numel()), chunk = 8192;
+        parallelFor(ceilDiv(n, chunk), 8L * n, c -> {
+            int i = c * chunk;
+            kernels.siluMul(o, oo + i, g, go + i, u, uo + i, Math.min(chunk, n - i));
         });
     }
 
     @Override
     public void add(Tensor x, Tensor y) {
-        float[] a = f(x), b = f(y);
-        int ao = off(x), bo = off(y), n = Math.toIntExact(x.numel());
-        for (int i = 0; i < n; i++) a[ao + i] += b[bo + i];
+        kernels.add(f(x), off(x), f(y), off(y), Math.toIntExact(x.numel()));
     }
 
     @Override
@@ -254,14 +335,55 @@ public final class CpuBackend implements Backend {
         float[] o = f(out), l = f(logits);
         int[] tg = i32(targets);
         int vocab = logits.cols(), lo = off(logits), oo = off(out), to = off(targets);
-        IntStream.range(0, logits.rows()).parallel().forEach(r -> {
+        forRowChunks(logits.rows(), 8L * vocab, r -> {
             int base = lo + r * vocab;
-            float max = Float.NEGATIVE_INFINITY;
-            for (int i = 0; i < vocab; i++) max = Math.max(max, l[base + i]);
-            double sum = 0;
-            for (int i = 0; i < vocab; i++) sum += Math.exp(l[base + i] - max);
+            float max = kernels.max(l, base, vocab);
+            double sum = kernels.expSum(l, base, vocab, max);
             o[oo + r] = (float) (Math.log(sum) + max - l[base + tg[to + r]]);
         });
+    }
+
+    private static int ceilDiv(int a, int b) {
+        return (a + b - 1) / b;
+    }
+
+    /** This thread's scratch array {@code slot}, at least n floats (contents undefined). */
+    private static float[] scratch(int slot, int n) {
+        float[][] s = SCRATCH.get();
+        if (s[slot].length < n) s[slot] = new float[n];
+        return s[slot];
+    }
+
+    /** body(r) for every row, rows split into a few chunks per thread; {@code rowWork} is one row's cost. */
+    private static void forRowChunks(int rows, long rowWork, IntConsumer body) {
+        int chunk = Math.max(1, ceilDiv(rows, 4 * THREADS));
+        parallelFor(ceilDiv(rows, chunk), rows * rowWork, c -> {
+            for (int r = c * chunk, e = Math.min(rows, r + chunk); r < e; r++) body.accept(r);
+        });
+    }
+
+    /**
+     * body(0 ... n − 1), each index once. Under {@link #SERIAL_WORK} (the whole operation's work) on the calling
+     * thread; otherwise the caller and up to THREADS − 1 common-pool workers take indices in order as each
+     * finishes its last one, so uneven tasks still share out evenly.
+     */
+    static void parallelFor(int n, long work, IntConsumer body) {
+        int helpers = Math.min(THREADS, n) - 1;
+        if (helpers <= 0 || work < SERIAL_WORK) {
+            for (int i = 0; i < n; i++) body.accept(i);
+            return;
+        }
+        AtomicInteger next = new AtomicInteger();
+        Runnable drain = () -> {
+            for (int i; (i = next.getAndIncrement()) < n; ) body.accept(i);
+        };
+        ForkJoinTask<?>[] started = new ForkJoinTask<?>[helpers];
+        for (int i = 0; i < helpers; i++) started[i] = ForkJoinPool.commonPool().submit(drain);
+        try {
+            drain.run();
+        } finally {
+            for (ForkJoinTask<?> t : started) t.join();
+        }
     }
 
     @Override

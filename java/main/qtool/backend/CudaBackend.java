@@ -231,20 +231,132 @@ public final class CudaBackend implements Backend {
 
     // ---- quantization --------------------------------------------------------------------------------------------
 
-    /** Interim: through host memory and the CPU reference, until the device kernels land. */
+    /** h += xᵀ·x through cuBLAS SSYRK in FP32 (no TF32) on the upper triangle, mirrored below: h stays symmetric. */
     @Override
     public void accumulateGram(Tensor h, Tensor x) {
-        CpuBackend cpu = new CpuBackend();
-        Tensor hh = cpu.allocate(DType.F32, h.shape()), hx = cpu.allocate(DType.F32, x.shape());
-        copyToHost(h, hh.data());
-        copyToHost(x, hx.data());
-        cpu.accumulateGram(hh, hx);
-        copyFromHost(hh.data(), h);
+        requireType(h, DType.F32, "accumulateGram h");
+        requireType(x, DType.F32, "accumulateGram x");
+        int in = x.cols(), rows = Math.toIntExact(x.numel() / Math.max(1, in));
+        requireCount(h, (long) in * in, "accumulateGram h");
+        check(qt_gram_accumulate(h.data(), x.data(), rows, in, stream), "qt_gram_accumulate");
     }
 
-    /** Interim: through host memory and the CPU reference, until the device kernels land. */
+    /**
+     * GPTQ on the GPU: the factor of H⁻¹ in float64 (cuSOLVER) and the column loop (a kernel per block of columns, one
+     * SGEMM for the lazy update). The permutation, damping retries and g_idx come from {@link qtool.quantize.Gptq}'s
+     * own helpers, so they cannot drift from the reference. Block sizes over 128 go through the CPU reference.
+     */
     @Override
     public qtool.quantize.GptqResult gptq(Tensor weight, Tensor hessian, qtool.quantize.GptqParams params) {
+        requireType(weight, DType.F32, "gptq weight");
+        requireType(hessian, DType.F32, "gptq hessian");
+        if (weight.shape().length != 2) throw new IllegalArgumentException("gptq weight: expected [out, in], got " + weight);
+        int out = weight.rows(), in = weight.cols();
+        if (out <= 0 || in <= 0) throw new IllegalArgumentException("empty layer: " + out + "×" + in);
+        requireCount(hessian, (long) in * in, "gptq hessian");
+        if (params.blockSize() > GPTQ_MAX_BLOCK) return gptqOnHost(weight, hessian, params);
+
+        long t0 = System.nanoTime();
+        float[] diagH = new float[in];
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment d = arena.allocate(4L * in, 64);
+            check(qt_gptq_diagonal(d, hessian.data(), in, stream), "qt_gptq_diagonal");
+            MemorySegment.copy(d, ValueLayout.JAVA_FLOAT, 0, diagH, 0, in);
+        }
+        double[] diag = qtool.quantize.Gptq.effectiveDiagonal(diagH);
+        int[] perm = qtool.quantize.Gptq.processingOrder(diag, params.actOrder());
+        double meanDiag = qtool.quantize.Gptq.meanDiagonal(diag);
+        int groups = params.numGroups(in);
+
+        long wsBytes;
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment b = arena.allocate(ValueLayout.JAVA_LONG);
+            check(qt_gptq_workspace_bytes(out, in, params.blockSize(), b), "qt_gptq_workspace_bytes");
+            wsBytes = b.get(ValueLayout.JAVA_LONG, 0);
+        }
+        // One device buffer, carved: workspace | U | perm | codes | scales | zeros | dequantized.
+        long[] sizes = {wsBytes, 4L * in * in, 4L * in, (long) out * in, 4L * groups * out, 4L * groups * out, 4L * out * in};
+        long[] at = new long[sizes.length];
+        long total = 0;
+        for (int k = 0; k < sizes.length; k++) {
+            at[k] = total;
+            total += (sizes[k] + 255) & ~255L;
+        }
+        long base = gptqScratch.ensure(total);
+        MemorySegment ws = MemorySegment.ofAddress(base + at[0]), u = MemorySegment.ofAddress(base + at[1]);
+        MemorySegment permDev = MemorySegment.ofAddress(base + at[2]);
+        Tensor codesDev = new Tensor(MemorySegment.ofAddress(base + at[3]), DType.U8, new long[] {out, in});
+        Tensor scalesDev = new Tensor(MemorySegment.ofAddress(base + at[4]), DType.F32, new long[] {groups, out});
+        Tensor zerosDev = new Tensor(MemorySegment.ofAddress(base + at[5]), DType.I32, new long[] {groups, out});
+        MemorySegment deqDev = MemorySegment.ofAddress(base + at[6]);
+        copyIn(MemorySegment.ofArray(perm), permDev.address(), 4L * in);
+
+        long t1 = System.nanoTime(), t2;
+        double damp = params.damp();
+        int retries = 0;
+        double loss;
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment info = arena.allocate(ValueLayout.JAVA_INT);
+            while (true) {
+                int status = qt_gptq_inverse_factor(u, hessian.data(), permDev, in, damp * meanDiag, ws, wsBytes, info, stream);
+                if (status == 0) break;
+                if (status != QT_ERR_NOT_POSITIVE_DEFINITE()) check(status, "qt_gptq_inverse_factor");
+                damp = qtool.quantize.Gptq.raisedDamp(damp, in, meanDiag);  // throws past Gptq.MAX_DAMP
+                retries++;
+            }
+            t2 = System.nanoTime();
+            MemorySegment lossOut = arena.allocate(ValueLayout.JAVA_DOUBLE);
+            check(qt_gptq_quantize(weight.data(), hessian.data(), u, permDev, out, in, params.bits(), params.groupSize(),
+                    params.sym() ? 1 : 0, params.mse() ? 1 : 0, params.staticGroups() ? 1 : 0, params.blockSize(),
+                    codesDev.data(), scalesDev.data(), zerosDev.data(), deqDev, lossOut, ws, wsBytes, stream),
+                    "qt_gptq_quantize");
+            loss = lossOut.get(ValueLayout.JAVA_DOUBLE, 0);
+        }
+        long t3 = System.nanoTime();
+        byte[] codes = new byte[out * in];
+        float[] scales = new float[groups * out];
+        int[] zeros = new int[groups * out];
+        copyToHost(codesDev, MemorySegment.ofArray(codes));
+        copyToHost(scalesDev, MemorySegment.ofArray(scales));
+        copyToHost(zerosDev, MemorySegment.ofArray(zeros));
+        // The dequantized weight is scales·(codes − zeros) exactly, on the device as here: rebuilding it from the
+        // codes costs less than copying four times the bytes over the bus.
+        int[] gIdx = qtool.quantize.Gptq.groupIndex(perm, params);
+        float[] dequantized = new float[out * in];
+        java.util.stream.IntStream.range(0, out).parallel().forEach(o -> {
+            float[] s = new float[groups];
+            float[] z = new float[groups];
+            for (int g = 0; g < groups; g++) {
+                s[g] = scales[g * out + o];
+                z[g] = zeros[g * out + o];
+            }
+            for (int i = 0, k = o * in; i < in; i++, k++) {
+                dequantized[k] = qtool.quantize.Quantizer.dequantize(codes[k] & 0xFF, s[gIdx[i]], z[gIdx[i]]);
+            }
+        });
+        lastGptqPhases = new double[] {(t1 - t0) / 1e6, (t2 - t1) / 1e6, (t3 - t2) / 1e6, (System.nanoTime() - t3) / 1e6};
+        return new qtool.quantize.GptqResult(out, in, params, codes, scales, zeros, gIdx, dequantized, loss, damp, retries,
+                perm);
+    }
+
+    /**
+     * Milliseconds of the last {@link #gptq}'s phases: setup (diagonal, order, scratch, perm upload), H⁻¹'s factor
+     * (with retries), the column loop, the copies to host memory. For benchmarks.
+     */
+    double[] lastGptqPhases() {
+        return lastGptqPhases.clone();
+    }
+
+    private double[] lastGptqPhases = new double[4];
+
+    /** The widest lazy-update block the GPU column loop takes (qt_gptq_quantize). */
+    private static final int GPTQ_MAX_BLOCK = 128;
+
+    /** GPTQ's device memory (workspace, U, outputs), kept between layers; freed with the backend. */
+    private final DeviceScratch gptqScratch = new DeviceScratch();
+
+    /** Through host memory and the CPU reference: for settings the GPU loop does not take. */
+    private qtool.quantize.GptqResult gptqOnHost(Tensor weight, Tensor hessian, qtool.quantize.GptqParams params) {
         CpuBackend cpu = new CpuBackend();
         Tensor w = cpu.allocate(DType.F32, weight.shape()), h = cpu.allocate(DType.F32, hessian.shape());
         copyToHost(weight, w.data());

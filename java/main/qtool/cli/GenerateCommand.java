@@ -16,6 +16,12 @@ import qtool.tokenize.Tokenizer;
 /** {@code qtool generate}: streams a continuation of a prompt, then reports prefill and decode speed. */
 @Command(name = "generate", mixinStandardHelpOptions = true, description = "Generate text from a prompt.")
 public final class GenerateCommand implements Callable<Integer> {
+    @picocli.CommandLine.Spec picocli.CommandLine.Model.CommandSpec spec;
+
+    private java.io.PrintWriter out() {
+        return spec.commandLine().getOut();
+    }
+
     @Mixin ModelOption model;
     @Mixin DeviceOption device;
 
@@ -50,7 +56,7 @@ public final class GenerateCommand implements Callable<Integer> {
                 int next = sampler.sample(f.logits(promptIds.length - 1));
                 long t1 = System.nanoTime();
                 int pos = promptIds.length;
-                System.out.print(prompt);
+                out().print(prompt);
                 while (true) {
                     out.add(next);
                     printed = stream(tok, out, printed);
@@ -60,8 +66,8 @@ public final class GenerateCommand implements Callable<Integer> {
                     pos++;
                 }
                 long t2 = System.nanoTime();
-                System.out.println();
-                if (printIds) System.out.println(out);
+                out().println();
+                if (printIds) out().println(out);
                 double prefill = promptIds.length / ((t1 - t0) / 1e9);
                 double decode = (out.size() - 1) / Math.max(1e-9, (t2 - t1) / 1e9);
                 System.err.printf("prefill %d tokens, %.1f tokens/s; decode %d tokens, %.1f tokens/s (%s)%n", promptIds.length, prefill,
@@ -72,11 +78,11 @@ public final class GenerateCommand implements Callable<Integer> {
     }
 
     /** Prints the part of the decoded text not yet printed; holds back an incomplete UTF-8 sequence. */
-    private static String stream(Tokenizer tok, List<Integer> ids, String printed) {
+    private String stream(Tokenizer tok, List<Integer> ids, String printed) {
         String text = tok.decode(ids.stream().mapToInt(Integer::intValue).toArray());
         if (text.endsWith("\uFFFD") || !text.startsWith(printed)) return printed;
-        System.out.print(text.substring(printed.length()));
-        System.out.flush();
+        out().print(text.substring(printed.length()));
+        out().flush();
         return text;
     }
 }

@@ -15,7 +15,11 @@ import picocli.CommandLine.Model.CommandSpec;
 import picocli.CommandLine.Option;
 import picocli.CommandLine.Parameters;
 import picocli.CommandLine.Spec;
+import qtool.format.gguf.GgmlCodec;
 import qtool.format.gguf.GgmlType;
+import qtool.format.gguf.HfToGguf;
+import qtool.format.gguf.Imatrix;
+import qtool.format.gguf.LlamaFileType;
 import qtool.format.gguf.GgufFile;
 import qtool.format.gguf.GgufTensor;
 import qtool.format.gguf.GgufToHf;
@@ -27,14 +31,14 @@ import qtool.load.Json;
 /** {@code qtool gguf ...}: GGUF files (llama.cpp's format). */
 @Command(name = "gguf", mixinStandardHelpOptions = true,
         description = "Work with GGUF files (llama.cpp's model format).",
-        subcommands = {GgufCommand.Inspect.class, GgufCommand.Import.class, CommandLine.HelpCommand.class})
+        subcommands = {GgufCommand.Inspect.class, GgufCommand.Import.class, GgufCommand.Export.class, CommandLine.HelpCommand.class})
 public final class GgufCommand implements Runnable {
     @Spec
     CommandSpec spec;
 
     @Override
     public void run() {
-        throw new CommandLine.ParameterException(spec.commandLine(), "missing subcommand (inspect, import)");
+        throw new CommandLine.ParameterException(spec.commandLine(), "missing subcommand (inspect, import, export)");
     }
 
     /** Arrays longer than this are summarized (type, length, first items). */
@@ -71,7 +75,7 @@ public final class GgufCommand implements Runnable {
 
     @Command(name = "import", mixinStandardHelpOptions = true,
             description = "Convert a llama GGUF into an HF model directory: safetensors dequantized to fp16, q/k rows "
-                    + "in transformers' order, config.json, generation_config.json, tokenizer_config.json.")
+                    + "in transformers' order, config.json, generation_config.json, tokenizer.json, tokenizer_config.json.")
     static final class Import implements Callable<Integer> {
         @Spec
         CommandSpec spec;
@@ -107,6 +111,73 @@ public final class GgufCommand implements Runnable {
             out.printf("wrote %s (%s) in %.1f s%n", output, GgufToHf.torchDtype(d), (System.nanoTime() - t0) / 1e9);
             out.flush();
             return 0;
+        }
+    }
+
+    @Command(name = "export", mixinStandardHelpOptions = true,
+            description = "Write an HF Llama model directory as a GGUF file, as llama.cpp's convert_hf_to_gguf.py and "
+                    + "llama-quantize would: llama metadata and tokenizer, q/k rows in llama.cpp's RoPE order, the "
+                    + "tensor types of llama-quantize's mixes, bit-exact quantization.")
+    static final class Export implements Callable<Integer> {
+        @Spec
+        CommandSpec spec;
+
+        @Option(names = {"-i", "--input"}, required = true, paramLabel = "DIR", description = "The HF model directory (float weights).")
+        Path input;
+
+        @Option(names = {"-o", "--output"}, required = true, paramLabel = "FILE", description = "The .gguf file to write.")
+        Path output;
+
+        @Option(names = {"-t", "--type"}, required = true, paramLabel = "TYPE",
+                description = "File type, as llama-quantize names it: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, "
+                        + "q2_k_s, q3_k_s, q3_k_m, q3_k_l, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k (q3_k, q4_k, q5_k: the _m mixes).")
+        String type;
+
+        @Option(names = "--pure", description = "Every quantizable tensor in the type itself, no mix (llama-quantize --pure).")
+        boolean pure;
+
+        @Option(names = "--imatrix", paramLabel = "FILE",
+                description = "llama.cpp importance matrix (imatrix .gguf or legacy .dat) to weight the quantization error.")
+        Path imatrix;
+
+        @Option(names = "--output-tensor-type", paramLabel = "TYPE", description = "Type of output.weight (a ggml type: q8_0, q6_k, f16...).")
+        String outputTensorType;
+
+        @Option(names = "--token-embedding-type", paramLabel = "TYPE", description = "Type of token_embd.weight.")
+        String tokenEmbeddingType;
+
+        @Option(names = "--name", paramLabel = "NAME", description = "general.name (default: the directory's name).")
+        String name;
+
+        @Option(names = "--tokenizer-pre", paramLabel = "NAME",
+                description = "tokenizer.ggml.pre for a byte-level BPE tokenizer (default: detected from tokenizer.json).")
+        String tokenizerPre;
+
+        @Override
+        public Integer call() {
+            LlamaFileType t = LlamaFileType.byName(type);
+            if (t == null) {
+                throw new CommandLine.ParameterException(spec.commandLine(), "--type '" + type + "' is not one of " + LlamaFileType.names());
+            }
+            Map<String, float[]> importance = imatrix == null ? null : Imatrix.read(imatrix);
+            HfToGguf.Options o = new HfToGguf.Options(t, pure, ggmlType(outputTensorType, "--output-tensor-type"),
+                    ggmlType(tokenEmbeddingType, "--token-embedding-type"), importance, name, tokenizerPre);
+            HfToGguf.Result r = HfToGguf.convert(input, output, o, System.err);
+            PrintWriter out = spec.commandLine().getOut();
+            StringBuilder types = new StringBuilder();
+            HfToGguf.summary(r.tensors()).forEach((gt, v) -> types.append(types.isEmpty() ? "" : ", ").append(v[0]).append(' ').append(gt));
+            out.printf("wrote %s (%s: %s; %,d bytes) in %.1f s%n", output, t, types, r.fileBytes(), r.seconds());
+            out.flush();
+            return 0;
+        }
+
+        private GgmlType ggmlType(String s, String option) {
+            if (s == null) return null;
+            GgmlType g = GgmlType.byName(s);
+            if (g == null || !GgmlCodec.canQuantize(g)) {
+                throw new CommandLine.ParameterException(spec.commandLine(), option + " '" + s + "' is not a ggml type qtool writes");
+            }
+            return g;
         }
     }
 

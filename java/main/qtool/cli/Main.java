@@ -10,7 +10,7 @@ import qtool.QtoolException;
 @Command(name = "qtool", mixinStandardHelpOptions = true, versionProvider = Main.Version.class,
         description = "Quantize large language models (GPTQ, EXL2, GGUF, AWQ) and run them.",
         subcommands = {CommandLine.HelpCommand.class, InspectCommand.class, SynthCommand.class, PplCommand.class, GenerateCommand.class,
-                LogitsCommand.class, TokenizeCommand.class, GgufCommand.class, DeviceCommand.class})
+                LogitsCommand.class, TokenizeCommand.class, GgufCommand.class, DeviceCommand.class, ConvertCommand.class})
 public final class Main {
 
     /**
@@ -42,6 +42,7 @@ public final class Main {
 
     public static CommandLine commandLine() {
         CommandLine cl = new CommandLine(new Main());
+        cl.setOverwrittenOptionsAllowed(true); // a flag given twice: the last one counts, as in most tools
         cl.setExecutionExceptionHandler((ex, cmd, parsed) -> {
             PrintWriter err = cmd.getErr();
             boolean verbose = verbose(parsed);

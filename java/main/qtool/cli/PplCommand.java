@@ -18,6 +18,12 @@ import qtool.tokenize.Tokenizer;
 /** {@code qtool ppl}: perplexity of a model on a text, GPTQ-paper protocol (see {@link Perplexity}). */
 @Command(name = "ppl", mixinStandardHelpOptions = true, description = "Perplexity over non-overlapping windows of a dataset.")
 public final class PplCommand implements Callable<Integer> {
+    @picocli.CommandLine.Spec picocli.CommandLine.Model.CommandSpec spec;
+
+    private java.io.PrintWriter out() {
+        return spec.commandLine().getOut();
+    }
+
     @Mixin ModelOption model;
     @Mixin DeviceOption device;
 
@@ -64,9 +70,9 @@ public final class PplCommand implements Callable<Integer> {
                 o.put("seconds", r.seconds());
                 o.put("tokens_per_second", r.tokensPerSecond());
                 o.put("window_nll_sums", r.nllSums());
-                System.out.println(Json.write(o));
+                out().println(Json.write(o));
             } else {
-                System.out.printf("tokens evaluated %d (%d windows of %d), ppl %.4f, %.1f tokens/s on %s%n", (long) r.windows() * ctx,
+                out().printf("tokens evaluated %d (%d windows of %d), ppl %.4f, %.1f tokens/s on %s%n", (long) r.windows() * ctx,
                         r.windows(), ctx, r.ppl(), r.tokensPerSecond(), b.name());
             }
             return 0;

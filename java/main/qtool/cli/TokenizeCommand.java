@@ -25,7 +25,7 @@ public final class TokenizeCommand implements Callable<Integer> {
     CommandSpec spec;
 
     @Option(names = {"-m", "--model"}, required = true, paramLabel = "MODEL",
-            description = "HF model directory (tokenizer.json or tokenizer.model), or one of those files.")
+            description = "HF model directory (tokenizer.json or tokenizer.model), one of those files, or a .gguf file.")
     Path model;
 
     static final class Input {
@@ -48,10 +48,7 @@ public final class TokenizeCommand implements Callable<Integer> {
 
     @Override
     public Integer call() {
-        if (model.toString().endsWith(".gguf")) {
-            throw new QtoolException(model + ": GGUF models are not supported by tokenize yet; give an HF model directory");
-        }
-        Tokenizer tokenizer = Tokenizer.load(model);
+        Tokenizer tokenizer = ModelOption.loadTokenizer(model);
         String text = input.prompt != null ? input.prompt : readText(input.file);
         int[] ids = tokenizer.encode(text, bos != null ? bos : tokenizer.addBosByDefault());
         PrintWriter out = spec.commandLine().getOut();

@@ -114,7 +114,10 @@ public final class Forward implements AutoCloseable {
     }
 
     private LlamaModel.Layer uploadLayer(int i) {
-        return upload(model.layer(i));
+        LlamaModel.Layer host = model.layer(i);
+        LlamaModel.Layer dev = upload(host);
+        if (streamLayers && !backend.name().equals("cpu")) LlamaModel.release(host); // the CPU backend may use them in place
+        return dev;
     }
 
     private void freeLayer(LlamaModel.Layer l) {

@@ -1,10 +1,13 @@
 package qtool.model;
 
+import java.lang.foreign.MemorySegment;
 import java.nio.file.Path;
 import java.util.Arrays;
 import java.util.function.UnaryOperator;
 import qtool.QtoolException;
 import qtool.backend.Tensor;
+import qtool.format.gptq.GptqCheckpoint;
+import qtool.load.DType;
 import qtool.load.ModelConfig;
 import qtool.load.Weights;
 
@@ -26,6 +29,48 @@ public final class LlamaModel implements AutoCloseable {
                     g.apply(vBias), g.apply(oBias), g.apply(postNorm), g.apply(gate), g.apply(up), g.apply(down));
         }
 
+        /** The same layer with one linear ("self_attn.q_proj", …, "mlp.down_proj") replaced. */
+        public Layer withLinear(String linear, Tensor t) {
+            return switch (linear) {
+                case "self_attn.q_proj" -> new Layer(inputNorm, t, k, v, o, qBias, kBias, vBias, oBias, postNorm, gate, up, down);
+                case "self_attn.k_proj" -> new Layer(inputNorm, q, t, v, o, qBias, kBias, vBias, oBias, postNorm, gate, up, down);
+                case "self_attn.v_proj" -> new Layer(inputNorm, q, k, t, o, qBias, kBias, vBias, oBias, postNorm, gate, up, down);
+                case "self_attn.o_proj" -> new Layer(inputNorm, q, k, v, t, qBias, kBias, vBias, oBias, postNorm, gate, up, down);
+                case "mlp.gate_proj" -> new Layer(inputNorm, q, k, v, o, qBias, kBias, vBias, oBias, postNorm, t, up, down);
+                case "mlp.up_proj" -> new Layer(inputNorm, q, k, v, o, qBias, kBias, vBias, oBias, postNorm, gate, t, down);
+                case "mlp.down_proj" -> new Layer(inputNorm, q, k, v, o, qBias, kBias, vBias, oBias, postNorm, gate, up, t);
+                default -> throw new IllegalArgumentException("not a linear of a decoder layer: " + linear);
+            };
+        }
+
+        /** The weight of one linear by its name within the layer. */
+        public Tensor linear(String linear) {
+            return switch (linear) {
+                case "self_attn.q_proj" -> q;
+                case "self_attn.k_proj" -> k;
+                case "self_attn.v_proj" -> v;
+                case "self_attn.o_proj" -> o;
+                case "mlp.gate_proj" -> gate;
+                case "mlp.up_proj" -> up;
+                case "mlp.down_proj" -> down;
+                default -> throw new IllegalArgumentException("not a linear of a decoder layer: " + linear);
+            };
+        }
+
+        /** The bias of one linear, or null. */
+        public Tensor bias(String linear) {
+            return switch (linear) {
+                case "self_attn.q_proj" -> qBias;
+                case "self_attn.k_proj" -> kBias;
+                case "self_attn.v_proj" -> vBias;
+                case "self_attn.o_proj" -> oBias;
+                default -> null;
+            };
+        }
+
+        public static final java.util.List<String> LINEARS = java.util.List.of("self_attn.q_proj", "self_attn.k_proj",
+                "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj");
+
         public Tensor[] all() {
             return new Tensor[] {inputNorm, q, k, v, o, qBias, kBias, vBias, oBias, postNorm, gate, up, down};
         }
@@ -34,24 +79,47 @@ public final class LlamaModel implements AutoCloseable {
     public final Path dir;
     public final ModelConfig config;
     public final Weights weights;
+    /** Non-null for a GPTQ checkpoint, whose linears are dequantized to F32 when a layer is asked for. */
+    public final GptqCheckpoint gptq;
 
-    private LlamaModel(Path dir, ModelConfig config, Weights weights) {
+    private LlamaModel(Path dir, ModelConfig config, Weights weights, GptqCheckpoint gptq) {
         this.dir = dir;
         this.config = config;
         this.weights = weights;
+        this.gptq = gptq;
     }
 
+    /** An HF model directory: plain fp16/bf16/fp32 weights, or a GPTQ checkpoint (quantization_config in config.json). */
     public static LlamaModel open(Path dir) {
         ModelConfig config = ModelConfig.read(dir);
-        Weights weights = Weights.open(dir);
-        LlamaModel m = new LlamaModel(dir, config, weights);
+        GptqCheckpoint gptq = GptqCheckpoint.isGptq(dir) ? GptqCheckpoint.open(dir) : null;
+        Weights weights = gptq != null ? gptq.weights() : Weights.open(dir);
+        LlamaModel m = new LlamaModel(dir, config, weights, gptq);
         try {
             m.validate();
         } catch (RuntimeException e) {
-            weights.close();
+            m.close();
             throw e;
         }
         return m;
+    }
+
+    /** A linear layer's weight [out, in]: as stored, or dequantized from GPTQ tensors (host F32, made per call). */
+    private Tensor linear(String prefix) {
+        if (gptq == null || !gptq.isQuantized(prefix)) return weights.get(prefix + ".weight");
+        int[] shape = gptq.shape(prefix);
+        return new Tensor(MemorySegment.ofArray(gptq.dequantize(prefix)), DType.F32, new long[] {shape[0], shape[1]});
+    }
+
+    private Tensor bias(String prefix) {
+        return weights.find(prefix + ".bias");
+    }
+
+    /** Shape of a linear without dequantizing it. */
+    private long[] linearShape(String prefix) {
+        if (gptq == null || !gptq.isQuantized(prefix)) return weights.get(prefix + ".weight").shape();
+        int[] shape = gptq.shape(prefix);
+        return new long[] {shape[0], shape[1]};
     }
 
     public static String prefix(int layer) {
@@ -61,12 +129,18 @@ public final class LlamaModel implements AutoCloseable {
     public Layer layer(int i) {
         String p = prefix(i);
         return new Layer(weights.get(p + "input_layernorm.weight"),
-                weights.get(p + "self_attn.q_proj.weight"), weights.get(p + "self_attn.k_proj.weight"),
-                weights.get(p + "self_attn.v_proj.weight"), weights.get(p + "self_attn.o_proj.weight"),
-                weights.find(p + "self_attn.q_proj.bias"), weights.find(p + "self_attn.k_proj.bias"),
-                weights.find(p + "self_attn.v_proj.bias"), weights.find(p + "self_attn.o_proj.bias"),
+                linear(p + "self_attn.q_proj"), linear(p + "self_attn.k_proj"), linear(p + "self_attn.v_proj"), linear(p + "self_attn.o_proj"),
+                bias(p + "self_attn.q_proj"), bias(p + "self_attn.k_proj"), bias(p + "self_attn.v_proj"), bias(p + "self_attn.o_proj"),
                 weights.get(p + "post_attention_layernorm.weight"),
-                weights.get(p + "mlp.gate_proj.weight"), weights.get(p + "mlp.up_proj.weight"), weights.get(p + "mlp.down_proj.weight"));
+                linear(p + "mlp.gate_proj"), linear(p + "mlp.up_proj"), linear(p + "mlp.down_proj"));
+    }
+
+    /**
+     * Hints the OS to drop a layer's mapped pages from memory once they are on the device, so that streaming a
+     * model through the GPU does not leave all of it resident in host memory.
+     */
+    public static void release(Layer host) {
+        for (Tensor t : host.all()) if (t != null && t.data().isMapped()) t.data().unload();
     }
 
     public Tensor embedTokens() {
@@ -94,22 +168,28 @@ public final class LlamaModel implements AutoCloseable {
         expect(finalNorm(), "model.norm.weight", h);
         if (!headTied()) expect(lmHead(), "lm_head.weight", c.vocabSize(), h);
         for (int i = 0; i < c.numLayers(); i++) {
-            Layer l = layer(i);
             String p = prefix(i);
-            expect(l.inputNorm(), p + "input_layernorm.weight", h);
-            expect(l.q(), p + "self_attn.q_proj.weight", c.qDim(), h);
-            expect(l.k(), p + "self_attn.k_proj.weight", c.kvDim(), h);
-            expect(l.v(), p + "self_attn.v_proj.weight", c.kvDim(), h);
-            expect(l.o(), p + "self_attn.o_proj.weight", h, c.qDim());
-            if (l.qBias() != null) expect(l.qBias(), p + "self_attn.q_proj.bias", c.qDim());
-            if (l.kBias() != null) expect(l.kBias(), p + "self_attn.k_proj.bias", c.kvDim());
-            if (l.vBias() != null) expect(l.vBias(), p + "self_attn.v_proj.bias", c.kvDim());
-            if (l.oBias() != null) expect(l.oBias(), p + "self_attn.o_proj.bias", h);
-            expect(l.postNorm(), p + "post_attention_layernorm.weight", h);
-            expect(l.gate(), p + "mlp.gate_proj.weight", c.intermediateSize(), h);
-            expect(l.up(), p + "mlp.up_proj.weight", c.intermediateSize(), h);
-            expect(l.down(), p + "mlp.down_proj.weight", h, c.intermediateSize());
+            expect(weights.get(p + "input_layernorm.weight"), p + "input_layernorm.weight", h);
+            expect(weights.get(p + "post_attention_layernorm.weight"), p + "post_attention_layernorm.weight", h);
+            expectLinear(p + "self_attn.q_proj", c.qDim(), h);
+            expectLinear(p + "self_attn.k_proj", c.kvDim(), h);
+            expectLinear(p + "self_attn.v_proj", c.kvDim(), h);
+            expectLinear(p + "self_attn.o_proj", h, c.qDim());
+            expectLinear(p + "mlp.gate_proj", c.intermediateSize(), h);
+            expectLinear(p + "mlp.up_proj", c.intermediateSize(), h);
+            expectLinear(p + "mlp.down_proj", h, c.intermediateSize());
         }
+    }
+
+    private void expectLinear(String prefix, long out, long in) {
+        if (gptq == null || !gptq.isQuantized(prefix)) expect(weights.get(prefix + ".weight"), prefix + ".weight", out, in);
+        long[] shape = linearShape(prefix);
+        if (!Arrays.equals(shape, new long[] {out, in})) {
+            throw new QtoolException(dir + ": linear '" + prefix + "' has shape " + Arrays.toString(shape) + ", config.json implies "
+                    + Arrays.toString(new long[] {out, in}));
+        }
+        Tensor b = bias(prefix);
+        if (b != null) expect(b, prefix + ".bias", out);
     }
 
     private void expect(Tensor t, String name, long... shape) {
@@ -122,6 +202,7 @@ public final class LlamaModel implements AutoCloseable {
 
     @Override
     public void close() {
-        weights.close();
+        if (gptq != null) gptq.close();
+        else weights.close();
     }
 }

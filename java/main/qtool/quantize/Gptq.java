@@ -123,13 +123,11 @@ public final class Gptq {
             });
         }
 
+        float[] diagH = new float[in];
+        for (int i = 0; i < in; i++) diagH[i] = h[i * in + i];
         boolean[] dead = new boolean[in];
-        double[] diag = new double[in];
-        for (int i = 0; i < in; i++) {
-            float d = h[i * in + i];
-            dead[i] = d == 0;
-            diag[i] = dead[i] ? 1 : d;
-        }
+        for (int i = 0; i < in; i++) dead[i] = diagH[i] == 0;
+        double[] diag = effectiveDiagonal(diagH);
         for (int o = 0; o < out; o++) {
             for (int i = 0; i < in; i++) if (dead[i]) wk[o * in + i] = 0;
         }
@@ -149,30 +147,16 @@ public final class Gptq {
             });
         }
 
-        int[] perm = IntStream.range(0, in).toArray();
-        if (p.actOrder()) {
-            perm = IntStream.range(0, in).boxed()
-                    .sorted(Comparator.comparingDouble((Integer i) -> diag[i]).reversed()) // stable: ties keep index order
-                    .mapToInt(Integer::intValue).toArray();
-        }
-        int[] invperm = new int[in];
-        for (int k = 0; k < in; k++) invperm[perm[k]] = k;
+        int[] perm = processingOrder(diag, p.actOrder());
 
-        double meanDiag = 0;
-        for (double d : diag) meanDiag += d;
-        meanDiag /= in;
+        double meanDiag = meanDiagonal(diag);
         double damp = p.damp();
         int retries = 0;
         float[] u;
         while (true) {
             u = upperFactorOfInverse(h, in, perm, dead, damp * meanDiag);
             if (u != null) break;
-            double next = damp == 0 ? GptqParams.DEFAULT_DAMP : damp * 10;
-            if (next > MAX_DAMP * (1 + 1e-9)) {
-                throw new QtoolException("GPTQ: the Hessian (" + in + "×" + in + ") is not positive definite even with damp "
-                        + damp + " of its mean diagonal " + meanDiag + " (inputs not finite, or H not a sum of xᵀx?)");
-            }
-            damp = next;
+            damp = raisedDamp(damp, in, meanDiag);
             retries++;
         }
 
@@ -199,14 +183,63 @@ public final class Gptq {
             for (int k = 0; k < in; k++) dequantized[o * in + order[k]] = wp[o * in + k];
         });
 
+        return new GptqResult(out, in, p, codes, scales, zeros, groupIndex(perm, p), dequantized, loss, damp, retries, perm);
+    }
+
+    // ---- the bookkeeping every implementation shares (CudaBackend.gptq calls these too) ----------------------------
+
+    /** diag(H) as GPTQ uses it, in double: dead inputs (H_ii = 0) count as 1. */
+    public static double[] effectiveDiagonal(float[] diagH) {
+        double[] diag = new double[diagH.length];
+        for (int i = 0; i < diag.length; i++) diag[i] = diagH[i] == 0 ? 1 : diagH[i];
+        return diag;
+    }
+
+    /**
+     * The processing order: the identity, or with act-order the columns by decreasing (effective) diagonal; the sort
+     * is stable, so ties keep index order.
+     */
+    public static int[] processingOrder(double[] diag, boolean actOrder) {
+        int n = diag.length;
+        if (!actOrder) return IntStream.range(0, n).toArray();
+        return IntStream.range(0, n).boxed()
+                .sorted(Comparator.comparingDouble((Integer i) -> diag[i]).reversed()) // stable: ties keep index order
+                .mapToInt(Integer::intValue).toArray();
+    }
+
+    /** The mean of the effective diagonal, which the damping is a fraction of. */
+    public static double meanDiagonal(double[] diag) {
+        double meanDiag = 0;
+        for (double d : diag) meanDiag += d;
+        return meanDiag / diag.length;
+    }
+
+    /**
+     * The damping to try after a failed factorisation at {@code damp}: ×10 (0 becomes the default 0.01).
+     *
+     * @throws QtoolException when that would pass {@link #MAX_DAMP}
+     */
+    public static double raisedDamp(double damp, int in, double meanDiag) {
+        double next = damp == 0 ? GptqParams.DEFAULT_DAMP : damp * 10;
+        if (next > MAX_DAMP * (1 + 1e-9)) {
+            throw new QtoolException("GPTQ: the Hessian (" + in + "×" + in + ") is not positive definite even with damp "
+                    + damp + " of its mean diagonal " + meanDiag + " (inputs not finite, or H not a sum of xᵀx?)");
+        }
+        return next;
+    }
+
+    /**
+     * GPTQ's g_idx: dynamic groups with act-order follow the processing order (g_idx = position // g, as AutoGPTQ);
+     * static groups and no act-order follow the original order.
+     */
+    public static int[] groupIndex(int[] perm, GptqParams p) {
+        int in = perm.length;
+        int[] invperm = new int[in];
+        for (int k = 0; k < in; k++) invperm[perm[k]] = k;
         int width = p.groupWidth(in);
         int[] gIdx = new int[in];
-        for (int i = 0; i < in; i++) {
-            // Dynamic groups with act-order follow the processing order (g_idx = position // g, as AutoGPTQ);
-            // static groups and no act-order follow the original order.
-            gIdx[i] = (p.actOrder() && !p.staticGroups() ? invperm[i] : i) / width;
-        }
-        return new GptqResult(out, in, p, codes, scales, zeros, gIdx, dequantized, loss, damp, retries, perm);
+        for (int i = 0; i < in; i++) gIdx[i] = (p.actOrder() && !p.staticGroups() ? invperm[i] : i) / width;
+        return gIdx;
     }
 
     /**

@@ -17,7 +17,13 @@ final class SentencePieceModelFile {
     static final int MODEL_UNIGRAM = 1;
     static final int MODEL_BPE = 2;
 
-    static PipelineTokenizer load(Path file) {
+    /** What a tokenizer.model holds that tokenizing needs. */
+    record Model(String where, String[] pieces, float[] scores, int[] types, int modelType, boolean byteFallback,
+                 int unkId, int bosId, int eosId, boolean addDummyPrefix, boolean removeExtraWhitespaces,
+                 boolean escapeWhitespaces, boolean charsmap) {}
+
+    /** Parses a tokenizer.model; piece types are checked, ids are as the file gives them. */
+    static Model read(Path file) {
         String where = file.toString();
         byte[] bytes;
         try {
@@ -109,16 +115,22 @@ final class SentencePieceModelFile {
                 throw new QtoolException(where + ": piece " + i + " has unknown type " + typeArray[i]);
             }
         }
-        unkId = validId(unkId, n);
-        TokenModel model = switch (modelType) {
-            case MODEL_BPE -> new ScoreBpe(pieceArray, scoreArray, typeArray, unkId, byteFallback);
-            case MODEL_UNIGRAM -> new Unigram(pieceArray, scoreArray, typeArray, unkId, byteFallback);
-            default -> throw new QtoolException(where + ": model_type " + modelType + " is not supported (1 unigram, 2 BPE)");
+        return new Model(where, pieceArray, scoreArray, typeArray, modelType, byteFallback, unkId, bosId, eosId, addDummyPrefix,
+                removeExtraWhitespaces, escapeWhitespaces, charsmap);
+    }
+
+    static PipelineTokenizer load(Path file) {
+        Model m = read(file);
+        int n = m.pieces().length;
+        int unkId = validId(m.unkId(), n), bosId = validId(m.bosId(), n);
+        TokenModel model = switch (m.modelType()) {
+            case MODEL_BPE -> new ScoreBpe(m.pieces(), m.scores(), m.types(), unkId, m.byteFallback());
+            case MODEL_UNIGRAM -> new Unigram(m.pieces(), m.scores(), m.types(), unkId, m.byteFallback());
+            default -> throw new QtoolException(m.where() + ": model_type " + m.modelType() + " is not supported (1 unigram, 2 BPE)");
         };
-        return new PipelineTokenizer(where, pieceArray, typeArray, specialTokens(pieceArray, typeArray, false),
-                new Normalizer.SentencePiece(charsmap, removeExtraWhitespaces, escapeWhitespaces, addDummyPrefix),
-                null, model, TokenDecoder.sentencePiece(addDummyPrefix), validId(bosId, n), validId(eosId, n),
-                validId(bosId, n) >= 0);
+        return new PipelineTokenizer(m.where(), m.pieces(), m.types(), specialTokens(m.pieces(), m.types(), false),
+                new Normalizer.SentencePiece(m.charsmap(), m.removeExtraWhitespaces(), m.escapeWhitespaces(), m.addDummyPrefix()),
+                null, model, TokenDecoder.sentencePiece(m.addDummyPrefix()), bosId, validId(m.eosId(), n), bosId >= 0);
     }
 
     private static int validId(int id, int n) {

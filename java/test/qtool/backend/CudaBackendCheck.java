@@ -6,7 +6,12 @@ import java.lang.foreign.ValueLayout;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Random;
+import java.util.stream.IntStream;
 import qtool.load.DType;
+import qtool.quantize.Gptq;
+import qtool.quantize.GptqParams;
+import qtool.quantize.GptqResult;
+import qtool.quantize.GptqTestData;
 
 /**
  * {@link CudaBackend} through Java against double-precision references on random inputs: the bindings, the
@@ -14,7 +19,12 @@ import qtool.load.DType;
  * The kernels' own accuracy is tested more widely by native/test/test_kernels; this checks the Java side.
  *
  * <p>Runs from {@link CudaBackendTest} when a GPU answers, or standalone where JUnit is absent (the GPU host):
- * {@code java --enable-native-access=ALL-UNNAMED -cp target/classes:target/test-classes qtool.backend.CudaBackendCheck}.
+ * {@code java --enable-native-access=ALL-UNNAMED -cp target/classes:target/test-classes qtool.backend.CudaBackendCheck
+ * [seed] [--no-bench | --bench-only]}; standalone it also prints timings of the Gram accumulation and of GPTQ at LLM sizes.
+ *
+ * <p>GPTQ is checked against {@link Gptq} (the CPU reference) on the same Hessian: the permutation, g_idx and damping
+ * exactly, the codes to 99 %, the proxy error ‖(W − Q)Xᵀ‖² and the loss to 0.5 %, and the result's own consistency
+ * (dequantized = scales · (codes − zeros), exactly).
  */
 public final class CudaBackendCheck {
     public record Result(String name, double error, double limit) {
@@ -33,9 +43,14 @@ public final class CudaBackendCheck {
     }
 
     public static void main(String[] args) {
-        long seed = args.length > 0 ? Long.parseLong(args[0]) : System.nanoTime();
+        boolean bench = !List.of(args).contains("--no-bench"), benchOnly = List.of(args).contains("--bench-only");
+        long seed = args.length > 0 && !args[0].startsWith("--") ? Long.parseLong(args[0]) : System.nanoTime();
         try (Backend backend = Backends.open("cuda", System.out)) {
             CudaBackend gpu = (CudaBackend) backend;
+            if (benchOnly) {
+                new CudaBackendCheck(gpu, seed + 1).timings();
+                return;
+            }
             System.out.printf("seed %d; device copy %.1f GB/s%n", seed, gpu.copyBandwidthGBps());
             List<Result> results = new CudaBackendCheck(gpu, seed).runAll();
             int failed = 0;
@@ -44,6 +59,7 @@ public final class CudaBackendCheck {
                 if (!r.pass()) failed++;
             }
             System.out.printf("java CudaBackend: %d checks, %d failed%n", results.size(), failed);
+            if (bench) new CudaBackendCheck(gpu, seed + 1).timings();
             System.exit(failed == 0 ? 0 : 1);
         }
     }
@@ -60,6 +76,8 @@ public final class CudaBackendCheck {
         linearAddF32();
         siluMulAddCrossEntropy();
         uploadFromNativeMemory();
+        gram();
+        gptqAgainstCpu();
         return results;
     }
 
@@ -363,6 +381,188 @@ public final class CudaBackendCheck {
             gpu.free(half);
             gpu.free(back);
         }
+    }
+
+    // ---- quantization ------------------------------------------------------------------------------------------
+
+    /** Two accumulations (the second on a row slice) against a float64 reference; the result must be symmetric. */
+    private void gram() {
+        int rows = 300, in = 200;
+        float[] x = randn(rows * in);
+        Tensor dx = gpu.upload(host(x, rows, in), DType.F32);
+        Tensor h = gpu.upload(host(new float[in * in], in, in), DType.F32);
+        gpu.accumulateGram(h, dx);
+        gpu.accumulateGram(h, dx.rowSlice(100, 150));
+        double[] ref = new double[in * in];
+        for (int r = 0; r < rows; r++) {
+            int times = r >= 100 && r < 250 ? 2 : 1;
+            for (int i = 0; i < in; i++)
+                for (int j = 0; j < in; j++) ref[i * in + j] += times * (double) x[r * in + i] * x[r * in + j];
+        }
+        float[] got = download(h);
+        record("accumulateGram twice (+ row slice)", relL2(got, ref), 1e-6);
+        double asym = 0;
+        for (int i = 0; i < in; i++) for (int j = 0; j < i; j++) asym = Math.max(asym, Math.abs(got[i * in + j] - got[j * in + i]));
+        record("accumulateGram symmetric", asym, 0);
+        gpu.free(dx);
+        gpu.free(h);
+    }
+
+    /** One GPTQ setting on a random layer: out × in weights, a Hessian from `rows` correlated inputs. */
+    private record GptqCase(String name, int out, int in, int rows, GptqParams params, int deadColumns, double codeLimit) {}
+
+    private void gptqAgainstCpu() {
+        GptqParams base = GptqParams.of(4);
+        List<GptqCase> cases = List.of(
+                new GptqCase("4b g128 sym act", 192, 512, 1024, base.withActOrder(true), 0, 0.01),
+                new GptqCase("4b g128 asym", 192, 512, 1024, base.withSym(false), 0, 0.01),
+                new GptqCase("3b g32 asym act", 192, 512, 1024, base.withBits(3).withGroupSize(32).withSym(false).withActOrder(true), 0, 0.01),
+                new GptqCase("2b g128 sym act static", 192, 512, 1024, base.withBits(2).withActOrder(true).withStaticGroups(true), 0, 0.01),
+                new GptqCase("2b g32 asym act", 192, 512, 1024, base.withBits(2).withGroupSize(32).withSym(false).withActOrder(true), 0, 0.01),
+                new GptqCase("3b g32 sym static", 192, 512, 1024, base.withBits(3).withGroupSize(32).withStaticGroups(true), 0, 0.01),
+                new GptqCase("8b g-1 sym act", 192, 512, 1024, base.withBits(8).withGroupSize(-1).withActOrder(true), 0, 0.01),
+                new GptqCase("4b g-1 asym", 192, 512, 1024, base.withGroupSize(-1).withSym(false), 0, 0.01),
+                new GptqCase("4b g128 sym act mse", 192, 512, 1024, base.withActOrder(true).withMse(true), 0, 0.01),
+                new GptqCase("3b g128 asym mse static", 192, 512, 1024, base.withBits(3).withSym(false).withMse(true).withStaticGroups(true), 0, 0.01),
+                new GptqCase("4b g64 block32 asym act", 192, 512, 1024, base.withGroupSize(64).withBlockSize(32).withSym(false).withActOrder(true), 0, 0.01),
+                new GptqCase("4b g48 ragged asym act", 150, 500, 1024, base.withGroupSize(48).withSym(false).withActOrder(true), 0, 0.01),
+                new GptqCase("4b g128 act, 7 dead inputs", 192, 512, 1024, base.withActOrder(true), 7, 0.01),
+                new GptqCase("4b g128 act damp0 rank-deficient", 128, 512, 128, base.withActOrder(true).withDamp(0), 0, 0.05),
+                new GptqCase("4b g128 sym act 1024x4096", 1024, 4096, 4096, base.withActOrder(true), 0, 0.01));
+        for (GptqCase c : cases) {
+            try {
+                gptqCase(c);
+            } catch (RuntimeException e) {
+                System.out.println("gptq " + c.name() + ": " + e);
+                e.printStackTrace(System.out);
+                record("gptq " + c.name() + ": threw " + e.getClass().getSimpleName(), Double.POSITIVE_INFINITY, 0);
+            }
+        }
+    }
+
+    private void gptqCase(GptqCase c) {
+        int out = c.out(), in = c.in();
+        Tensor x = correlatedInputsOnGpu(c.rows(), in, c.deadColumns());
+        Tensor h = gpu.upload(host(new float[in * in], in, in), DType.F32);
+        gpu.accumulateGram(h, x);
+        float[] hh = download(h);
+        float[] w = GptqTestData.weights(out, in, random.nextLong());
+        Tensor dw = gpu.upload(host(w, out, in), DType.F32);
+
+        GptqResult cpu = Gptq.quantize(w, out, in, hh, c.params());
+        GptqResult got = gpu.gptq(dw, h, c.params());
+        String n = "gptq " + c.name() + " ";
+
+        record(n + "perm", mismatches(got.perm(), cpu.perm()), 0);
+        record(n + "g_idx", mismatches(got.gIdx(), cpu.gIdx()), 0);
+        record(n + "damp, retries", Math.abs(got.damp() - cpu.damp()) + Math.abs(got.dampRetries() - cpu.dampRetries()), 0);
+        int same = 0;
+        for (int k = 0; k < out * in; k++) if (got.codes()[k] == cpu.codes()[k]) same++;
+        record(n + "codes differing", 1 - (double) same / (out * in), c.codeLimit());
+        float[] fromCodes = got.dequantizeFromCodes();
+        double inconsistent = 0;
+        for (int k = 0; k < out * in; k++) inconsistent = Math.max(inconsistent, Math.abs(fromCodes[k] - got.dequantized()[k]));
+        record(n + "dequantized = codes", inconsistent, 0);
+        double gpuProxy = proxyError(w, got.dequantized(), x, out, in), cpuProxy = proxyError(w, cpu.dequantized(), x, out, in);
+        record(n + "proxy error vs CPU", Math.abs(gpuProxy / cpuProxy - 1), 0.005);
+        record(n + "loss vs CPU", Math.abs(got.loss() / cpu.loss() - 1), 0.005);
+        double[] refScales = new double[cpu.scales().length];
+        for (int k = 0; k < refScales.length; k++) refScales[k] = cpu.scales()[k];
+        record(n + "scales", relL2(got.scales(), refScales), 1e-2);
+        System.out.printf("    %s: codes %.4f%% same, proxy GPU %.6e CPU %.6e, loss GPU %.6e CPU %.6e, damp %g (%d retries)%n",
+                c.name(), 100.0 * same / (out * in), gpuProxy, cpuProxy, got.loss(), cpu.loss(), got.damp(), got.dampRetries());
+        for (Tensor t : new Tensor[] {x, h, dw}) gpu.free(t);
+    }
+
+    /**
+     * X [rows, in] = Z·Mᵀ + 0.3·N with Z [rows, in/8] and N Gaussian, columns scaled log-normally (as
+     * GptqTestData.correlatedInputs, made on the GPU); the first {@code dead} columns are zero.
+     */
+    private Tensor correlatedInputsOnGpu(int rows, int in, int dead) {
+        int rank = Math.max(4, in / 8);
+        float[] colScale = new float[in];
+        for (int i = 0; i < in; i++) colScale[i] = i < dead ? 0 : (float) Math.exp(random.nextGaussian() * 0.7);
+        float[] z = randn(rows * rank), m = new float[in * rank], noise = new float[rows * in];
+        for (int i = 0; i < in; i++)
+            for (int k = 0; k < rank; k++) m[i * rank + k] = (float) (random.nextGaussian() / Math.sqrt(rank) * colScale[i]);
+        long seed = random.nextLong();
+        IntStream.range(0, rows).parallel().forEach(r -> {
+            Random rr = new Random(seed + r);
+            for (int i = 0; i < in; i++) noise[r * in + i] = (float) (0.3 * rr.nextGaussian() * colScale[i]);
+        });
+        Tensor dz = gpu.upload(host(z, rows, rank), DType.F32), dm = gpu.upload(host(m, in, rank), DType.F32);
+        Tensor x = gpu.allocate(DType.F32, rows, in), dn = gpu.upload(host(noise, rows, in), DType.F32);
+        gpu.linear(x, dz, dm, null);
+        gpu.add(x, dn);
+        for (Tensor t : new Tensor[] {dz, dm, dn}) gpu.free(t);
+        return x;
+    }
+
+    /** ‖(W − Q)·Xᵀ‖²: the FP32 product on the GPU, the sum of squares in double. */
+    private double proxyError(float[] w, float[] q, Tensor x, int out, int in) {
+        float[] d = new float[out * in];
+        for (int k = 0; k < d.length; k++) d[k] = w[k] - q[k];
+        Tensor dd = gpu.upload(host(d, out, in), DType.F32);
+        Tensor y = gpu.allocate(DType.F32, x.rows(), out);
+        gpu.linear(y, x, dd, null);
+        double total = 0;
+        for (float v : download(y)) total += (double) v * v;
+        gpu.free(dd);
+        gpu.free(y);
+        return total;
+    }
+
+    private static double mismatches(int[] a, int[] b) {
+        if (a.length != b.length) return Double.POSITIVE_INFINITY;
+        int n = 0;
+        for (int k = 0; k < a.length; k++) if (a[k] != b[k]) n++;
+        return n;
+    }
+
+    /** Timings at LLM sizes (printed; medians of several runs after a warm-up). */
+    public void timings() {
+        int in = 4096;
+        Tensor x = correlatedInputsOnGpu(2048, in, 0);
+        Tensor h = gpu.upload(host(new float[in * in], in, in), DType.F32);
+        double[] gramMs = new double[10];
+        gpu.accumulateGram(h, x);
+        gpu.synchronize();
+        for (int k = 0; k < gramMs.length; k++) {
+            long t = System.nanoTime();
+            gpu.accumulateGram(h, x);
+            gpu.synchronize();
+            gramMs[k] = (System.nanoTime() - t) / 1e6;
+        }
+        double gram = median(gramMs);
+        System.out.printf("timing gram 2048 rows x %d: %.3f ms (%.1f TFLOP/s counting rows*in*(in+1))%n", in, gram,
+                2048.0 * in * (in + 1) / gram / 1e9);
+        GptqParams p = GptqParams.of(4).withActOrder(true);
+        for (int out : new int[] {4096, 11008}) {
+            Tensor dw = gpu.upload(host(GptqTestData.weights(out, in, random.nextLong()), out, in), DType.F32);
+            gpu.gptq(dw, h, p);  // warm-up: scratch, handles, module load
+            double[] ms = new double[5];
+            double[][] phases = new double[5][];
+            for (int k = 0; k < ms.length; k++) {
+                long t = System.nanoTime();
+                gpu.gptq(dw, h, p);
+                ms[k] = (System.nanoTime() - t) / 1e6;
+                phases[k] = gpu.lastGptqPhases();
+            }
+            int mid = IntStream.range(0, ms.length).boxed().sorted((a, b) -> Double.compare(ms[a], ms[b])).toList().get(ms.length / 2);
+            double[] ph = phases[mid];
+            System.out.printf("timing gptq %dx%d 4-bit g128 act-order: %.2f ms median (min %.2f): setup %.2f, factor %.2f, "
+                    + "column loop %.2f, to host %.2f ms%n", out, in, ms[mid], java.util.Arrays.stream(ms).min().orElse(0),
+                    ph[0], ph[1], ph[2], ph[3]);
+            gpu.free(dw);
+        }
+        gpu.free(x);
+        gpu.free(h);
+    }
+
+    private static double median(double[] a) {
+        double[] s = a.clone();
+        java.util.Arrays.sort(s);
+        return s[s.length / 2];
     }
 
     // ---- helpers -------------------------------------------------------------------------------------------------

@@ -84,4 +84,55 @@ class GgufCommandTest {
         assertEquals(2, r.code());
         assertTrue(r.err().contains("--dtype must be"), r.err());
     }
+
+    @Test
+    void exportWritesAGgufFromAnHfDirectory(@TempDir Path dir) throws Exception {
+        Assumptions.assumeTrue(Files.isReadable(TINY), "shared test data absent");
+        Path hf = dir.resolve("hf");
+        assertEquals(0, run("gguf", "import", "-i", TINY.toString(), "-o", hf.toString()).code());
+        assertTrue(Files.isRegularFile(hf.resolve("tokenizer.json")));
+        Path out = dir.resolve("tiny-Q8_0.gguf");
+        java.io.PrintStream stderr = System.err;
+        java.io.ByteArrayOutputStream log = new java.io.ByteArrayOutputStream();
+        System.setErr(new java.io.PrintStream(log, true, java.nio.charset.StandardCharsets.UTF_8)); // progress and warnings
+        Result r;
+        try {
+            r = run("gguf", "export", "-i", hf.toString(), "-o", out.toString(), "--type", "q8_0");
+        } finally {
+            System.setErr(stderr);
+        }
+        assertEquals(0, r.code(), r.err());
+        assertTrue(r.out().contains("wrote " + out + " (Q8_0: 3 F32, 8 F16, 1 Q8_0;"), r.out());
+        String warnings = log.toString(java.nio.charset.StandardCharsets.UTF_8);
+        assertTrue(warnings.contains("8 tensors of 8 columns (not a multiple of 32): F16 for Q8_0, e.g. output.weight"), warnings);
+        assertTrue(Files.isRegularFile(out));
+
+        r = run("gguf", "export", "-i", hf.toString(), "-o", dir.resolve("x.gguf").toString(), "--type", "q4_k_x");
+        assertEquals(2, r.code());
+        assertTrue(r.err().contains("--type 'q4_k_x' is not one of [f32, f16, q4_0"), r.err());
+
+        Files.delete(hf.resolve("tokenizer.json"));
+        r = run("gguf", "export", "-i", hf.toString(), "-o", dir.resolve("y.gguf").toString(), "--type", "f16");
+        assertEquals(2, r.code());
+        assertEquals("qtool: " + hf + ": no tokenizer.json or tokenizer.model (a GGUF needs the model's tokenizer)", r.err().strip());
+        assertTrue(Files.notExists(dir.resolve("y.gguf")));
+    }
+
+    @Test
+    void modelCommandsTakeAGgufFile() throws Exception {
+        Assumptions.assumeTrue(Files.isReadable(TINY), "shared test data absent");
+        CliRun r = CliRun.of("tokenize", "-m", TINY.toString(), "-p", "Hello world", "--ids");
+        assertEquals(0, r.exitCode(), r.err());
+        assertEquals("[1, 15043, 3186]", r.out().strip());
+        java.io.PrintStream stdout = System.out;
+        java.io.ByteArrayOutputStream captured = new java.io.ByteArrayOutputStream();
+        System.setOut(new java.io.PrintStream(captured, true, java.nio.charset.StandardCharsets.UTF_8));
+        try {
+            r = CliRun.of("generate", "-m", TINY.toString(), "-p", "Hello", "-n", "4", "--greedy", "--ids", "--device", "cpu");
+        } finally {
+            System.setOut(stdout);
+        }
+        assertEquals(0, r.exitCode(), r.err());
+        assertTrue(captured.toString(java.nio.charset.StandardCharsets.UTF_8).startsWith("Hello"), captured.toString());
+    }
 }

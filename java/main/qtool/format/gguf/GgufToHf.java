@@ -24,17 +24,18 @@ import qtool.Progress;
 import qtool.QtoolException;
 import qtool.load.DType;
 import qtool.load.Json;
+import qtool.tokenize.TokenizerJsonWriter;
 import qtool.tokenize.TokenizerSpec;
 import qtool.write.SafetensorsWriter;
 
 /**
  * Converts a llama-architecture GGUF into an HF model directory (LlamaForCausalLM): every tensor dequantized to
  * fp16 (or bf16/fp32), renamed to transformers' names, q/k rows moved back from llama.cpp's RoPE order; config.json,
- * generation_config.json and tokenizer_config.json from the metadata.
+ * generation_config.json, tokenizer.json and tokenizer_config.json from the metadata.
  *
  * <p>The directory appears complete or not at all: everything is written into a temporary sibling that is renamed
- * into place at the end and deleted on any error. tokenizer.json is not written yet (it needs qtool.tokenize's
- * TokenizerJsonWriter).
+ * into place at the end and deleted on any error. tokenizer.json comes from the {@code tokenizer.ggml.*} metadata
+ * ({@link TokenizerJsonWriter}): HF's tokenizers library and qtool then tokenize as llama.cpp does with the GGUF.
  */
 public final class GgufToHf {
     private GgufToHf() {}
@@ -208,7 +209,14 @@ public final class GgufToHf {
             if (g.has(GgufTokenizer.BOS)) gen.put("bos_token_id", g.getInt(GgufTokenizer.BOS));
             if (g.has(GgufTokenizer.EOS)) gen.put("eos_token_id", g.getInt(GgufTokenizer.EOS));
             Json.writeFile(tmp.resolve("generation_config.json"), gen);
-            if (tok != null) Json.writeFile(tmp.resolve("tokenizer_config.json"), tokenizerConfigJson(g, tok, h.maxPositionEmbeddings()));
+            if (tok != null) {
+                try {
+                    TokenizerJsonWriter.write(tok, tmp); // tokenizer.json (and a plain tokenizer_config.json, replaced below)
+                } catch (QtoolException e) {
+                    if (log != null) log.println("gguf import: no tokenizer.json: " + e.getMessage());
+                }
+                Json.writeFile(tmp.resolve("tokenizer_config.json"), tokenizerConfigJson(g, tok, h.maxPositionEmbeddings()));
+            }
             if (Files.isDirectory(out)) Files.delete(out); // empty, checked above
             Files.move(tmp, out, StandardCopyOption.ATOMIC_MOVE);
         } catch (IOException e) {
@@ -218,6 +226,28 @@ public final class GgufToHf {
             deleteRecursively(tmp);
             throw e;
         }
+    }
+
+    /**
+     * Imports {@code gguf} into a new temporary directory that is deleted when the JVM exits, for commands that are
+     * given a .gguf where they read an HF directory. Returns the model directory.
+     */
+    public static Path convertToTemporary(Path gguf, DType dtype, PrintStream log) {
+        Path base;
+        try {
+            base = Files.createTempDirectory("qtool-gguf-");
+        } catch (IOException e) {
+            throw new QtoolException("cannot create a temporary directory to import " + gguf + ": " + e.getMessage());
+        }
+        Runtime.getRuntime().addShutdownHook(new Thread(() -> deleteRecursively(base)));
+        Path dir = base.resolve("model");
+        try {
+            convert(gguf, dir, dtype, 0, log);
+        } catch (RuntimeException | Error e) {
+            deleteRecursively(base);
+            throw e;
+        }
+        return dir;
     }
 
     private static void checkTarget(Path out) {
