@@ -13,8 +13,9 @@
  *    qt_stream_create); NULL means the legacy default stream. Work queued on one stream runs in order.
  *    Functions named *_async return once the work is queued; the others wait for it.
  *  - Kernels work on the current device (qt_set_device), like the CUDA runtime.
- *  - Tensors are dense and row-major. Activations are F32; weights F32, F16 or BF16 (enum qt_dtype);
- *    sums accumulate in F32. Shapes follow qtool.backend.Backend, whose Javadoc is the reference.
+ *  - Tensors are dense and row-major. Weights are F32, F16 or BF16 (enum qt_dtype). Activations are F32, or
+ *    F16/BF16 where a kernel takes a dtype (the fp16 path keeps only the residual stream in F32); sums
+ *    accumulate in F32. Shapes follow qtool.backend.Backend, whose Javadoc is the reference.
  *  - Thread safety: calls may come from several threads; the cuBLAS and cuSOLVER handles are shared per
  *    device and guarded by a lock.
  */
@@ -169,8 +170,9 @@ QT_API int qt_cast(void* dst, int dst_dtype, const void* src, int src_dtype, siz
 QT_API int qt_embedding(void* out, const void* table, int table_dtype, const void* ids,
                         int rows, int dim, int vocab, void* stream);
 
-/* out = silu(gate) * up, F32, n elements; out may be gate or up. silu(g) = g / (1 + exp(-g)). */
-QT_API int qt_silu_mul(void* out, const void* gate, const void* up, size_t n, void* stream);
+/* out = silu(gate) * up, n elements, all three of `dtype` (F32, F16 or BF16; computed in F32, rounded once);
+ * out may be gate or up. silu(g) = g / (1 + exp(-g)). */
+QT_API int qt_silu_mul(void* out, const void* gate, const void* up, int dtype, size_t n, void* stream);
 
 /* x += y, F32, n elements. */
 QT_API int qt_add(void* x, const void* y, size_t n, void* stream);
@@ -182,55 +184,69 @@ QT_API int qt_cross_entropy(void* out, const void* logits, const void* targets, 
 
 /* ---- Kernels: normalization and rotary embedding -------------------------------------------------- */
 
-/* out[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * weight; x, out F32 [rows, cols]; weight [cols]
- * F32/F16/BF16. out may be x. */
-QT_API int qt_rmsnorm(void* out, const void* x, const void* weight, int weight_dtype, int rows, int cols,
-                      float eps, void* stream);
+/* out[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * weight; x F32 [rows, cols]; out [rows, cols] of
+ * out_dtype (F32, or F16/BF16: rounded once, the input of a 16-bit linear); weight [cols] F32/F16/BF16.
+ * out may be x when out_dtype is F32. */
+QT_API int qt_rmsnorm(void* out, int out_dtype, const void* x, const void* weight, int weight_dtype, int rows,
+                      int cols, float eps, void* stream);
 
 /*
  * Rotary embedding in place, HF rotate_half layout: in each head, dimension j < head_dim/2 pairs with
- * j + head_dim/2. x: F32 [rows, heads * head_dim]; row r has position startPos + r % seq_len.
+ * j + head_dim/2. x: [rows, heads * head_dim] of `dtype` (F32, F16 or BF16; 16-bit values are rotated in F32
+ * and rounded once); row r has position startPos + r % seq_len.
  * angle = (float) position * inv_freq[j], computed in F32 as HF does; cos/sin are full precision.
  * inv_freq: F32 [head_dim / 2] on the device. head_dim must be even.
  */
-QT_API int qt_rope(void* x, int rows, int heads, int head_dim, int seq_len, int start_pos,
+QT_API int qt_rope(void* x, int dtype, int rows, int heads, int head_dim, int seq_len, int start_pos,
                    const void* inv_freq, void* stream);
 
 /* ---- Kernels: attention --------------------------------------------------------------------------- */
 
 /*
- * Causal grouped-query attention with a KV cache, all F32.
+ * Causal grouped-query attention with a KV cache. q, k, v, out and both caches are all of `dtype`:
+ *  - F32: FP32 arithmetic throughout (CUDA cores); head_dim % 4 == 0, head_dim <= 256.
+ *  - F16 or BF16: tensor cores with 16-bit operands, FP32 accumulation and FP32 softmax (the probabilities are
+ *    rounded to 16 bits for the P V product, as flash attention does); head_dim % 8 == 0, head_dim <= 128
+ *    (QT_ERR_UNSUPPORTED above).
  *   q:   [batch * seq_len, heads * head_dim]        k, v: [batch * seq_len, kv_heads * head_dim]
  *   k_cache, v_cache: [batch, max_seq, kv_heads * head_dim]
  *   out: [batch * seq_len, heads * head_dim] (must not overlap q, k, v or the caches)
  * Stores k, v at positions [start_pos, start_pos + seq_len) of each sequence's cache, then each query at
  * position p = start_pos + s attends over cache positions [0, p] with scale 1/sqrt(head_dim). Query head h
  * uses kv head h / (heads / kv_heads). Positions below start_pos must hold earlier calls' keys and values.
- * Requires heads % kv_heads == 0, head_dim % 4 == 0, head_dim <= 256, start_pos + seq_len <= max_seq and
- * 16-byte aligned pointers.
+ * Requires heads % kv_heads == 0, the head_dim limits above, start_pos + seq_len <= max_seq and 16-byte
+ * aligned pointers.
  * scratch (may be NULL) holds partial results when few query rows leave the GPU idle (decoding): keys are
  * then split across blocks. qt_attention_scratch_bytes gives the size that enables the split; with less,
  * the kernel runs unsplit (same result, slower for long caches).
  */
-QT_API int qt_attention_scratch_bytes(int batch, int seq_len, int start_pos, int heads, int kv_heads,
+QT_API int qt_attention_scratch_bytes(int dtype, int batch, int seq_len, int start_pos, int heads, int kv_heads,
                                       int head_dim, size_t* bytes);
 QT_API int qt_attention(void* out, const void* q, const void* k, const void* v, void* k_cache, void* v_cache,
-                        int batch, int seq_len, int start_pos, int max_seq, int heads, int kv_heads,
+                        int dtype, int batch, int seq_len, int start_pos, int max_seq, int heads, int kv_heads,
                         int head_dim, void* scratch, size_t scratch_bytes, void* stream);
 
 /* ---- Kernels: matrix products (cuBLAS; need qt_init) ---------------------------------------------- */
 
 /*
- * out[r, o] = sum_i x[r, i] * weight[o, i] (+ bias[o]); x F32 [rows, in_features], weight
- * [out_features, in_features] in F32/F16/BF16, bias [out_features] F32/F16/BF16 or NULL, out F32
- * [rows, out_features]. F16/BF16 weights: x is rounded to the weight's type in `scratch` (at least
- * qt_linear_scratch_bytes), then a tensor-core product accumulates in F32. F32 weights: plain FP32 SGEMM
- * (no TF32). out must not overlap x.
+ * out[r, o] = sum_i x[r, i] * weight[o, i] (+ bias[o]), or with accumulate != 0, out[r, o] += that (the
+ * residual add fused into the product). x [rows, in_features], weight [out_features, in_features], bias
+ * [out_features] (F32/F16/BF16) or NULL, out [rows, out_features].
+ *  - F32 weights: x and out F32; plain FP32 SGEMM (no TF32).
+ *  - F16/BF16 weights: a tensor-core product accumulating in F32. x is either of the weight's type, used as
+ *    it is, or F32, then rounded to the weight's type in `scratch` (at least qt_linear_scratch_bytes). out is
+ *    F32 or of the weight's type (the F32 sum, with the accumulated value, rounded once; a bias is added
+ *    after that rounding, by a second kernel).
+ * out must not overlap x.
  */
-QT_API int qt_linear_scratch_bytes(int rows, int in_features, int weight_dtype, size_t* bytes);
-QT_API int qt_linear(void* out, const void* x, const void* weight, int weight_dtype, const void* bias,
-                     int bias_dtype, int rows, int in_features, int out_features, void* scratch,
-                     size_t scratch_bytes, void* stream);
+QT_API int qt_linear_scratch_bytes(int rows, int in_features, int x_dtype, int weight_dtype, size_t* bytes);
+/* Does cuBLAS's one-time setup for the current device now: creates its handle (otherwise the first qt_linear does)
+ * and runs one small product of each weight type on `stream`, then waits. A backend calls it when it opens, so that
+ * the first products of a timed run carry no library setup. */
+QT_API int qt_linear_prepare(void* stream);
+QT_API int qt_linear(void* out, int out_dtype, const void* x, int x_dtype, const void* weight, int weight_dtype,
+                     const void* bias, int bias_dtype, int rows, int in_features, int out_features, int accumulate,
+                     void* scratch, size_t scratch_bytes, void* stream);
 
 /* ---- Factorizations (cuSOLVER; need qt_init and cuSOLVER present) --------------------------------- */
 

@@ -3,7 +3,8 @@
 // call so an unwritten element fails; every status is checked. Prints a PASS/FAIL table, then timings
 // (copy bandwidth, attention prefill TFLOP/s); exits 1 if any check fails, 2 if the GPU or cuBLAS is missing.
 //
-// Usage: test_kernels [--seed N] [--cuda-lib-dir DIR[:DIR...]] [--no-bench] [--filter NAME]
+// Usage: test_kernels [--seed N] [--cuda-lib-dir DIR[:DIR...]] [--no-bench] [--filter NAME] [--bench NAME] [--bench-only]
+//   --bench NAME runs only the timing sections (copy, attention, linear, layer) whose name contains NAME.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -101,6 +102,18 @@ float bf16_value(uint16_t bits) {
     return f;
 }
 
+const char* dtype_str(int dtype) { return dtype == QT_F32 ? "F32" : dtype == QT_F16 ? "F16" : "BF16"; }
+size_t dtype_size(int dtype) { return dtype == QT_F32 ? 4 : 2; }
+
+// The values a tensor of `dtype` holds for v (16-bit: rounded to nearest even).
+std::vector<float> rounded(const std::vector<float>& v, int dtype) {
+    if (dtype == QT_F32) return v;
+    std::vector<uint16_t> bits = dtype == QT_F16 ? to_f16(v) : to_bf16(v);
+    std::vector<float> out(v.size());
+    for (size_t i = 0; i < v.size(); i++) out[i] = dtype == QT_F16 ? f16_value(bits[i]) : bf16_value(bits[i]);
+    return out;
+}
+
 // ||out - ref|| / ||ref||; any non-finite output is an infinite error.
 template <typename T>
 double rel_l2(const std::vector<T>& out, const std::vector<double>& ref) {
@@ -112,6 +125,19 @@ double rel_l2(const std::vector<T>& out, const std::vector<double>& ref) {
         den += ref[i] * ref[i];
     }
     return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
+}
+
+// v on the device as `dtype` (16-bit: rounded), and a device tensor of `dtype` read back as floats.
+Device upload_as(const std::vector<float>& v, int dtype) {
+    if (dtype == QT_F32) return Device::from(v);
+    return Device::from(dtype == QT_F16 ? to_f16(v) : to_bf16(v));
+}
+std::vector<float> download_as(const Device& d, size_t n, int dtype) {
+    if (dtype == QT_F32) return d.to_host<float>(n);
+    std::vector<uint16_t> bits = d.to_host<uint16_t>(n);
+    std::vector<float> out(n);
+    for (size_t i = 0; i < n; i++) out[i] = dtype == QT_F16 ? f16_value(bits[i]) : bf16_value(bits[i]);
+    return out;
 }
 
 struct Row {
@@ -281,7 +307,7 @@ void test_rmsnorm() {
     run("rmsnorm F32 weight", [&] {
         Device dx = Device::from(x), dw = Device::from(w), out(x.size() * 4);
         out.poison();
-        CHECK(qt_rmsnorm(out.ptr, dx.ptr, dw.ptr, QT_F32, rows, cols, eps, nullptr));
+        CHECK(qt_rmsnorm(out.ptr, QT_F32, dx.ptr, dw.ptr, QT_F32, rows, cols, eps, nullptr));
         record("rmsnorm F32 weight", rel_l2(out.to_host<float>(x.size()), ref_rmsnorm(x, w, rows, cols, eps)), 1e-6);
     });
     run("rmsnorm BF16 weight, in place", [&] {
@@ -289,51 +315,77 @@ void test_rmsnorm() {
         std::vector<float> wr(cols);
         for (int j = 0; j < cols; j++) wr[j] = bf16_value(wb[j]);
         Device dx = Device::from(x), dw = Device::from(wb);
-        CHECK(qt_rmsnorm(dx.ptr, dx.ptr, dw.ptr, QT_BF16, rows, cols, eps, nullptr));
+        CHECK(qt_rmsnorm(dx.ptr, QT_F32, dx.ptr, dw.ptr, QT_BF16, rows, cols, eps, nullptr));
         record("rmsnorm BF16 weight, in place", rel_l2(dx.to_host<float>(x.size()), ref_rmsnorm(x, wr, rows, cols, eps)), 1e-6);
     });
     run("rmsnorm cols 64", [&] {
         std::vector<float> xs = randn(5 * 64), ws = uniform(64, 0.5f, 1.5f);
         Device dx = Device::from(xs), dw = Device::from(ws), out(xs.size() * 4);
         out.poison();
-        CHECK(qt_rmsnorm(out.ptr, dx.ptr, dw.ptr, QT_F32, 5, 64, eps, nullptr));
+        CHECK(qt_rmsnorm(out.ptr, QT_F32, dx.ptr, dw.ptr, QT_F32, 5, 64, eps, nullptr));
         record("rmsnorm cols 64", rel_l2(out.to_host<float>(xs.size()), ref_rmsnorm(xs, ws, 5, 64, eps)), 1e-6);
     });
+    // 16-bit outputs (the input of a 16-bit linear): one rounding of the F32 result; also an odd width (scalar path).
+    for (int dtype : {QT_F16, QT_BF16}) {
+        for (int c : {cols, 577}) {
+            std::string name = std::string("rmsnorm ") + dtype_str(dtype) + " out, cols " + std::to_string(c);
+            run(name, [&] {
+                std::vector<float> xs = randn(size_t(rows) * c, 2.0f), ws = uniform(c, 0.5f, 1.5f);
+                Device dx = Device::from(xs), dw = Device::from(ws), out(xs.size() * 2);
+                out.poison();
+                CHECK(qt_rmsnorm(out.ptr, dtype, dx.ptr, dw.ptr, QT_F32, rows, c, eps, nullptr));
+                record(name, rel_l2(download_as(out, xs.size(), dtype), ref_rmsnorm(xs, ws, rows, c, eps)),
+                       dtype == QT_F16 ? 6e-4 : 5e-3);
+            });
+        }
+    }
 }
 
 void test_rope() {
-    const int batch = 2, seq = 37, heads = 8, head_dim = 64, start = 1500;
-    const int rows = batch * seq, width = heads * head_dim;
-    run("rope (startPos 1500)", [&] {
-        std::vector<float> x = randn(size_t(rows) * width), inv(head_dim / 2);
-        for (int j = 0; j < head_dim / 2; j++) inv[j] = static_cast<float>(1.0 / std::pow(500000.0, 2.0 * j / head_dim));
-        Device dx = Device::from(x), dinv = Device::from(inv);
-        CHECK(qt_rope(dx.ptr, rows, heads, head_dim, seq, start, dinv.ptr, nullptr));
-        std::vector<double> ref(x.size());
-        const int half = head_dim / 2;
-        for (int r = 0; r < rows; r++)
-            for (int h = 0; h < heads; h++)
-                for (int j = 0; j < half; j++) {
-                    // The documented angle: an F32 product, then exact trigonometry.
-                    double angle = static_cast<float>(start + r % seq) * inv[j];
-                    size_t base = size_t(r) * width + size_t(h) * head_dim;
-                    double a = x[base + j], b = x[base + j + half];
-                    ref[base + j] = a * std::cos(angle) - b * std::sin(angle);
-                    ref[base + j + half] = b * std::cos(angle) + a * std::sin(angle);
-                }
-        record("rope (startPos 1500)", rel_l2(dx.to_host<float>(x.size()), ref), 1e-6);
-    });
+    const int batch = 2, seq = 37, heads = 8, start = 1500;
+    const int rows = batch * seq;
+    // head_dim 64: the paired 16-bit kernel; 6: the scalar one.
+    for (int head_dim : {64, 6})
+    for (int dtype : {QT_F32, QT_F16, QT_BF16}) {
+        const int width = heads * head_dim;
+        std::string name = std::string("rope ") + dtype_str(dtype) + " d" + std::to_string(head_dim) + " (startPos 1500)";
+        run(name, [&] {
+            std::vector<float> x = rounded(randn(size_t(rows) * width), dtype), inv(head_dim / 2);
+            for (int j = 0; j < head_dim / 2; j++) inv[j] = static_cast<float>(1.0 / std::pow(500000.0, 2.0 * j / head_dim));
+            Device dx = upload_as(x, dtype), dinv = Device::from(inv);
+            CHECK(qt_rope(dx.ptr, dtype, rows, heads, head_dim, seq, start, dinv.ptr, nullptr));
+            std::vector<double> ref(x.size());
+            const int half = head_dim / 2;
+            for (int r = 0; r < rows; r++)
+                for (int h = 0; h < heads; h++)
+                    for (int j = 0; j < half; j++) {
+                        // The documented angle: an F32 product, then exact trigonometry.
+                        double angle = static_cast<float>(start + r % seq) * inv[j];
+                        size_t base = size_t(r) * width + size_t(h) * head_dim;
+                        double a = x[base + j], b = x[base + j + half];
+                        ref[base + j] = a * std::cos(angle) - b * std::sin(angle);
+                        ref[base + j + half] = b * std::cos(angle) + a * std::sin(angle);
+                    }
+            record(name, rel_l2(download_as(dx, x.size(), dtype), ref),
+                   dtype == QT_F32 ? 1e-6 : dtype == QT_F16 ? 6e-4 : 5e-3);
+        });
+    }
 }
 
 // Prefill of seq_len positions, then a decode step at start_pos seq_len; caches start as NaN bytes, so a
 // read of a position that was never written shows.
-void test_attention(int batch, int heads, int kv_heads, int head_dim, int seq_len, bool decode_scratch = true) {
+// dtype F16/BF16: inputs rounded to 16 bits (the reference sees the rounded values), 16-bit caches and output.
+void test_attention(int batch, int heads, int kv_heads, int head_dim, int seq_len, bool decode_scratch = true,
+                    int dtype = QT_F32) {
     char name[128];
-    snprintf(name, sizeof name, "attention b%d h%d kv%d d%d s%d", batch, heads, kv_heads, head_dim, seq_len);
+    snprintf(name, sizeof name, "attention %s b%d h%d kv%d d%d s%d", dtype_str(dtype), batch, heads, kv_heads, head_dim,
+             seq_len);
     const int max_seq = seq_len + 9;
     const int q_width = heads * head_dim, kv_width = kv_heads * head_dim;
+    // F16: P and the output are rounded to 11 significant bits; BF16: 8.
+    const double limit = dtype == QT_F32 ? 1e-5 : dtype == QT_F16 ? 2e-3 : 1.5e-2;
     run(name, [&] {
-        Device k_cache(size_t(batch) * max_seq * kv_width * 4), v_cache(k_cache.bytes);
+        Device k_cache(size_t(batch) * max_seq * kv_width * dtype_size(dtype)), v_cache(k_cache.bytes);
         k_cache.poison();
         v_cache.poison();
         AttentionReference ref(batch, max_seq, heads, kv_heads, head_dim);
@@ -344,44 +396,54 @@ void test_attention(int batch, int heads, int kv_heads, int head_dim, int seq_le
                                v = randn(size_t(rows) * kv_width);
             // Larger keys sharpen the softmax, so a wrong scale or mask shows in the error.
             for (auto& x : k) x *= 2.0f;
-            Device dq = Device::from(q), dk = Device::from(k), dv = Device::from(v), out(size_t(rows) * q_width * 4);
+            q = rounded(q, dtype);
+            k = rounded(k, dtype);
+            v = rounded(v, dtype);
+            Device dq = upload_as(q, dtype), dk = upload_as(k, dtype), dv = upload_as(v, dtype),
+                   out(size_t(rows) * q_width * dtype_size(dtype));
             out.poison();
             size_t scratch_bytes = 0;
-            CHECK(qt_attention_scratch_bytes(batch, step.seq, step.start, heads, kv_heads, head_dim, &scratch_bytes));
+            CHECK(qt_attention_scratch_bytes(dtype, batch, step.seq, step.start, heads, kv_heads, head_dim, &scratch_bytes));
             if (!step.scratch) scratch_bytes = 0;
             Device scratch(scratch_bytes);
-            CHECK(qt_attention(out.ptr, dq.ptr, dk.ptr, dv.ptr, k_cache.ptr, v_cache.ptr, batch, step.seq, step.start,
-                               max_seq, heads, kv_heads, head_dim, scratch.ptr, scratch_bytes, nullptr));
+            CHECK(qt_attention(out.ptr, dq.ptr, dk.ptr, dv.ptr, k_cache.ptr, v_cache.ptr, dtype, batch, step.seq,
+                               step.start, max_seq, heads, kv_heads, head_dim, scratch.ptr, scratch_bytes, nullptr));
             std::vector<double> want = ref.step(q, k, v, step.seq, step.start);
             char label[192];
             snprintf(label, sizeof label, "%s %s s%d@%d", name, step.start == 0 ? "prefill" : "step", step.seq, step.start);
             char note[64];
             snprintf(note, sizeof note, "%s", scratch_bytes ? "keys split" : "");
-            record(label, rel_l2(out.to_host<float>(want.size()), want), 1e-5, note);
+            record(label, rel_l2(download_as(out, want.size(), dtype), want), limit, note);
         }
     });
 }
 
 void test_silu_add() {
-    const size_t n = 3 * 8192 + 3;  // a tail that misses the float4 path
+    const size_t n = 3 * 8192 + 3;  // a tail that misses the vector path
     std::vector<float> g = randn(n, 3.0f), u = randn(n);
-    run("silu_mul", [&] {
-        Device dg = Device::from(g), du = Device::from(u), out(n * 4);
-        out.poison();
-        CHECK(qt_silu_mul(out.ptr, dg.ptr, du.ptr, n, nullptr));
-        std::vector<double> ref(n);
-        for (size_t i = 0; i < n; i++) ref[i] = g[i] / (1.0 + std::exp(-double(g[i]))) * u[i];
-        record("silu_mul", rel_l2(out.to_host<float>(n), ref), 1e-6);
-    });
-    run("silu_mul in place (float4)", [&] {
-        const size_t m = 8192;
-        std::vector<float> gm(g.begin(), g.begin() + m), um(u.begin(), u.begin() + m);
-        Device dg = Device::from(gm), du = Device::from(um);
-        CHECK(qt_silu_mul(dg.ptr, dg.ptr, du.ptr, m, nullptr));
-        std::vector<double> ref(m);
-        for (size_t i = 0; i < m; i++) ref[i] = gm[i] / (1.0 + std::exp(-double(gm[i]))) * um[i];
-        record("silu_mul in place (float4)", rel_l2(dg.to_host<float>(m), ref), 1e-6);
-    });
+    for (int dtype : {QT_F32, QT_F16, QT_BF16}) {
+        const double limit = dtype == QT_F32 ? 1e-6 : dtype == QT_F16 ? 6e-4 : 5e-3;
+        std::string name = std::string("silu_mul ") + dtype_str(dtype);
+        run(name, [&] {
+            std::vector<float> gr = rounded(g, dtype), ur = rounded(u, dtype);
+            Device dg = upload_as(gr, dtype), du = upload_as(ur, dtype), out(n * dtype_size(dtype));
+            out.poison();
+            CHECK(qt_silu_mul(out.ptr, dg.ptr, du.ptr, dtype, n, nullptr));
+            std::vector<double> ref(n);
+            for (size_t i = 0; i < n; i++) ref[i] = gr[i] / (1.0 + std::exp(-double(gr[i]))) * ur[i];
+            record(name, rel_l2(download_as(out, n, dtype), ref), limit);
+        });
+        run(name + " in place (vector)", [&] {
+            const size_t m = 8192;
+            std::vector<float> gm = rounded(std::vector<float>(g.begin(), g.begin() + m), dtype),
+                               um = rounded(std::vector<float>(u.begin(), u.begin() + m), dtype);
+            Device dg = upload_as(gm, dtype), du = upload_as(um, dtype);
+            CHECK(qt_silu_mul(dg.ptr, dg.ptr, du.ptr, dtype, m, nullptr));
+            std::vector<double> ref(m);
+            for (size_t i = 0; i < m; i++) ref[i] = gm[i] / (1.0 + std::exp(-double(gm[i]))) * um[i];
+            record(name + " in place (vector)", rel_l2(download_as(dg, m, dtype), ref), limit);
+        });
+    }
     run("add", [&] {
         Device dx = Device::from(g), dy = Device::from(u);
         CHECK(qt_add(dx.ptr, dy.ptr, n, nullptr));
@@ -391,44 +453,37 @@ void test_silu_add() {
     });
 }
 
-void test_linear(int weight_dtype, int rows, int in, int out_f, bool bias, double limit) {
-    const char* dn = weight_dtype == QT_F32 ? "F32" : weight_dtype == QT_F16 ? "F16" : "BF16";
-    char name[128];
-    snprintf(name, sizeof name, "linear %s %dx%d->%d%s", dn, rows, in, out_f, bias ? " +bias" : "");
+// x_dtype: F32 (rounded to the weight's type inside qt_linear) or the weight's type; out_dtype F32 or the weight's
+// type; accumulate: out starts as random values that the product adds to.
+void test_linear(int weight_dtype, int rows, int in, int out_f, bool bias, double limit, int x_dtype = QT_F32,
+                 int out_dtype = QT_F32, bool accumulate = false) {
+    char name[160];
+    snprintf(name, sizeof name, "linear %s %dx%d->%d%s x %s out %s%s", dtype_str(weight_dtype), rows, in, out_f,
+             bias ? " +bias" : "", dtype_str(x_dtype), dtype_str(out_dtype), accumulate ? " accumulate" : "");
     run(name, [&] {
-        std::vector<float> x = randn(size_t(rows) * in), w = randn(size_t(out_f) * in, 0.05f), b = randn(out_f);
-        std::vector<float> wv(w.size()), bv(b.size());  // the weight and bias values the GPU holds
-        std::vector<uint16_t> wh, bh;
-        if (weight_dtype == QT_F32) {
-            wv = w;
-            bv = b;
-        } else {
-            wh = weight_dtype == QT_F16 ? to_f16(w) : to_bf16(w);
-            bh = weight_dtype == QT_F16 ? to_f16(b) : to_bf16(b);
-            for (size_t i = 0; i < w.size(); i++) wv[i] = weight_dtype == QT_F16 ? f16_value(wh[i]) : bf16_value(wh[i]);
-            for (size_t i = 0; i < b.size(); i++) bv[i] = weight_dtype == QT_F16 ? f16_value(bh[i]) : bf16_value(bh[i]);
-        }
-        Device dx = Device::from(x);
-        Device dw = weight_dtype == QT_F32 ? Device::from(w) : Device::from(wh);
-        Device db = weight_dtype == QT_F32 ? Device::from(b) : Device::from(bh);
-        Device dout(size_t(rows) * out_f * 4);
-        dout.poison();
+        std::vector<float> x = rounded(randn(size_t(rows) * in), x_dtype), w = randn(size_t(out_f) * in, 0.05f),
+                           b = randn(out_f);
+        std::vector<float> wv = rounded(w, weight_dtype), bv = rounded(b, weight_dtype);  // the values the GPU holds
+        std::vector<float> start = rounded(randn(size_t(rows) * out_f), out_dtype);
+        Device dx = upload_as(x, x_dtype), dw = upload_as(w, weight_dtype), db = upload_as(b, weight_dtype);
+        Device dout = accumulate ? upload_as(start, out_dtype) : Device(size_t(rows) * out_f * dtype_size(out_dtype));
+        if (!accumulate) dout.poison();
         size_t scratch_bytes = 0;
-        CHECK(qt_linear_scratch_bytes(rows, in, weight_dtype, &scratch_bytes));
+        CHECK(qt_linear_scratch_bytes(rows, in, x_dtype, weight_dtype, &scratch_bytes));
         Device scratch(scratch_bytes);
-        CHECK(qt_linear(dout.ptr, dx.ptr, dw.ptr, weight_dtype, bias ? db.ptr : nullptr, weight_dtype, rows, in, out_f,
-                        scratch.ptr, scratch_bytes, nullptr));
-        // Reference: the unrounded F32 activations times the weight values held on the GPU.
+        CHECK(qt_linear(dout.ptr, out_dtype, dx.ptr, x_dtype, dw.ptr, weight_dtype, bias ? db.ptr : nullptr,
+                        weight_dtype, rows, in, out_f, accumulate ? 1 : 0, scratch.ptr, scratch_bytes, nullptr));
+        // Reference: the unrounded activations times the weight values held on the GPU.
         std::vector<double> ref(size_t(rows) * out_f);
         for (int r = 0; r < rows; r++)
             for (int o = 0; o < out_f; o++) {
-                double acc = bias ? bv[o] : 0.0;
+                double acc = (bias ? bv[o] : 0.0) + (accumulate ? start[size_t(r) * out_f + o] : 0.0);
                 const float* xr = &x[size_t(r) * in];
                 const float* wr = &wv[size_t(o) * in];
                 for (int i = 0; i < in; i++) acc += double(xr[i]) * wr[i];
                 ref[size_t(r) * out_f + o] = acc;
             }
-        record(name, rel_l2(dout.to_host<float>(ref.size()), ref), limit);
+        record(name, rel_l2(download_as(dout, ref.size(), out_dtype), ref), limit);
     });
 }
 
@@ -519,17 +574,22 @@ void test_errors() {
         std::string notes;
         Device buffer(1024);
         // head_dim not a multiple of 4; head_dim above 256; heads not a multiple of kv_heads; unaligned.
-        int s1 = qt_attention(buffer.ptr, buffer.ptr, buffer.ptr, buffer.ptr, buffer.ptr, buffer.ptr, 1, 1, 0, 4, 2, 1, 6,
-                              nullptr, 0, nullptr);
+        void* b = buffer.ptr;
+        int s1 = qt_attention(b, b, b, b, b, b, QT_F32, 1, 1, 0, 4, 2, 1, 6, nullptr, 0, nullptr);
         wrong += s1 != QT_ERR_INVALID_ARGUMENT || strstr(qt_last_error(), "head_dim") == nullptr;
-        int s2 = qt_attention(buffer.ptr, buffer.ptr, buffer.ptr, buffer.ptr, buffer.ptr, buffer.ptr, 1, 1, 0, 4, 2, 1,
-                              512, nullptr, 0, nullptr);
+        int s2 = qt_attention(b, b, b, b, b, b, QT_F32, 1, 1, 0, 4, 2, 1, 512, nullptr, 0, nullptr);
         wrong += s2 != QT_ERR_UNSUPPORTED;
-        int s3 = qt_attention(buffer.ptr, buffer.ptr, buffer.ptr, buffer.ptr, buffer.ptr, buffer.ptr, 1, 1, 0, 4, 3, 2, 8,
-                              nullptr, 0, nullptr);
+        int s3 = qt_attention(b, b, b, b, b, b, QT_F32, 1, 1, 0, 4, 3, 2, 8, nullptr, 0, nullptr);
         wrong += s3 != QT_ERR_INVALID_ARGUMENT;
-        int s4 = qt_linear(buffer.ptr, buffer.ptr, buffer.ptr, QT_F16, nullptr, 0, 4, 8, 8, nullptr, 0, nullptr);
+        int s4 = qt_linear(b, QT_F32, b, QT_F32, b, QT_F16, nullptr, 0, 4, 8, 8, 0, nullptr, 0, nullptr);
         wrong += s4 != QT_ERR_INVALID_ARGUMENT || strstr(qt_last_error(), "scratch") == nullptr;
+        // 16-bit attention: head_dim 12 (not a multiple of 8), 256 (above 128); BF16 x with F16 weights.
+        int s6 = qt_attention(b, b, b, b, b, b, QT_F16, 1, 1, 0, 4, 2, 1, 12, nullptr, 0, nullptr);
+        wrong += s6 != QT_ERR_INVALID_ARGUMENT;
+        int s7 = qt_attention(b, b, b, b, b, b, QT_BF16, 1, 1, 0, 4, 2, 1, 256, nullptr, 0, nullptr);
+        wrong += s7 != QT_ERR_UNSUPPORTED;
+        int s8 = qt_linear(b, QT_F32, b, QT_BF16, b, QT_F16, nullptr, 0, 4, 8, 8, 0, nullptr, 0, nullptr);
+        wrong += s8 != QT_ERR_INVALID_ARGUMENT;
         void* huge = nullptr;
         int s5 = qt_malloc(&huge, size_t(1) << 50);
         wrong += s5 != QT_ERR_OUT_OF_MEMORY;
@@ -569,66 +629,201 @@ double time_ms(const std::function<void()>& fn, int iters = 20) {
     return median(times);
 }
 
-void bench() {
-    printf("\nTimings (median of 20 CUDA-event-timed runs after warm-up; random inputs)\n");
-    try {
-        float gbps = 0;
-        CHECK(qt_bench_copy(size_t(1) << 30, 20, &gbps));
-        printf("  %-58s %10.1f GB/s (read + write)\n", "device copy, 1 GiB", gbps);
+std::string bench_only;  // --bench NAME: only the timing sections whose name contains NAME
 
-        struct Shape { int batch, seq, heads, kv_heads, head_dim; };
+// Random normal values for timings of large tensors: a 1 Mi block of fresh draws, repeated (drawing hundreds of
+// millions costs seconds of host time; repeated random data still times like random data, unlike zeros).
+std::vector<float> randn_tiled(size_t n, float scale = 1.0f) {
+    std::vector<float> block = randn(std::min<size_t>(n, size_t(1) << 20), scale), v(n);
+    for (size_t i = 0; i < n; i++) v[i] = block[i % block.size()];
+    return v;
+}
+
+bool bench_section(const char* name) { return bench_only.empty() || std::string(name).find(bench_only) != std::string::npos; }
+
+void bench_attention() {
+    struct Shape { int batch, seq, heads, kv_heads, head_dim; };
+    for (int dtype : {QT_F32, QT_F16}) {
         for (Shape sh : {Shape{1, 2048, 32, 32, 128}, Shape{1, 2048, 32, 8, 128}, Shape{4, 512, 32, 8, 128},
-                         Shape{1, 2048, 9, 3, 64}}) {
+                         Shape{1, 2048, 9, 3, 64}, Shape{16, 2048, 32, 32, 128}}) {
+            if (dtype == QT_F32 && sh.batch == 16) continue;
             const int max_seq = sh.seq + 1;
+            const size_t es = dtype_size(dtype);
             const size_t q_elems = size_t(sh.batch) * sh.seq * sh.heads * sh.head_dim;
             const size_t kv_elems = size_t(sh.batch) * sh.seq * sh.kv_heads * sh.head_dim;
-            Device q = Device::from(randn(q_elems)), k = Device::from(randn(kv_elems)), v = Device::from(randn(kv_elems));
-            Device out(q_elems * 4), kc(size_t(sh.batch) * max_seq * sh.kv_heads * sh.head_dim * 4), vc(kc.bytes);
+            Device q = upload_as(randn_tiled(q_elems), dtype), k = upload_as(randn_tiled(kv_elems), dtype),
+                   v = upload_as(randn_tiled(kv_elems), dtype);
+            Device out(q_elems * es), kc(size_t(sh.batch) * max_seq * sh.kv_heads * sh.head_dim * es), vc(kc.bytes);
             double ms = time_ms([&] {
-                CHECK(qt_attention(out.ptr, q.ptr, k.ptr, v.ptr, kc.ptr, vc.ptr, sh.batch, sh.seq, 0, max_seq, sh.heads,
-                                   sh.kv_heads, sh.head_dim, nullptr, 0, nullptr));
+                CHECK(qt_attention(out.ptr, q.ptr, k.ptr, v.ptr, kc.ptr, vc.ptr, dtype, sh.batch, sh.seq, 0, max_seq,
+                                   sh.heads, sh.kv_heads, sh.head_dim, nullptr, 0, nullptr));
             });
             // Causal: query s sees s + 1 keys; QK^T and PV are 2 flops per multiply-add each.
             double flops = 4.0 * sh.batch * sh.heads * sh.head_dim * (double(sh.seq) * (sh.seq + 1) / 2);
             char label[128];
-            snprintf(label, sizeof label, "attention prefill b%d s%d h%d kv%d d%d", sh.batch, sh.seq, sh.heads,
-                     sh.kv_heads, sh.head_dim);
+            snprintf(label, sizeof label, "attention %s prefill b%d s%d h%d kv%d d%d", dtype_str(dtype), sh.batch, sh.seq,
+                     sh.heads, sh.kv_heads, sh.head_dim);
             printf("  %-58s %10.3f ms  %6.1f TFLOP/s\n", label, ms, flops / (ms * 1e-3) / 1e12);
 
             // One decode step after the prefill (positions 0..seq-1 hold keys): memory-bound, so GB/s of cache read.
-            Device q1 = Device::from(randn(size_t(sh.batch) * sh.heads * sh.head_dim));
-            Device k1 = Device::from(randn(size_t(sh.batch) * sh.kv_heads * sh.head_dim)), v1 = Device::from(randn(size_t(sh.batch) * sh.kv_heads * sh.head_dim));
+            Device q1 = upload_as(randn(size_t(sh.batch) * sh.heads * sh.head_dim), dtype);
+            Device k1 = upload_as(randn(size_t(sh.batch) * sh.kv_heads * sh.head_dim), dtype),
+                   v1 = upload_as(randn(size_t(sh.batch) * sh.kv_heads * sh.head_dim), dtype);
             size_t scratch_bytes = 0;
-            CHECK(qt_attention_scratch_bytes(sh.batch, 1, sh.seq, sh.heads, sh.kv_heads, sh.head_dim, &scratch_bytes));
-            Device scratch(scratch_bytes), out1(size_t(sh.batch) * sh.heads * sh.head_dim * 4);
+            CHECK(qt_attention_scratch_bytes(dtype, sh.batch, 1, sh.seq, sh.heads, sh.kv_heads, sh.head_dim, &scratch_bytes));
+            Device scratch(scratch_bytes), out1(size_t(sh.batch) * sh.heads * sh.head_dim * es);
             double ms1 = time_ms([&] {
-                CHECK(qt_attention(out1.ptr, q1.ptr, k1.ptr, v1.ptr, kc.ptr, vc.ptr, sh.batch, 1, sh.seq, max_seq, sh.heads,
-                                   sh.kv_heads, sh.head_dim, scratch.ptr, scratch_bytes, nullptr));
+                CHECK(qt_attention(out1.ptr, q1.ptr, k1.ptr, v1.ptr, kc.ptr, vc.ptr, dtype, sh.batch, 1, sh.seq, max_seq,
+                                   sh.heads, sh.kv_heads, sh.head_dim, scratch.ptr, scratch_bytes, nullptr));
             });
-            double bytes = 2.0 * 4 * sh.batch * double(sh.seq + 1) * sh.kv_heads * sh.head_dim;
-            snprintf(label, sizeof label, "attention decode  b%d at %d h%d kv%d d%d", sh.batch, sh.seq, sh.heads,
-                     sh.kv_heads, sh.head_dim);
+            double bytes = 2.0 * es * sh.batch * double(sh.seq + 1) * sh.kv_heads * sh.head_dim;
+            snprintf(label, sizeof label, "attention %s decode  b%d at %d h%d kv%d d%d", dtype_str(dtype), sh.batch,
+                     sh.seq, sh.heads, sh.kv_heads, sh.head_dim);
             printf("  %-58s %10.3f ms  %6.1f GB/s of cache\n", label, ms1, bytes / (ms1 * 1e-3) / 1e9);
         }
+    }
+}
 
-        for (int dtype : {QT_BF16, QT_F32}) {
-            const int rows = 2048, in = 4096, out_f = 4096;
-            Device x = Device::from(randn(size_t(rows) * in));
-            std::vector<float> w = randn(size_t(out_f) * in, 0.02f);
-            Device dw = dtype == QT_F32 ? Device::from(w) : Device::from(to_bf16(w));
-            Device out(size_t(rows) * out_f * 4);
-            size_t scratch_bytes = 0;
-            CHECK(qt_linear_scratch_bytes(rows, in, dtype, &scratch_bytes));
-            Device scratch(scratch_bytes);
+void bench_linear() {
+    // The old reference points: F32 x through the activation cast, and SGEMM.
+    for (int dtype : {QT_BF16, QT_F32}) {
+        const int rows = 2048, in = 4096, out_f = 4096;
+        Device x = Device::from(randn(size_t(rows) * in));
+        Device dw = upload_as(randn(size_t(out_f) * in, 0.02f), dtype);
+        Device out(size_t(rows) * out_f * 4);
+        size_t scratch_bytes = 0;
+        CHECK(qt_linear_scratch_bytes(rows, in, QT_F32, dtype, &scratch_bytes));
+        Device scratch(scratch_bytes);
+        double ms = time_ms([&] {
+            CHECK(qt_linear(out.ptr, QT_F32, x.ptr, QT_F32, dw.ptr, dtype, nullptr, 0, rows, in, out_f, 0, scratch.ptr,
+                            scratch_bytes, nullptr));
+        });
+        char label[128];
+        snprintf(label, sizeof label, "linear %s %dx%d->%d (x F32, incl. cast)", dtype_str(dtype), rows, in, out_f);
+        printf("  %-58s %10.3f ms  %6.1f TFLOP/s\n", label, ms, 2.0 * rows * in * out_f / (ms * 1e-3) / 1e12);
+    }
+    // Llama-2-7B's products with F16 activations: separate and fused q/k/v and gate/up, the accumulating o/down.
+    struct Gemm { int in, out_f, out_dtype; bool accumulate; const char* what; };
+    for (int rows : {2048, 32768}) {
+        for (Gemm g : {Gemm{4096, 4096, QT_F16, false, "q (or k, v)"}, Gemm{4096, 12288, QT_F16, false, "q+k+v fused"},
+                       Gemm{4096, 4096, QT_F32, true, "o, += F32"}, Gemm{4096, 11008, QT_F16, false, "gate (or up)"},
+                       Gemm{4096, 22016, QT_F16, false, "gate+up fused"}, Gemm{11008, 4096, QT_F32, true, "down, += F32"},
+                       Gemm{4096, 32000, QT_F32, false, "lm_head"}}) {
+            Device x = upload_as(randn_tiled(size_t(rows) * g.in), QT_F16), w = upload_as(randn_tiled(size_t(g.out_f) * g.in, 0.02f), QT_F16);
+            Device out = g.accumulate ? Device::from(randn_tiled(size_t(rows) * g.out_f)) : Device(size_t(rows) * g.out_f * dtype_size(g.out_dtype));
             double ms = time_ms([&] {
-                CHECK(qt_linear(out.ptr, x.ptr, dw.ptr, dtype, nullptr, 0, rows, in, out_f, scratch.ptr, scratch_bytes,
-                                nullptr));
-            });
+                CHECK(qt_linear(out.ptr, g.out_dtype, x.ptr, QT_F16, w.ptr, QT_F16, nullptr, 0, rows, g.in, g.out_f,
+                                g.accumulate, nullptr, 0, nullptr));
+            }, 10);
             char label[128];
-            snprintf(label, sizeof label, "linear %s %dx%d->%d (incl. activation cast)", dtype == QT_F32 ? "F32" : "BF16",
-                     rows, in, out_f);
-            printf("  %-58s %10.3f ms  %6.1f TFLOP/s\n", label, ms, 2.0 * rows * in * out_f / (ms * 1e-3) / 1e12);
+            snprintf(label, sizeof label, "linear F16 %dx%d->%d %s", rows, g.in, g.out_f, g.what);
+            printf("  %-58s %10.3f ms  %6.1f TFLOP/s\n", label, ms, 2.0 * rows * g.in * g.out_f / (ms * 1e-3) / 1e12);
         }
+    }
+}
+
+// One Llama-2-7B decoder layer on the fp16 path as qtool.model.Forward runs it (F16 activations, F32 residual),
+// each op timed with events; then the whole forward estimated as 32 layers + the final norm, lm_head and cross
+// entropy in 512-row chunks.
+void bench_layer() {
+    const int hidden = 4096, heads = 32, head_dim = 128, inter = 11008, vocab = 32000, layers = 32;
+    for (int batch : {1, 16}) {
+        const int seq = 2048, rows = batch * seq;
+        const float eps = 1e-5f;
+        Device x = Device::from(randn_tiled(size_t(rows) * hidden)), normed(size_t(rows) * hidden * 2);
+        Device q(size_t(rows) * hidden * 2), k(q.bytes), v(q.bytes), attn(q.bytes), gate(size_t(rows) * inter * 2), up(gate.bytes);
+        Device kc(size_t(batch) * seq * hidden * 2), vc(kc.bytes);
+        Device norm_w = Device::from(uniform(hidden, 0.5f, 1.5f));
+        Device wq = upload_as(randn_tiled(size_t(hidden) * hidden, 0.02f), QT_F16), wk = upload_as(randn_tiled(size_t(hidden) * hidden, 0.02f), QT_F16),
+               wv = upload_as(randn_tiled(size_t(hidden) * hidden, 0.02f), QT_F16), wo = upload_as(randn_tiled(size_t(hidden) * hidden, 0.01f), QT_F16),
+               wg = upload_as(randn_tiled(size_t(inter) * hidden, 0.02f), QT_F16), wu = upload_as(randn_tiled(size_t(inter) * hidden, 0.02f), QT_F16),
+               wd = upload_as(randn_tiled(size_t(hidden) * inter, 0.01f), QT_F16);
+        std::vector<float> inv(head_dim / 2);
+        for (int j = 0; j < head_dim / 2; j++) inv[j] = static_cast<float>(1.0 / std::pow(10000.0, 2.0 * j / head_dim));
+        Device dinv = Device::from(inv);
+        auto lin = [&](Device& out, int out_dtype, Device& in, Device& w, int in_f, int out_f, bool acc) {
+            CHECK(qt_linear(out.ptr, out_dtype, in.ptr, QT_F16, w.ptr, QT_F16, nullptr, 0, rows, in_f, out_f, acc ? 1 : 0,
+                            nullptr, 0, nullptr));
+        };
+        std::vector<std::pair<const char*, std::function<void()>>> ops = {
+            {"rmsnorm -> F16", [&] { CHECK(qt_rmsnorm(normed.ptr, QT_F16, x.ptr, norm_w.ptr, QT_F32, rows, hidden, eps, nullptr)); }},
+            {"q_proj", [&] { lin(q, QT_F16, normed, wq, hidden, hidden, false); }},
+            {"k_proj", [&] { lin(k, QT_F16, normed, wk, hidden, hidden, false); }},
+            {"v_proj", [&] { lin(v, QT_F16, normed, wv, hidden, hidden, false); }},
+            {"rope q", [&] { CHECK(qt_rope(q.ptr, QT_F16, rows, heads, head_dim, seq, 0, dinv.ptr, nullptr)); }},
+            {"rope k", [&] { CHECK(qt_rope(k.ptr, QT_F16, rows, heads, head_dim, seq, 0, dinv.ptr, nullptr)); }},
+            {"attention (incl. cache store)", [&] {
+                CHECK(qt_attention(attn.ptr, q.ptr, k.ptr, v.ptr, kc.ptr, vc.ptr, QT_F16, batch, seq, 0, seq, heads, heads,
+                                   head_dim, nullptr, 0, nullptr));
+            }},
+            {"o_proj += residual", [&] { lin(x, QT_F32, attn, wo, hidden, hidden, true); }},
+            {"rmsnorm -> F16 ", [&] { CHECK(qt_rmsnorm(normed.ptr, QT_F16, x.ptr, norm_w.ptr, QT_F32, rows, hidden, eps, nullptr)); }},
+            {"gate_proj", [&] { lin(gate, QT_F16, normed, wg, hidden, inter, false); }},
+            {"up_proj", [&] { lin(up, QT_F16, normed, wu, hidden, inter, false); }},
+            {"silu_mul", [&] { CHECK(qt_silu_mul(gate.ptr, gate.ptr, up.ptr, QT_F16, size_t(rows) * inter, nullptr)); }},
+            {"down_proj += residual", [&] { lin(x, QT_F32, gate, wd, inter, hidden, true); }},
+        };
+        const int iters = batch == 1 ? 20 : 5;
+        std::vector<void*> events(ops.size() + 1);
+        for (auto& e : events) CHECK(qt_event_create(&e));
+        std::vector<std::vector<float>> times(ops.size());
+        for (int it = 0; it < iters + 2; it++) {
+            CHECK(qt_event_record(events[0], nullptr));
+            for (size_t o = 0; o < ops.size(); o++) {
+                ops[o].second();
+                CHECK(qt_event_record(events[o + 1], nullptr));
+            }
+            CHECK(qt_event_synchronize(events.back()));
+            if (it < 2) continue;  // warm-up
+            for (size_t o = 0; o < ops.size(); o++) {
+                float ms = 0;
+                CHECK(qt_event_elapsed_ms(events[o], events[o + 1], &ms));
+                times[o].push_back(ms);
+            }
+        }
+        for (auto& e : events) qt_event_destroy(e);
+        printf("\n  Llama-2-7B layer, fp16 path, %dx%d tokens (median of %d):\n", batch, seq, iters);
+        double layer = 0, gemm = 0, attention = 0;
+        for (size_t o = 0; o < ops.size(); o++) {
+            double ms = median(times[o]);
+            layer += ms;
+            std::string n = ops[o].first;
+            if (n.find("proj") != std::string::npos) gemm += ms;
+            if (n.find("attention") != std::string::npos) attention += ms;
+            printf("    %-40s %9.3f ms\n", ops[o].first, ms);
+        }
+        // Final norm + lm_head + cross entropy, as Forward.nll runs them: 512-row chunks.
+        const int chunk = 512;
+        Device logits(size_t(chunk) * vocab * 4), nll(chunk * 4), lm = upload_as(randn_tiled(size_t(vocab) * hidden, 0.02f), QT_F16);
+        std::vector<int> tg(chunk);
+        for (int i = 0; i < chunk; i++) tg[i] = (i * 7919) % vocab;
+        Device targets = Device::from(tg);
+        double head_ms = time_ms([&] {
+            CHECK(qt_rmsnorm(normed.ptr, QT_F16, x.ptr, norm_w.ptr, QT_F32, chunk, hidden, eps, nullptr));
+            CHECK(qt_linear(logits.ptr, QT_F32, normed.ptr, QT_F16, lm.ptr, QT_F16, nullptr, 0, chunk, hidden, vocab, 0,
+                            nullptr, 0, nullptr));
+            CHECK(qt_cross_entropy(nll.ptr, logits.ptr, targets.ptr, chunk, vocab, nullptr));
+        }, 10) * (rows / chunk);
+        const double total = layers * layer + head_ms;
+        printf("    %-40s %9.3f ms  (GEMM %.3f, attention %.3f, other %.3f)\n", "layer total", layer, gemm, attention,
+               layer - gemm - attention);
+        printf("    %-40s %9.3f ms\n", "final norm + lm_head + CE (all rows)", head_ms);
+        printf("    %-40s %9.1f ms  = %.0f tok/s  (GEMM %.1f ms, attention %.1f ms)\n", "estimated forward (32 layers)",
+               total, rows / (total * 1e-3), layers * gemm, layers * attention);
+    }
+}
+
+void bench() {
+    printf("\nTimings (median of CUDA-event-timed runs after warm-up; random inputs)\n");
+    try {
+        if (bench_section("copy")) {
+            float gbps = 0;
+            CHECK(qt_bench_copy(size_t(1) << 30, 20, &gbps));
+            printf("  %-58s %10.1f GB/s (read + write)\n", "device copy, 1 GiB", gbps);
+        }
+        if (bench_section("attention")) bench_attention();
+        if (bench_section("linear")) bench_linear();
+        if (bench_section("layer")) bench_layer();
     } catch (const std::exception& e) {
         printf("  benchmark failed: %s\n", e.what());
         failures++;
@@ -640,14 +835,17 @@ void bench() {
 int main(int argc, char** argv) {
     uint64_t seed = std::random_device{}();
     const char* lib_dirs = getenv("QTOOL_CUDA_LIB_DIR");
-    bool benchmarks = true;
+    bool benchmarks = true, tests = true;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--seed") && i + 1 < argc) seed = strtoull(argv[++i], nullptr, 10);
         else if (!strcmp(argv[i], "--cuda-lib-dir") && i + 1 < argc) lib_dirs = argv[++i];
         else if (!strcmp(argv[i], "--no-bench")) benchmarks = false;
         else if (!strcmp(argv[i], "--filter") && i + 1 < argc) only = argv[++i];
+        else if (!strcmp(argv[i], "--bench") && i + 1 < argc) bench_only = argv[++i];
+        else if (!strcmp(argv[i], "--bench-only")) tests = false;
         else {
-            fprintf(stderr, "usage: %s [--seed N] [--cuda-lib-dir DIR[:DIR...]] [--no-bench] [--filter NAME]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--seed N] [--cuda-lib-dir DIR[:DIR...]] [--no-bench] [--filter NAME] [--bench NAME] "
+                            "[--bench-only]\n", argv[0]);
             return 2;
         }
     }
@@ -671,33 +869,54 @@ int main(int argc, char** argv) {
     printf("cuBLAS: %s\ncuSOLVER: %s\nseed: %llu\n\n", qt_loaded_library(QT_LIB_CUBLAS),
            cusolver ? cusolver : "(not loaded)", static_cast<unsigned long long>(seed));
 
-    test_cast();
-    test_embedding();
-    test_rmsnorm();
-    test_rope();
-    test_attention(2, 8, 2, 64, 37);               // the GQA case of the spec
-    test_attention(2, 8, 2, 64, 37, false);        // its decode step without scratch (unsplit fallback)
-    test_attention(1, 4, 4, 128, 70);
-    test_attention(1, 8, 4, 8, 19);                // stories260K's shape (head_dim 8)
-    test_attention(2, 6, 2, 96, 50);
-    test_attention(1, 4, 1, 256, 40);
-    test_attention(1, 9, 3, 64, 150);              // SmolLM2's heads
-    test_attention(1, 32, 8, 128, 600);            // long cache: the decode step splits its keys
-    test_silu_add();
-    test_linear(QT_F32, 37, 1024, 768, true, 1e-5);
-    test_linear(QT_F32, 1, 576, 1536, false, 1e-5);
-    test_linear(QT_F16, 37, 1024, 768, true, 1e-2);
-    test_linear(QT_BF16, 37, 1024, 768, true, 1e-2);
-    test_linear(QT_BF16, 1, 576, 1536, false, 1e-2);
-    test_cross_entropy();
-    test_cholesky(200);
-    test_errors();
+    if (tests) {
+        test_cast();
+        test_embedding();
+        test_rmsnorm();
+        test_rope();
+        test_attention(2, 8, 2, 64, 37);               // the GQA case of the spec
+        test_attention(2, 8, 2, 64, 37, false);        // its decode step without scratch (unsplit fallback)
+        test_attention(1, 4, 4, 128, 70);
+        test_attention(1, 8, 4, 8, 19);                // stories260K's shape (head_dim 8)
+        test_attention(2, 6, 2, 96, 50);
+        test_attention(1, 4, 1, 256, 40);
+        test_attention(1, 9, 3, 64, 150);              // SmolLM2's heads
+        test_attention(1, 32, 8, 128, 600);            // long cache: the decode step splits its keys
+        // The 16-bit tensor-core kernel: the same shapes (head_dim % 8 == 0, <= 128), more row blocks, BF16.
+        for (int dtype : {QT_F16, QT_BF16}) {
+            test_attention(2, 8, 2, 64, 37, true, dtype);
+            test_attention(2, 8, 2, 64, 37, false, dtype);
+            test_attention(1, 4, 4, 128, 70, true, dtype);
+            test_attention(1, 8, 4, 8, 19, true, dtype);
+            test_attention(2, 6, 2, 96, 50, true, dtype);
+            test_attention(1, 9, 3, 64, 150, true, dtype);
+            test_attention(1, 32, 8, 128, 600, true, dtype);
+            test_attention(2, 4, 4, 128, 333, true, dtype);  // MHA, several 64-row blocks, a partial last tile
+            test_attention(3, 2, 1, 32, 130, true, dtype);   // group 2, head_dim 32 (padded to 64)
+        }
+        test_silu_add();
+        test_linear(QT_F32, 37, 1024, 768, true, 1e-5);
+        test_linear(QT_F32, 1, 576, 1536, false, 1e-5);
+        test_linear(QT_F16, 37, 1024, 768, true, 1e-2);
+        test_linear(QT_BF16, 37, 1024, 768, true, 1e-2);
+        test_linear(QT_BF16, 1, 576, 1536, false, 1e-2);
+        test_linear(QT_F32, 37, 1024, 768, true, 1e-5, QT_F32, QT_F32, true);
+        test_linear(QT_F16, 37, 1024, 768, true, 1e-3, QT_F16, QT_F16);
+        test_linear(QT_F16, 37, 1024, 768, false, 1e-5, QT_F16, QT_F32, true);
+        test_linear(QT_F16, 5, 256, 320, true, 1e-2, QT_F32, QT_F16);
+        test_linear(QT_BF16, 37, 1024, 768, true, 1e-2, QT_BF16, QT_BF16, true);
+        test_linear(QT_BF16, 1, 576, 1536, false, 1e-5, QT_BF16, QT_F32, true);
+        test_cross_entropy();
+        test_cholesky(200);
+        test_errors();
 
-    printf("%-58s %12s %10s  %s\n", "check", "error", "limit", "result");
-    for (const Row& row : rows)
-        printf("%-58s %12.3e %10.1e  %s%s%s\n", row.name.c_str(), row.error, row.limit, row.pass() ? "PASS" : "FAIL",
-               row.note.empty() ? "" : "  ", row.note.c_str());
-    printf("%zu checks, %d failed\n", rows.size(), failures);
+        printf("%-58s %12s %10s  %s\n", "check", "error", "limit", "result");
+        for (const Row& row : rows)
+            printf("%-58s %12.3e %10.1e  %s%s%s\n", row.name.c_str(), row.error, row.limit, row.pass() ? "PASS" : "FAIL",
+                   row.note.empty() ? "" : "  ", row.note.c_str());
+        printf("%zu checks, %d failed\n", rows.size(), failures);
+
+    }
 
     if (benchmarks) bench();
     return failures == 0 ? 0 : 1;

@@ -2234,6 +2234,7 @@ public class qtool_h extends qtool_h$shared {
             qtool_h.C_POINTER,
             qtool_h.C_POINTER,
             qtool_h.C_POINTER,
+            qtool_h.C_INT,
             qtool_h.C_LONG,
             qtool_h.C_POINTER
         );
@@ -2246,7 +2247,7 @@ public class qtool_h extends qtool_h$shared {
     /**
      * Function descriptor for:
      * {@snippet lang=c :
-     * int qt_silu_mul(void *out, const void *gate, const void *up, size_t n, void *stream)
+     * int qt_silu_mul(void *out, const void *gate, const void *up, int dtype, size_t n, void *stream)
      * }
      */
     public static FunctionDescriptor qt_silu_mul$descriptor() {
@@ -2256,7 +2257,7 @@ public class qtool_h extends qtool_h$shared {
     /**
      * Downcall method handle for:
      * {@snippet lang=c :
-     * int qt_silu_mul(void *out, const void *gate, const void *up, size_t n, void *stream)
+     * int qt_silu_mul(void *out, const void *gate, const void *up, int dtype, size_t n, void *stream)
      * }
      */
     public static MethodHandle qt_silu_mul$handle() {
@@ -2266,7 +2267,7 @@ public class qtool_h extends qtool_h$shared {
     /**
      * Address for:
      * {@snippet lang=c :
-     * int qt_silu_mul(void *out, const void *gate, const void *up, size_t n, void *stream)
+     * int qt_silu_mul(void *out, const void *gate, const void *up, int dtype, size_t n, void *stream)
      * }
      */
     public static MemorySegment qt_silu_mul$address() {
@@ -2275,16 +2276,16 @@ public class qtool_h extends qtool_h$shared {
 
     /**
      * {@snippet lang=c :
-     * int qt_silu_mul(void *out, const void *gate, const void *up, size_t n, void *stream)
+     * int qt_silu_mul(void *out, const void *gate, const void *up, int dtype, size_t n, void *stream)
      * }
      */
-    public static int qt_silu_mul(MemorySegment out, MemorySegment gate, MemorySegment up, long n, MemorySegment stream) {
+    public static int qt_silu_mul(MemorySegment out, MemorySegment gate, MemorySegment up, int dtype, long n, MemorySegment stream) {
         var mh$ = qt_silu_mul.HANDLE;
         try {
             if (TRACE_DOWNCALLS) {
-                traceDowncall("qt_silu_mul", out, gate, up, n, stream);
+                traceDowncall("qt_silu_mul", out, gate, up, dtype, n, stream);
             }
-            return (int)mh$.invokeExact(out, gate, up, n, stream);
+            return (int)mh$.invokeExact(out, gate, up, dtype, n, stream);
         } catch (Error | RuntimeException ex) {
            throw ex;
         } catch (Throwable ex$) {
@@ -2424,6 +2425,7 @@ public class qtool_h extends qtool_h$shared {
         public static final FunctionDescriptor DESC = FunctionDescriptor.of(
             qtool_h.C_INT,
             qtool_h.C_POINTER,
+            qtool_h.C_INT,
             qtool_h.C_POINTER,
             qtool_h.C_POINTER,
             qtool_h.C_INT,
@@ -2441,7 +2443,7 @@ public class qtool_h extends qtool_h$shared {
     /**
      * Function descriptor for:
      * {@snippet lang=c :
-     * int qt_rmsnorm(void *out, const void *x, const void *weight, int weight_dtype, int rows, int cols, float eps, void *stream)
+     * int qt_rmsnorm(void *out, int out_dtype, const void *x, const void *weight, int weight_dtype, int rows, int cols, float eps, void *stream)
      * }
      */
     public static FunctionDescriptor qt_rmsnorm$descriptor() {
@@ -2451,7 +2453,7 @@ public class qtool_h extends qtool_h$shared {
     /**
      * Downcall method handle for:
      * {@snippet lang=c :
-     * int qt_rmsnorm(void *out, const void *x, const void *weight, int weight_dtype, int rows, int cols, float eps, void *stream)
+     * int qt_rmsnorm(void *out, int out_dtype, const void *x, const void *weight, int weight_dtype, int rows, int cols, float eps, void *stream)
      * }
      */
     public static MethodHandle qt_rmsnorm$handle() {
@@ -2461,7 +2463,7 @@ public class qtool_h extends qtool_h$shared {
     /**
      * Address for:
      * {@snippet lang=c :
-     * int qt_rmsnorm(void *out, const void *x, const void *weight, int weight_dtype, int rows, int cols, float eps, void *stream)
+     * int qt_rmsnorm(void *out, int out_dtype, const void *x, const void *weight, int weight_dtype, int rows, int cols, float eps, void *stream)
      * }
      */
     public static MemorySegment qt_rmsnorm$address() {
@@ -2470,16 +2472,16 @@ public class qtool_h extends qtool_h$shared {
 
     /**
      * {@snippet lang=c :
-     * int qt_rmsnorm(void *out, const void *x, const void *weight, int weight_dtype, int rows, int cols, float eps, void *stream)
+     * int qt_rmsnorm(void *out, int out_dtype, const void *x, const void *weight, int weight_dtype, int rows, int cols, float eps, void *stream)
      * }
      */
-    public static int qt_rmsnorm(MemorySegment out, MemorySegment x, MemorySegment weight, int weight_dtype, int rows, int cols, float eps, MemorySegment stream) {
+    public static int qt_rmsnorm(MemorySegment out, int out_dtype, MemorySegment x, MemorySegment weight, int weight_dtype, int rows, int cols, float eps, MemorySegment stream) {
         var mh$ = qt_rmsnorm.HANDLE;
         try {
             if (TRACE_DOWNCALLS) {
-                traceDowncall("qt_rmsnorm", out, x, weight, weight_dtype, rows, cols, eps, stream);
+                traceDowncall("qt_rmsnorm", out, out_dtype, x, weight, weight_dtype, rows, cols, eps, stream);
             }
-            return (int)mh$.invokeExact(out, x, weight, weight_dtype, rows, cols, eps, stream);
+            return (int)mh$.invokeExact(out, out_dtype, x, weight, weight_dtype, rows, cols, eps, stream);
         } catch (Error | RuntimeException ex) {
            throw ex;
         } catch (Throwable ex$) {
@@ -2491,6 +2493,7 @@ public class qtool_h extends qtool_h$shared {
         public static final FunctionDescriptor DESC = FunctionDescriptor.of(
             qtool_h.C_INT,
             qtool_h.C_POINTER,
+            qtool_h.C_INT,
             qtool_h.C_INT,
             qtool_h.C_INT,
             qtool_h.C_INT,
@@ -2508,7 +2511,7 @@ public class qtool_h extends qtool_h$shared {
     /**
      * Function descriptor for:
      * {@snippet lang=c :
-     * int qt_rope(void *x, int rows, int heads, int head_dim, int seq_len, int start_pos, const void *inv_freq, void *stream)
+     * int qt_rope(void *x, int dtype, int rows, int heads, int head_dim, int seq_len, int start_pos, const void *inv_freq, void *stream)
      * }
      */
     public static FunctionDescriptor qt_rope$descriptor() {
@@ -2518,7 +2521,7 @@ public class qtool_h extends qtool_h$shared {
     /**
      * Downcall method handle for:
      * {@snippet lang=c :
-     * int qt_rope(void *x, int rows, int heads, int head_dim, int seq_len, int start_pos, const void *inv_freq, void *stream)
+     * int qt_rope(void *x, int dtype, int rows, int heads, int head_dim, int seq_len, int start_pos, const void *inv_freq, void *stream)
      * }
      */
     public static MethodHandle qt_rope$handle() {
@@ -2528,7 +2531,7 @@ public class qtool_h extends qtool_h$shared {
     /**
      * Address for:
      * {@snippet lang=c :
-     * int qt_rope(void *x, int rows, int heads, int head_dim, int seq_len, int start_pos, const void *inv_freq, void *stream)
+     * int qt_rope(void *x, int dtype, int rows, int heads, int head_dim, int seq_len, int start_pos, const void *inv_freq, void *stream)
      * }
      */
     public static MemorySegment qt_rope$address() {
@@ -2537,16 +2540,16 @@ public class qtool_h extends qtool_h$shared {
 
     /**
      * {@snippet lang=c :
-     * int qt_rope(void *x, int rows, int heads, int head_dim, int seq_len, int start_pos, const void *inv_freq, void *stream)
+     * int qt_rope(void *x, int dtype, int rows, int heads, int head_dim, int seq_len, int start_pos, const void *inv_freq, void *stream)
      * }
      */
-    public static int qt_rope(MemorySegment x, int rows, int heads, int head_dim, int seq_len, int start_pos, MemorySegment inv_freq, MemorySegment stream) {
+    public static int qt_rope(MemorySegment x, int dtype, int rows, int heads, int head_dim, int seq_len, int start_pos, MemorySegment inv_freq, MemorySegment stream) {
         var mh$ = qt_rope.HANDLE;
         try {
             if (TRACE_DOWNCALLS) {
-                traceDowncall("qt_rope", x, rows, heads, head_dim, seq_len, start_pos, inv_freq, stream);
+                traceDowncall("qt_rope", x, dtype, rows, heads, head_dim, seq_len, start_pos, inv_freq, stream);
             }
-            return (int)mh$.invokeExact(x, rows, heads, head_dim, seq_len, start_pos, inv_freq, stream);
+            return (int)mh$.invokeExact(x, dtype, rows, heads, head_dim, seq_len, start_pos, inv_freq, stream);
         } catch (Error | RuntimeException ex) {
            throw ex;
         } catch (Throwable ex$) {
@@ -2556,6 +2559,7 @@ public class qtool_h extends qtool_h$shared {
 
     private static class qt_attention_scratch_bytes {
         public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            qtool_h.C_INT,
             qtool_h.C_INT,
             qtool_h.C_INT,
             qtool_h.C_INT,
@@ -2574,7 +2578,7 @@ public class qtool_h extends qtool_h$shared {
     /**
      * Function descriptor for:
      * {@snippet lang=c :
-     * int qt_attention_scratch_bytes(int batch, int seq_len, int start_pos, int heads, int kv_heads, int head_dim, size_t *bytes)
+     * int qt_attention_scratch_bytes(int dtype, int batch, int seq_len, int start_pos, int heads, int kv_heads, int head_dim, size_t *bytes)
      * }
      */
     public static FunctionDescriptor qt_attention_scratch_bytes$descriptor() {
@@ -2584,7 +2588,7 @@ public class qtool_h extends qtool_h$shared {
     /**
      * Downcall method handle for:
      * {@snippet lang=c :
-     * int qt_attention_scratch_bytes(int batch, int seq_len, int start_pos, int heads, int kv_heads, int head_dim, size_t *bytes)
+     * int qt_attention_scratch_bytes(int dtype, int batch, int seq_len, int start_pos, int heads, int kv_heads, int head_dim, size_t *bytes)
      * }
      */
     public static MethodHandle qt_attention_scratch_bytes$handle() {
@@ -2594,7 +2598,7 @@ public class qtool_h extends qtool_h$shared {
     /**
      * Address for:
      * {@snippet lang=c :
-     * int qt_attention_scratch_bytes(int batch, int seq_len, int start_pos, int heads, int kv_heads, int head_dim, size_t *bytes)
+     * int qt_attention_scratch_bytes(int dtype, int batch, int seq_len, int start_pos, int heads, int kv_heads, int head_dim, size_t *bytes)
      * }
      */
     public static MemorySegment qt_attention_scratch_bytes$address() {
@@ -2603,16 +2607,16 @@ public class qtool_h extends qtool_h$shared {
 
     /**
      * {@snippet lang=c :
-     * int qt_attention_scratch_bytes(int batch, int seq_len, int start_pos, int heads, int kv_heads, int head_dim, size_t *bytes)
+     * int qt_attention_scratch_bytes(int dtype, int batch, int seq_len, int start_pos, int heads, int kv_heads, int head_dim, size_t *bytes)
      * }
      */
-    public static int qt_attention_scratch_bytes(int batch, int seq_len, int start_pos, int heads, int kv_heads, int head_dim, MemorySegment bytes) {
+    public static int qt_attention_scratch_bytes(int dtype, int batch, int seq_len, int start_pos, int heads, int kv_heads, int head_dim, MemorySegment bytes) {
         var mh$ = qt_attention_scratch_bytes.HANDLE;
         try {
             if (TRACE_DOWNCALLS) {
-                traceDowncall("qt_attention_scratch_bytes", batch, seq_len, start_pos, heads, kv_heads, head_dim, bytes);
+                traceDowncall("qt_attention_scratch_bytes", dtype, batch, seq_len, start_pos, heads, kv_heads, head_dim, bytes);
             }
-            return (int)mh$.invokeExact(batch, seq_len, start_pos, heads, kv_heads, head_dim, bytes);
+            return (int)mh$.invokeExact(dtype, batch, seq_len, start_pos, heads, kv_heads, head_dim, bytes);
         } catch (Error | RuntimeException ex) {
            throw ex;
         } catch (Throwable ex$) {
@@ -2636,6 +2640,7 @@ public class qtool_h extends qtool_h$shared {
             qtool_h.C_INT,
             qtool_h.C_INT,
             qtool_h.C_INT,
+            qtool_h.C_INT,
             qtool_h.C_POINTER,
             qtool_h.C_LONG,
             qtool_h.C_POINTER
@@ -2649,7 +2654,7 @@ public class qtool_h extends qtool_h$shared {
     /**
      * Function descriptor for:
      * {@snippet lang=c :
-     * int qt_attention(void *out, const void *q, const void *k, const void *v, void *k_cache, void *v_cache, int batch, int seq_len, int start_pos, int max_seq, int heads, int kv_heads, int head_dim, void *scratch, size_t scratch_bytes, void *stream)
+     * int qt_attention(void *out, const void *q, const void *k, const void *v, void *k_cache, void *v_cache, int dtype, int batch, int seq_len, int start_pos, int max_seq, int heads, int kv_heads, int head_dim, void *scratch, size_t scratch_bytes, void *stream)
      * }
      */
     public static FunctionDescriptor qt_attention$descriptor() {
@@ -2659,7 +2664,7 @@ public class qtool_h extends qtool_h$shared {
     /**
      * Downcall method handle for:
      * {@snippet lang=c :
-     * int qt_attention(void *out, const void *q, const void *k, const void *v, void *k_cache, void *v_cache, int batch, int seq_len, int start_pos, int max_seq, int heads, int kv_heads, int head_dim, void *scratch, size_t scratch_bytes, void *stream)
+     * int qt_attention(void *out, const void *q, const void *k, const void *v, void *k_cache, void *v_cache, int dtype, int batch, int seq_len, int start_pos, int max_seq, int heads, int kv_heads, int head_dim, void *scratch, size_t scratch_bytes, void *stream)
      * }
      */
     public static MethodHandle qt_attention$handle() {
@@ -2669,7 +2674,7 @@ public class qtool_h extends qtool_h$shared {
     /**
      * Address for:
      * {@snippet lang=c :
-     * int qt_attention(void *out, const void *q, const void *k, const void *v, void *k_cache, void *v_cache, int batch, int seq_len, int start_pos, int max_seq, int heads, int kv_heads, int head_dim, void *scratch, size_t scratch_bytes, void *stream)
+     * int qt_attention(void *out, const void *q, const void *k, const void *v, void *k_cache, void *v_cache, int dtype, int batch, int seq_len, int start_pos, int max_seq, int heads, int kv_heads, int head_dim, void *scratch, size_t scratch_bytes, void *stream)
      * }
      */
     public static MemorySegment qt_attention$address() {
@@ -2678,16 +2683,16 @@ public class qtool_h extends qtool_h$shared {
 
     /**
      * {@snippet lang=c :
-     * int qt_attention(void *out, const void *q, const void *k, const void *v, void *k_cache, void *v_cache, int batch, int seq_len, int start_pos, int max_seq, int heads, int kv_heads, int head_dim, void *scratch, size_t scratch_bytes, void *stream)
+     * int qt_attention(void *out, const void *q, const void *k, const void *v, void *k_cache, void *v_cache, int dtype, int batch, int seq_len, int start_pos, int max_seq, int heads, int kv_heads, int head_dim, void *scratch, size_t scratch_bytes, void *stream)
      * }
      */
-    public static int qt_attention(MemorySegment out, MemorySegment q, MemorySegment k, MemorySegment v, MemorySegment k_cache, MemorySegment v_cache, int batch, int seq_len, int start_pos, int max_seq, int heads, int kv_heads, int head_dim, MemorySegment scratch, long scratch_bytes, MemorySegment stream) {
+    public static int qt_attention(MemorySegment out, MemorySegment q, MemorySegment k, MemorySegment v, MemorySegment k_cache, MemorySegment v_cache, int dtype, int batch, int seq_len, int start_pos, int max_seq, int heads, int kv_heads, int head_dim, MemorySegment scratch, long scratch_bytes, MemorySegment stream) {
         var mh$ = qt_attention.HANDLE;
         try {
             if (TRACE_DOWNCALLS) {
-                traceDowncall("qt_attention", out, q, k, v, k_cache, v_cache, batch, seq_len, start_pos, max_seq, heads, kv_heads, head_dim, scratch, scratch_bytes, stream);
+                traceDowncall("qt_attention", out, q, k, v, k_cache, v_cache, dtype, batch, seq_len, start_pos, max_seq, heads, kv_heads, head_dim, scratch, scratch_bytes, stream);
             }
-            return (int)mh$.invokeExact(out, q, k, v, k_cache, v_cache, batch, seq_len, start_pos, max_seq, heads, kv_heads, head_dim, scratch, scratch_bytes, stream);
+            return (int)mh$.invokeExact(out, q, k, v, k_cache, v_cache, dtype, batch, seq_len, start_pos, max_seq, heads, kv_heads, head_dim, scratch, scratch_bytes, stream);
         } catch (Error | RuntimeException ex) {
            throw ex;
         } catch (Throwable ex$) {
@@ -2697,6 +2702,7 @@ public class qtool_h extends qtool_h$shared {
 
     private static class qt_linear_scratch_bytes {
         public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            qtool_h.C_INT,
             qtool_h.C_INT,
             qtool_h.C_INT,
             qtool_h.C_INT,
@@ -2712,7 +2718,7 @@ public class qtool_h extends qtool_h$shared {
     /**
      * Function descriptor for:
      * {@snippet lang=c :
-     * int qt_linear_scratch_bytes(int rows, int in_features, int weight_dtype, size_t *bytes)
+     * int qt_linear_scratch_bytes(int rows, int in_features, int x_dtype, int weight_dtype, size_t *bytes)
      * }
      */
     public static FunctionDescriptor qt_linear_scratch_bytes$descriptor() {
@@ -2722,7 +2728,7 @@ public class qtool_h extends qtool_h$shared {
     /**
      * Downcall method handle for:
      * {@snippet lang=c :
-     * int qt_linear_scratch_bytes(int rows, int in_features, int weight_dtype, size_t *bytes)
+     * int qt_linear_scratch_bytes(int rows, int in_features, int x_dtype, int weight_dtype, size_t *bytes)
      * }
      */
     public static MethodHandle qt_linear_scratch_bytes$handle() {
@@ -2732,7 +2738,7 @@ public class qtool_h extends qtool_h$shared {
     /**
      * Address for:
      * {@snippet lang=c :
-     * int qt_linear_scratch_bytes(int rows, int in_features, int weight_dtype, size_t *bytes)
+     * int qt_linear_scratch_bytes(int rows, int in_features, int x_dtype, int weight_dtype, size_t *bytes)
      * }
      */
     public static MemorySegment qt_linear_scratch_bytes$address() {
@@ -2741,16 +2747,76 @@ public class qtool_h extends qtool_h$shared {
 
     /**
      * {@snippet lang=c :
-     * int qt_linear_scratch_bytes(int rows, int in_features, int weight_dtype, size_t *bytes)
+     * int qt_linear_scratch_bytes(int rows, int in_features, int x_dtype, int weight_dtype, size_t *bytes)
      * }
      */
-    public static int qt_linear_scratch_bytes(int rows, int in_features, int weight_dtype, MemorySegment bytes) {
+    public static int qt_linear_scratch_bytes(int rows, int in_features, int x_dtype, int weight_dtype, MemorySegment bytes) {
         var mh$ = qt_linear_scratch_bytes.HANDLE;
         try {
             if (TRACE_DOWNCALLS) {
-                traceDowncall("qt_linear_scratch_bytes", rows, in_features, weight_dtype, bytes);
+                traceDowncall("qt_linear_scratch_bytes", rows, in_features, x_dtype, weight_dtype, bytes);
             }
-            return (int)mh$.invokeExact(rows, in_features, weight_dtype, bytes);
+            return (int)mh$.invokeExact(rows, in_features, x_dtype, weight_dtype, bytes);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
+    private static class qt_linear_prepare {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            qtool_h.C_INT,
+            qtool_h.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("qt_linear_prepare");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * int qt_linear_prepare(void *stream)
+     * }
+     */
+    public static FunctionDescriptor qt_linear_prepare$descriptor() {
+        return qt_linear_prepare.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * int qt_linear_prepare(void *stream)
+     * }
+     */
+    public static MethodHandle qt_linear_prepare$handle() {
+        return qt_linear_prepare.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * int qt_linear_prepare(void *stream)
+     * }
+     */
+    public static MemorySegment qt_linear_prepare$address() {
+        return qt_linear_prepare.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * int qt_linear_prepare(void *stream)
+     * }
+     */
+    public static int qt_linear_prepare(MemorySegment stream) {
+        var mh$ = qt_linear_prepare.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("qt_linear_prepare", stream);
+            }
+            return (int)mh$.invokeExact(stream);
         } catch (Error | RuntimeException ex) {
            throw ex;
         } catch (Throwable ex$) {
@@ -2762,10 +2828,13 @@ public class qtool_h extends qtool_h$shared {
         public static final FunctionDescriptor DESC = FunctionDescriptor.of(
             qtool_h.C_INT,
             qtool_h.C_POINTER,
-            qtool_h.C_POINTER,
+            qtool_h.C_INT,
             qtool_h.C_POINTER,
             qtool_h.C_INT,
             qtool_h.C_POINTER,
+            qtool_h.C_INT,
+            qtool_h.C_POINTER,
+            qtool_h.C_INT,
             qtool_h.C_INT,
             qtool_h.C_INT,
             qtool_h.C_INT,
@@ -2783,7 +2852,7 @@ public class qtool_h extends qtool_h$shared {
     /**
      * Function descriptor for:
      * {@snippet lang=c :
-     * int qt_linear(void *out, const void *x, const void *weight, int weight_dtype, const void *bias, int bias_dtype, int rows, int in_features, int out_features, void *scratch, size_t scratch_bytes, void *stream)
+     * int qt_linear(void *out, int out_dtype, const void *x, int x_dtype, const void *weight, int weight_dtype, const void *bias, int bias_dtype, int rows, int in_features, int out_features, int accumulate, void *scratch, size_t scratch_bytes, void *stream)
      * }
      */
     public static FunctionDescriptor qt_linear$descriptor() {
@@ -2793,7 +2862,7 @@ public class qtool_h extends qtool_h$shared {
     /**
      * Downcall method handle for:
      * {@snippet lang=c :
-     * int qt_linear(void *out, const void *x, const void *weight, int weight_dtype, const void *bias, int bias_dtype, int rows, int in_features, int out_features, void *scratch, size_t scratch_bytes, void *stream)
+     * int qt_linear(void *out, int out_dtype, const void *x, int x_dtype, const void *weight, int weight_dtype, const void *bias, int bias_dtype, int rows, int in_features, int out_features, int accumulate, void *scratch, size_t scratch_bytes, void *stream)
      * }
      */
     public static MethodHandle qt_linear$handle() {
@@ -2803,7 +2872,7 @@ public class qtool_h extends qtool_h$shared {
     /**
      * Address for:
      * {@snippet lang=c :
-     * int qt_linear(void *out, const void *x, const void *weight, int weight_dtype, const void *bias, int bias_dtype, int rows, int in_features, int out_features, void *scratch, size_t scratch_bytes, void *stream)
+     * int qt_linear(void *out, int out_dtype, const void *x, int x_dtype, const void *weight, int weight_dtype, const void *bias, int bias_dtype, int rows, int in_features, int out_features, int accumulate, void *scratch, size_t scratch_bytes, void *stream)
      * }
      */
     public static MemorySegment qt_linear$address() {
@@ -2812,16 +2881,16 @@ public class qtool_h extends qtool_h$shared {
 
     /**
      * {@snippet lang=c :
-     * int qt_linear(void *out, const void *x, const void *weight, int weight_dtype, const void *bias, int bias_dtype, int rows, int in_features, int out_features, void *scratch, size_t scratch_bytes, void *stream)
+     * int qt_linear(void *out, int out_dtype, const void *x, int x_dtype, const void *weight, int weight_dtype, const void *bias, int bias_dtype, int rows, int in_features, int out_features, int accumulate, void *scratch, size_t scratch_bytes, void *stream)
      * }
      */
-    public static int qt_linear(MemorySegment out, MemorySegment x, MemorySegment weight, int weight_dtype, MemorySegment bias, int bias_dtype, int rows, int in_features, int out_features, MemorySegment scratch, long scratch_bytes, MemorySegment stream) {
+    public static int qt_linear(MemorySegment out, int out_dtype, MemorySegment x, int x_dtype, MemorySegment weight, int weight_dtype, MemorySegment bias, int bias_dtype, int rows, int in_features, int out_features, int accumulate, MemorySegment scratch, long scratch_bytes, MemorySegment stream) {
         var mh$ = qt_linear.HANDLE;
         try {
             if (TRACE_DOWNCALLS) {
-                traceDowncall("qt_linear", out, x, weight, weight_dtype, bias, bias_dtype, rows, in_features, out_features, scratch, scratch_bytes, stream);
+                traceDowncall("qt_linear", out, out_dtype, x, x_dtype, weight, weight_dtype, bias, bias_dtype, rows, in_features, out_features, accumulate, scratch, scratch_bytes, stream);
             }
-            return (int)mh$.invokeExact(out, x, weight, weight_dtype, bias, bias_dtype, rows, in_features, out_features, scratch, scratch_bytes, stream);
+            return (int)mh$.invokeExact(out, out_dtype, x, x_dtype, weight, weight_dtype, bias, bias_dtype, rows, in_features, out_features, accumulate, scratch, scratch_bytes, stream);
         } catch (Error | RuntimeException ex) {
            throw ex;
         } catch (Throwable ex$) {

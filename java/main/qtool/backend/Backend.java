@@ -8,10 +8,18 @@ import qtool.load.DType;
  * this interface; {@link CpuBackend} does it in plain Java and is the reference, {@code CudaBackend} hands each call
  * to one kernel or cuBLAS call in libqtool.
  *
- * <p>Conventions: activations are F32, 2-D row-major {@code [rows, cols]} (a batch of sequences is flattened to
+ * <p>Conventions: activations are 2-D row-major {@code [rows, cols]} (a batch of sequences is flattened to
  * {@code [batch * seqLen, cols]}, sequence-major). Weights are {@code [outFeatures, inFeatures]} as in HF
  * checkpoints, in F32, F16 or BF16; sums accumulate in F32. Calls on one backend are ordered; results are visible
  * to {@link #copyToHost} (which waits for them).
+ *
+ * <p>Activation types. Activations are F32 unless a backend offers a 16-bit activation type for a 16-bit linear
+ * type ({@link #activationType}; the CPU backend never does). With one, the model's intermediate activations (norm
+ * outputs, q/k/v, attention output, MLP gate/up) and the KV cache live in that type, and only the residual stream,
+ * logits and losses stay F32: {@link #rmsNorm} reads F32 and may write the activation type, {@link #linear} reads F32
+ * or the activation type and writes either, {@link #linearAdd} accumulates into F32, and {@link #rope},
+ * {@link #attention} and {@link #siluMul} work in whichever of the two their tensors hold (one type per call).
+ * Where an operation below says "F32", it means F32 on every backend.
  */
 public interface Backend extends AutoCloseable {
 
@@ -39,33 +47,65 @@ public interface Backend extends AutoCloseable {
     /** Copies host bytes into a device tensor (same byte count). */
     void copyFromHost(MemorySegment src, Tensor dst);
 
+    /**
+     * The type this backend keeps activations in when linear weights are {@code linearType} and attention heads are
+     * {@code headDim} wide: F32 (the default, and always on the CPU), or a 16-bit type equal to {@code linearType}
+     * when the backend has 16-bit kernels for every activation operation at that head size (see the class comment).
+     */
+    default DType activationType(DType linearType, int headDim) {
+        return DType.F32;
+    }
+
     /** out[r, :] = table[ids[r], :] converted to F32. ids: I32 [rows]. */
     void embedding(Tensor out, Tensor table, Tensor ids);
 
-    /** out[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * weight. out may be x. */
+    /**
+     * out[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * weight. x F32; out F32 or the activation type (rounded
+     * once). out may be x when both are F32.
+     */
     void rmsNorm(Tensor out, Tensor x, Tensor weight, float eps);
 
-    /** out[r, o] = sum_i x[r, i] * weight[o, i] (+ bias[o] when bias is not null). out F32 [rows, outF]. */
+    /**
+     * out[r, o] = sum_i x[r, i] * weight[o, i] (+ bias[o] when bias is not null), [rows, outF]. x is F32 or the
+     * activation type; out is F32 or the activation type (rounded once from the F32 sum).
+     */
     void linear(Tensor out, Tensor x, Tensor weight, Tensor bias);
 
     /**
+     * out[r, o] += sum_i x[r, i] * weight[o, i] (+ bias[o]): the residual add fused into the product. out F32
+     * [rows, outF]; x as for {@link #linear}. This default runs {@link #linear} into a temporary and {@link #add}s it.
+     */
+    default void linearAdd(Tensor out, Tensor x, Tensor weight, Tensor bias) {
+        Tensor t = allocate(DType.F32, out.shape());
+        try {
+            linear(t, x, weight, bias);
+            add(out, t);
+        } finally {
+            free(t);
+        }
+    }
+
+    /**
      * Rotary embedding in place, HF layout (rotate_half: dimension j pairs with j + headDim/2 inside each head).
-     * x: [batch * seqLen, heads * headDim]; row r has position startPos + r % seqLen; angle = position * invFreq[j].
+     * x: [batch * seqLen, heads * headDim], F32 or the activation type; row r has position startPos + r % seqLen;
+     * angle = position * invFreq[j].
      * invFreq: F32 [headDim / 2] on this device, computed by the caller (it holds every RoPE scaling variant).
      */
     void rope(Tensor x, int heads, int headDim, int seqLen, int startPos, Tensor invFreq);
 
     /**
      * Causal grouped-query attention with a KV cache. q: [batch * seqLen, heads * headDim]; k, v: [batch * seqLen,
-     * kvHeads * headDim]; kCache, vCache: F32 [batch, maxSeq, kvHeads * headDim]. Stores k, v at positions
+     * kvHeads * headDim]; kCache, vCache: [batch, maxSeq, kvHeads * headDim]. Stores k, v at positions
      * [startPos, startPos + seqLen) of each sequence's cache, then for each query at position p attends over cache
      * positions [0, p] with scale 1/sqrt(headDim). Query head h uses kv head h / (heads / kvHeads).
-     * out: [batch * seqLen, heads * headDim].
+     * out: [batch * seqLen, heads * headDim]. All six tensors are F32, or all are of the activation type (then the
+     * caches are 16-bit too, and the arithmetic is the backend's 16-bit attention: 16-bit products, F32 softmax and
+     * sums); a caller allocates the caches in {@link #activationType}.
      */
     void attention(Tensor out, Tensor q, Tensor k, Tensor v, Tensor kCache, Tensor vCache,
                    int batch, int seqLen, int startPos, int heads, int kvHeads, int headDim);
 
-    /** out = silu(gate) * up, elementwise. out may be gate. */
+    /** out = silu(gate) * up, elementwise; all three F32 or all of the activation type. out may be gate. */
     void siluMul(Tensor out, Tensor gate, Tensor up);
 
     /** x += y, elementwise. */

@@ -16,7 +16,7 @@ import qtool.load.DType;
  * backend's own CUDA stream, so calls run in order and only {@link #copyToHost} and {@link #synchronize} wait.
  * Device tensors are device pointers wrapped as zero-length segments. Not thread-safe: one thread drives a backend.
  *
- * <p>Scratch buffers (the 16-bit copy of activations for {@link #linear}, partial results of {@link #attention},
+ * <p>Scratch buffers (the 16-bit copy of F32 activations for {@link #linear}, partial results of {@link #attention},
  * staging for uploads that convert) belong to the backend and grow as needed. Host memory that is not native (heap
  * arrays) moves through a pinned staging buffer, since native calls cannot take heap segments.
  */
@@ -58,6 +58,36 @@ public final class CudaBackend implements Backend {
             check(qt_stream_create(out), "qt_stream_create");
             this.stream = out.get(ValueLayout.ADDRESS, 0);
         }
+        try {
+            // One-time setup now rather than inside the first forward pass (about 0.07 s of a 7B model's first
+            // 2048-token window on an H100): cuBLAS's handle, and each binding's downcall stub.
+            check(qt_linear_prepare(stream), "qt_linear_prepare");
+            linkEntryPoints();
+        } catch (RuntimeException e) {
+            qt_stream_destroy(stream);
+            throw e;
+        }
+    }
+
+    /**
+     * Calls each forward kernel's binding once with nothing to do (zero rows): the first call of a jextract binding
+     * builds its downcall stub, about a millisecond each.
+     */
+    private void linkEntryPoints() {
+        MemorySegment n = MemorySegment.NULL;
+        int f32 = QT_F32();
+        check(qt_embedding(n, n, f32, n, 0, 1, 1, stream), "qt_embedding");
+        check(qt_rmsnorm(n, f32, n, n, f32, 0, 1, 1e-6f, stream), "qt_rmsnorm");
+        check(qt_linear(n, f32, n, f32, n, f32, n, 0, 0, 1, 1, 0, n, 0, stream), "qt_linear");
+        check(qt_rope(n, f32, 0, 1, 2, 1, 0, n, stream), "qt_rope");
+        try (Arena arena = Arena.ofConfined()) {
+            check(qt_attention_scratch_bytes(f32, 0, 1, 0, 1, 1, 4, arena.allocate(ValueLayout.JAVA_LONG)),
+                    "qt_attention_scratch_bytes");
+        }
+        check(qt_attention(n, n, n, n, n, n, f32, 0, 1, 0, 1, 1, 1, 4, n, 0, stream), "qt_attention");
+        check(qt_silu_mul(n, n, n, f32, 0, stream), "qt_silu_mul");
+        check(qt_add(n, n, 0, stream), "qt_add");
+        check(qt_cross_entropy(n, n, n, 0, 1, stream), "qt_cross_entropy");
     }
 
     /** Device properties of GPU {@code device} (loads the library and initializes CUDA if needed). */
@@ -347,22 +377,41 @@ public final class CudaBackend implements Backend {
                 "qt_embedding");
     }
 
+    /** F16/BF16 activations for F16/BF16 linears, when the tensor-core attention takes the head size. */
+    @Override
+    public DType activationType(DType linearType, int headDim) {
+        boolean halfLinear = linearType == DType.F16 || linearType == DType.BF16;
+        return halfLinear && headDim > 0 && headDim % 8 == 0 && headDim <= 128 ? linearType : DType.F32;
+    }
+
     @Override
     public void rmsNorm(Tensor out, Tensor x, Tensor weight, float eps) {
         requireType(x, DType.F32, "rmsNorm x");
-        requireType(out, DType.F32, "rmsNorm out");
+        requireFloat(out, "rmsNorm out");
         requireFloat(weight, "rmsNorm weight");
         requireCount(out, x.numel(), "rmsNorm out");
         requireCount(weight, x.cols(), "rmsNorm weight");
-        check(qt_rmsnorm(out.data(), x.data(), weight.data(), code(weight.dtype()), x.rows(), x.cols(), eps, stream),
-                "qt_rmsnorm");
+        check(qt_rmsnorm(out.data(), code(out.dtype()), x.data(), weight.data(), code(weight.dtype()), x.rows(), x.cols(),
+                eps, stream), "qt_rmsnorm");
     }
 
     @Override
     public void linear(Tensor out, Tensor x, Tensor weight, Tensor bias) {
-        requireType(x, DType.F32, "linear x");
-        requireType(out, DType.F32, "linear out");
+        linear(out, x, weight, bias, false);
+    }
+
+    /** out (F32) += x weight^T (+ bias): cuBLAS with beta = 1, no separate add. */
+    @Override
+    public void linearAdd(Tensor out, Tensor x, Tensor weight, Tensor bias) {
+        requireType(out, DType.F32, "linearAdd out");
+        linear(out, x, weight, bias, true);
+    }
+
+    private void linear(Tensor out, Tensor x, Tensor weight, Tensor bias, boolean accumulate) {
         requireFloat(weight, "linear weight");
+        DType allowed = weight.dtype();  // besides F32, x and out may be of the weight's 16-bit type
+        if (x.dtype() != DType.F32 && x.dtype() != allowed) throw new IllegalArgumentException("linear x: expected F32 or " + allowed + ", got " + x);
+        if (out.dtype() != DType.F32 && out.dtype() != allowed) throw new IllegalArgumentException("linear out: expected F32 or " + allowed + ", got " + out);
         int rows = x.rows(), in = x.cols(), outF = weight.rows();
         if (weight.cols() != in) throw new IllegalArgumentException("linear: x " + x + " does not match weight " + weight);
         requireCount(out, (long) rows * outF, "linear out");
@@ -372,28 +421,30 @@ public final class CudaBackend implements Backend {
         }
         long scratchBytes = 0;
         MemorySegment scratch = MemorySegment.NULL;
-        if (weight.dtype() != DType.F32) {
+        if (weight.dtype() != DType.F32 && x.dtype() == DType.F32) {
             scratchBytes = 2L * rows * in;
             scratch = MemorySegment.ofAddress(linearScratch.ensure(scratchBytes));
         }
-        check(qt_linear(out.data(), x.data(), weight.data(), code(weight.dtype()),
+        check(qt_linear(out.data(), code(out.dtype()), x.data(), code(x.dtype()), weight.data(), code(weight.dtype()),
                 bias == null ? MemorySegment.NULL : bias.data(), bias == null ? 0 : code(bias.dtype()),
-                rows, in, outF, scratch, scratchBytes, stream), "qt_linear");
+                rows, in, outF, accumulate ? 1 : 0, scratch, scratchBytes, stream), "qt_linear");
     }
 
     @Override
     public void rope(Tensor x, int heads, int headDim, int seqLen, int startPos, Tensor invFreq) {
-        requireType(x, DType.F32, "rope x");
+        requireFloat(x, "rope x");
         requireType(invFreq, DType.F32, "rope invFreq");
         if (x.cols() != heads * headDim) throw new IllegalArgumentException("rope: x " + x + " is not heads * headDim wide");
         if (invFreq.numel() < headDim / 2) throw new IllegalArgumentException("rope: invFreq " + invFreq + " < headDim / 2");
-        check(qt_rope(x.data(), x.rows(), heads, headDim, seqLen, startPos, invFreq.data(), stream), "qt_rope");
+        check(qt_rope(x.data(), code(x.dtype()), x.rows(), heads, headDim, seqLen, startPos, invFreq.data(), stream), "qt_rope");
     }
 
     @Override
     public void attention(Tensor out, Tensor q, Tensor k, Tensor v, Tensor kCache, Tensor vCache,
                           int batch, int seqLen, int startPos, int heads, int kvHeads, int headDim) {
-        for (Tensor t : new Tensor[] {out, q, k, v, kCache, vCache}) requireType(t, DType.F32, "attention");
+        requireFloat(q, "attention q");
+        DType type = q.dtype();
+        for (Tensor t : new Tensor[] {out, k, v, kCache, vCache}) requireType(t, type, "attention (all tensors of q's type)");
         long qCount = (long) batch * seqLen * heads * headDim, kvCount = (long) batch * seqLen * kvHeads * headDim;
         requireCount(q, qCount, "attention q");
         requireCount(out, qCount, "attention out");
@@ -407,20 +458,22 @@ public final class CudaBackend implements Backend {
         long scratchBytes;
         try (Arena arena = Arena.ofConfined()) {
             MemorySegment bytes = arena.allocate(ValueLayout.JAVA_LONG);
-            check(qt_attention_scratch_bytes(batch, seqLen, startPos, heads, kvHeads, headDim, bytes), "qt_attention_scratch_bytes");
+            check(qt_attention_scratch_bytes(code(type), batch, seqLen, startPos, heads, kvHeads, headDim, bytes),
+                    "qt_attention_scratch_bytes");
             scratchBytes = bytes.get(ValueLayout.JAVA_LONG, 0);
         }
         MemorySegment scratch = scratchBytes == 0 ? MemorySegment.NULL : MemorySegment.ofAddress(attentionScratch.ensure(scratchBytes));
-        check(qt_attention(out.data(), q.data(), k.data(), v.data(), kCache.data(), vCache.data(), batch, seqLen, startPos,
-                maxSeq, heads, kvHeads, headDim, scratch, scratchBytes, stream), "qt_attention");
+        check(qt_attention(out.data(), q.data(), k.data(), v.data(), kCache.data(), vCache.data(), code(type), batch, seqLen,
+                startPos, maxSeq, heads, kvHeads, headDim, scratch, scratchBytes, stream), "qt_attention");
     }
 
     @Override
     public void siluMul(Tensor out, Tensor gate, Tensor up) {
-        for (Tensor t : new Tensor[] {out, gate, up}) requireType(t, DType.F32, "siluMul");
+        requireFloat(gate, "siluMul gate");
+        for (Tensor t : new Tensor[] {out, up}) requireType(t, gate.dtype(), "siluMul (all tensors of gate's type)");
         requireCount(up, gate.numel(), "siluMul up");
         requireCount(out, gate.numel(), "siluMul out");
-        check(qt_silu_mul(out.data(), gate.data(), up.data(), gate.numel(), stream), "qt_silu_mul");
+        check(qt_silu_mul(out.data(), gate.data(), up.data(), code(gate.dtype()), gate.numel(), stream), "qt_silu_mul");
     }
 
     @Override

@@ -12,7 +12,10 @@ import qtool.load.ModelConfig;
  * Runs a {@link LlamaModel} on a {@link Backend}: embedding, decoder layers (RMSNorm, q/k/v, RoPE, causal GQA
  * attention through a KV cache, o_proj, residual, RMSNorm, SwiGLU MLP, residual), final norm and lm_head.
  *
- * <p>Activations for up to {@code batch × maxSeq} rows are allocated once. Layers are either all resident on the
+ * <p>Activations for up to {@code batch × maxSeq} rows are allocated once, in the backend's activation type for the
+ * linear type ({@link Backend#activationType}: F16/BF16 on the GPU's fp16 path, else F32); the residual stream stays
+ * F32, and the KV cache takes the activation type. Residual adds are fused into the o_proj and down_proj products
+ * ({@link Backend#linearAdd}). Layers are either all resident on the
  * device, or streamed: uploaded for the one call that needs them and freed after, so that only one layer's weights
  * are on the device at a time (how calibration handles models larger than GPU memory).
  */
@@ -22,7 +25,7 @@ public final class Forward implements AutoCloseable {
     public final LlamaModel model;
     public final ModelConfig cfg;
     public final Backend backend;
-    private final DType linearType;
+    private final DType linearType, actType;
     private final int batch, maxSeq;
     private final boolean streamLayers;
 
@@ -47,6 +50,7 @@ public final class Forward implements AutoCloseable {
         this.maxSeq = maxSeq;
         this.streamLayers = streamLayers;
         int rows = batch * maxSeq;
+        this.actType = backend.activationType(linearType, cfg.headDim());
         try {
             embed = keep(backend.upload(model.embedTokens(), linearType));
             lmHead = model.headTied() ? embed : keep(backend.upload(model.lmHead(), linearType));
@@ -56,29 +60,48 @@ public final class Forward implements AutoCloseable {
             resident = new LlamaModel.Layer[cfg.numLayers()];
             if (!streamLayers) for (int i = 0; i < cfg.numLayers(); i++) resident[i] = uploadLayer(i);
             hidden = alloc(DType.F32, rows, cfg.hiddenSize());
-            normed = alloc(DType.F32, rows, cfg.hiddenSize());
-            q = alloc(DType.F32, rows, cfg.qDim());
-            k = alloc(DType.F32, rows, cfg.kvDim());
-            v = alloc(DType.F32, rows, cfg.kvDim());
-            attn = alloc(DType.F32, rows, cfg.qDim());
-            gate = alloc(DType.F32, rows, cfg.intermediateSize());
-            up = alloc(DType.F32, rows, cfg.intermediateSize());
+            normed = alloc(actType, rows, cfg.hiddenSize());
+            q = alloc(actType, rows, cfg.qDim());
+            k = alloc(actType, rows, cfg.kvDim());
+            v = alloc(actType, rows, cfg.kvDim());
+            attn = alloc(actType, rows, cfg.qDim());
+            gate = alloc(actType, rows, cfg.intermediateSize());
+            up = alloc(actType, rows, cfg.intermediateSize());
             ids = alloc(DType.I32, rows, 1);
             int chunk = Math.min(rows, LOGIT_CHUNK_ROWS);
             logits = alloc(DType.F32, chunk, cfg.vocabSize());
-            nll = alloc(DType.F32, chunk, 1);
-            targets = alloc(DType.I32, chunk, 1);
+            nll = alloc(DType.F32, rows, 1);
+            targets = alloc(DType.I32, rows, 1);
             int caches = cachePerLayer ? cfg.numLayers() : 1;
             kCache = new Tensor[caches];
             vCache = new Tensor[caches];
             for (int i = 0; i < caches; i++) {
-                kCache[i] = alloc(DType.F32, batch, maxSeq, cfg.kvDim());
-                vCache[i] = alloc(DType.F32, batch, maxSeq, cfg.kvDim());
+                kCache[i] = alloc(actType, batch, maxSeq, cfg.kvDim());
+                vCache[i] = alloc(actType, batch, maxSeq, cfg.kvDim());
             }
+            if (!streamLayers && !backend.name().equals("cpu")) warmUp();
         } catch (RuntimeException e) {
             close();
             throw e;
         }
+    }
+
+    /**
+     * Load-time preparation on a GPU: layer 0 once over all batch × maxSeq rows, then one chunk of logits and losses,
+     * on token 0. The one-time costs of first launches (cuBLAS choosing and loading its kernels for this forward's
+     * shapes, CUDA loading kernel modules lazily) then fall here rather than in the first real pass: they made a 7B
+     * model's first 2048-token window on an H100 0.19 s slower than the next (0.09 s at 16 × 2048, partly hidden
+     * behind queued work); with this, the first window is as fast as the rest. PyTorch's timings skip the same costs
+     * in their warm-up passes. Leaves nothing a later call reads: the cache positions it writes are rewritten before
+     * any query attends to them. Skipped on the CPU (no such cost; a layer over every row would be slow) and when
+     * layers stream.
+     */
+    private void warmUp() {
+        int rows = batch * maxSeq;
+        embed(new int[rows]);
+        layer(0, batch, maxSeq, 0);
+        int n = Math.min(rows, logits.rows());
+        nll(hidden.rowSlice(0, n), new int[n]);  // waits for all of it
     }
 
     private Tensor alloc(DType t, long... shape) {
@@ -107,6 +130,11 @@ public final class Forward implements AutoCloseable {
 
     public int maxSeq() {
         return maxSeq;
+    }
+
+    /** Type of the layer activations and of KV caches passed to {@link #layer(LlamaModel.Layer, Tensor, Tensor, Tensor, int, int, int, SiteObserver)}. */
+    public DType activationType() {
+        return actType;
     }
 
     /** The residual stream: [batch * seqLen, hidden] rows of the last call. */
@@ -152,7 +180,10 @@ public final class Forward implements AutoCloseable {
     /** Where a decoder layer's linears read their input; q/k/v share one, gate/up share one. */
     public enum Site { ATTN_IN, O_IN, MLP_IN, DOWN_IN }
 
-    /** Sees the input of each linear site as the layer runs (calibration collects Hessians through it). */
+    /**
+     * Sees the input of each linear site as the layer runs (calibration collects Hessians through it). The tensor is
+     * always F32: with 16-bit activations, a converted copy that lives for the call only.
+     */
     @FunctionalInterface
     public interface SiteObserver {
         void input(Site site, Tensor x);
@@ -161,7 +192,7 @@ public final class Forward implements AutoCloseable {
     /**
      * One decoder layer with the given device weights, in place on residual rows {@code x} ([batchRows × seqLen,
      * hidden], any rows of any tensor: calibration passes slices of its own state buffer). {@code observer} may be
-     * null.
+     * null. {@code kc}, {@code vc}: caches of {@link #activationType()}.
      */
     public void layer(LlamaModel.Layer w, Tensor x, Tensor kc, Tensor vc, int batchRows, int seqLen, int startPos, SiteObserver observer) {
         int rows = batchRows * seqLen;
@@ -169,25 +200,37 @@ public final class Forward implements AutoCloseable {
         Tensor qv = q.rowSlice(0, rows), kv = k.rowSlice(0, rows), vv = v.rowSlice(0, rows), a = attn.rowSlice(0, rows);
         Backend b = backend;
         b.rmsNorm(n, x, w.inputNorm(), cfg.rmsNormEps());
-        if (observer != null) observer.input(Site.ATTN_IN, n);
+        observe(observer, Site.ATTN_IN, n);
         b.linear(qv, n, w.q(), w.qBias());
         b.linear(kv, n, w.k(), w.kBias());
         b.linear(vv, n, w.v(), w.vBias());
         b.rope(qv, cfg.numHeads(), cfg.headDim(), seqLen, startPos, invFreq);
         b.rope(kv, cfg.numKvHeads(), cfg.headDim(), seqLen, startPos, invFreq);
         b.attention(a, qv, kv, vv, kc, vc, batchRows, seqLen, startPos, cfg.numHeads(), cfg.numKvHeads(), cfg.headDim());
-        if (observer != null) observer.input(Site.O_IN, a);
-        b.linear(n, a, w.o(), w.oBias());
-        b.add(x, n);
+        observe(observer, Site.O_IN, a);
+        b.linearAdd(x, a, w.o(), w.oBias());
         b.rmsNorm(n, x, w.postNorm(), cfg.rmsNormEps());
-        if (observer != null) observer.input(Site.MLP_IN, n);
+        observe(observer, Site.MLP_IN, n);
         Tensor g = gate.rowSlice(0, rows), u = up.rowSlice(0, rows);
         b.linear(g, n, w.gate(), null);
         b.linear(u, n, w.up(), null);
         b.siluMul(g, g, u);
-        if (observer != null) observer.input(Site.DOWN_IN, g);
-        b.linear(n, g, w.down(), null);
-        b.add(x, n);
+        observe(observer, Site.DOWN_IN, g);
+        b.linearAdd(x, g, w.down(), null);
+    }
+
+    private void observe(SiteObserver observer, Site site, Tensor t) {
+        if (observer == null) return;
+        if (t.dtype() == DType.F32) {
+            observer.input(site, t);
+            return;
+        }
+        Tensor f = backend.upload(t, DType.F32);  // device to device, converting
+        try {
+            observer.input(site, f);
+        } finally {
+            backend.free(f);
+        }
     }
 
     /** Uploads layer {@code i}'s weights as this forward's types (callers that stream layers themselves). */
@@ -227,21 +270,22 @@ public final class Forward implements AutoCloseable {
     /** {@link #nll(int[])} over given residual rows (at most batch × maxSeq of them). */
     public float[] nll(Tensor x, int[] targetIds) {
         int rows = targetIds.length;
-        float[] result = new float[rows];
+        if (rows > targets.rows()) throw new IllegalArgumentException(rows + " targets, room for " + targets.rows());
+        int[] tg = new int[rows];
+        for (int j = 0; j < rows; j++) tg[j] = Math.max(0, targetIds[j]);
+        // All targets up, every chunk's losses into one buffer, all losses down: two waits per call, not two a chunk.
+        backend.copyFromHost(MemorySegment.ofArray(tg), targets.rowSlice(0, rows));
         int chunk = logits.rows();
         for (int r0 = 0; r0 < rows; r0 += chunk) {
             int n = Math.min(chunk, rows - r0);
             backend.rmsNorm(normed.rowSlice(0, n), x.rowSlice(r0, n), finalNorm, cfg.rmsNormEps());
-            int[] tg = new int[n];
-            for (int j = 0; j < n; j++) tg[j] = Math.max(0, targetIds[r0 + j]);
-            Tensor l = logits.rowSlice(0, n), t = targets.rowSlice(0, n), o = nll.rowSlice(0, n);
+            Tensor l = logits.rowSlice(0, n);
             backend.linear(l, normed.rowSlice(0, n), lmHead, null);
-            backend.copyFromHost(MemorySegment.ofArray(tg), t);
-            backend.crossEntropy(o, l, t);
-            float[] part = new float[n];
-            backend.copyToHost(o, MemorySegment.ofArray(part));
-            for (int j = 0; j < n; j++) result[r0 + j] = targetIds[r0 + j] < 0 ? 0 : part[j];
+            backend.crossEntropy(nll.rowSlice(r0, n), l, targets.rowSlice(r0, n));
         }
+        float[] result = new float[rows];
+        backend.copyToHost(nll.rowSlice(0, rows), MemorySegment.ofArray(result));
+        for (int j = 0; j < rows; j++) if (targetIds[j] < 0) result[j] = 0;
         return result;
     }
 

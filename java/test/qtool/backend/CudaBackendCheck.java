@@ -71,6 +71,9 @@ public final class CudaBackendCheck {
         linear(DType.BF16, 1e-2);
         linear(DType.F16, 1e-2);
         ropeAndAttention();
+        halfActivations(DType.F16, 2e-3, 1e-2);
+        halfActivations(DType.BF16, 1.5e-2, 3e-2);
+        linearAddF32();
         siluMulAddCrossEntropy();
         uploadFromNativeMemory();
         gram();
@@ -197,6 +200,139 @@ public final class CudaBackendCheck {
         gpu.free(dinv);
         gpu.free(kc);
         gpu.free(vc);
+    }
+
+    /**
+     * The fp16 path's operations with 16-bit activations as Forward runs them: rmsNorm to 16 bits, 16-bit linears
+     * (16-bit and F32 out, the accumulating one), rope, attention over a 16-bit cache (prefill, then a decode step),
+     * siluMul. Inputs are rounded to the type first, so the references see what the GPU sees.
+     */
+    private void halfActivations(DType t, double attentionLimit, double limit) {
+        if (gpu.activationType(t, 16) != t) throw new AssertionError("activationType(" + t + ", 16) = " + gpu.activationType(t, 16));
+        if (gpu.activationType(t, 12) != DType.F32 || gpu.activationType(DType.F32, 16) != DType.F32) {
+            throw new AssertionError("activationType must fall back to F32");
+        }
+        int rows = 7, hid = 64, outF = 96;
+        float[] x = randn(rows * hid), nw = randn(hid), w = randn(outF * hid), bias = randn(outF), res = randn(rows * outF);
+        Tensor dx = gpu.upload(host(x, rows, hid), DType.F32), dnw = gpu.upload(host(nw, hid), DType.F32);
+        Tensor dw = gpu.upload(host(w, outF, hid), t), db = gpu.upload(host(bias, outF), DType.F32);
+        Tensor n = gpu.allocate(t, rows, hid);
+        gpu.rmsNorm(n, dx, dnw, 1e-6f);
+        float[] nGot = downloadAny(n);
+        double[] nRef = new double[rows * hid];
+        for (int r = 0; r < rows; r++) {
+            double ss = 0;
+            for (int j = 0; j < hid; j++) ss += (double) x[r * hid + j] * x[r * hid + j];
+            double inv = 1 / Math.sqrt(ss / hid + 1e-6);
+            for (int j = 0; j < hid; j++) nRef[r * hid + j] = x[r * hid + j] * inv * nw[j];
+        }
+        record("rmsNorm F32 -> " + t, relL2(nGot, nRef), t == DType.F16 ? 1e-3 : 1e-2);
+        // linear: 16-bit x (the values just read back) to 16-bit and to F32 out; linearAdd into an F32 residual.
+        double[] lin = new double[rows * outF];
+        for (int r = 0; r < rows; r++)
+            for (int o = 0; o < outF; o++) {
+                double acc = bias[o];
+                for (int i = 0; i < hid; i++) acc += (double) nGot[r * hid + i] * rounded(w[o * hid + i], t);
+                lin[r * outF + o] = acc;
+            }
+        Tensor o16 = gpu.allocate(t, rows, outF), o32 = gpu.upload(host(res, rows, outF), DType.F32);
+        gpu.linear(o16, n, dw, db);
+        record("linear " + t + " x -> " + t + " + bias", relL2(downloadAny(o16), lin), limit);
+        gpu.linearAdd(o32, n, dw, db);
+        double[] acc = new double[rows * outF];
+        for (int i = 0; i < acc.length; i++) acc[i] = lin[i] + res[i];
+        record("linearAdd " + t + " x += F32 + bias", relL2(download(o32), acc), 1e-5);
+        for (Tensor tt : new Tensor[] {dx, dnw, dw, db, n, o16, o32}) gpu.free(tt);
+
+        // rope + attention, GQA, 16-bit caches: a prefill of 70 positions (two 64-key tiles), then one decode step.
+        int batch = 2, heads = 4, kvHeads = 2, headDim = 16, maxSeq = 80;
+        int qw = heads * headDim, kw = kvHeads * headDim;
+        float[] inv = new float[headDim / 2];
+        for (int j = 0; j < inv.length; j++) inv[j] = (float) (1.0 / Math.pow(10000, 2.0 * j / headDim));
+        Tensor dinv = gpu.upload(host(inv, inv.length), DType.F32);
+        Tensor kc = gpu.allocate(t, batch, maxSeq, kw), vc = gpu.allocate(t, batch, maxSeq, kw);
+        double[][] refK = new double[batch * maxSeq][], refV = new double[batch * maxSeq][];
+        int start = 0;
+        for (int len : new int[] {70, 1}) {
+            float[] q = roundAll(randn(batch * len * qw), t), k = roundAll(randn(batch * len * kw), t), v = roundAll(randn(batch * len * kw), t);
+            Tensor dq = gpu.upload(host(q, batch * len, qw), t), dk = gpu.upload(host(k, batch * len, kw), t);
+            Tensor dv = gpu.upload(host(v, batch * len, kw), t);
+            gpu.rope(dq, heads, headDim, len, start, dinv);
+            gpu.rope(dk, kvHeads, headDim, len, start, dinv);
+            float[] qGot = downloadAny(dq), kGot = downloadAny(dk);
+            record("rope " + t + " s" + len + "@" + start, relL2(qGot, ropeRef(q, batch * len, heads, headDim, len, start, inv)),
+                    t == DType.F16 ? 1e-3 : 1e-2);
+            Tensor out = gpu.allocate(t, batch * len, qw);
+            gpu.attention(out, dq, dk, dv, kc, vc, batch, len, start, heads, kvHeads, headDim);
+            for (int bb = 0; bb < batch; bb++)
+                for (int s = 0; s < len; s++) {
+                    double[] kRow = new double[kw], vRow = new double[kw];
+                    for (int c = 0; c < kw; c++) {
+                        kRow[c] = kGot[(bb * len + s) * kw + c];
+                        vRow[c] = v[(bb * len + s) * kw + c];
+                    }
+                    refK[bb * maxSeq + start + s] = kRow;
+                    refV[bb * maxSeq + start + s] = vRow;
+                }
+            double[] ref = attentionRef(qGot, refK, refV, batch, len, start, heads, kvHeads, headDim, maxSeq);
+            record("attention " + t + " GQA s" + len + "@" + start, relL2(downloadAny(out), ref), attentionLimit);
+            for (Tensor tt : new Tensor[] {dq, dk, dv, out}) gpu.free(tt);
+            start += len;
+        }
+        gpu.free(dinv);
+        gpu.free(kc);
+        gpu.free(vc);
+
+        int m = 1000;
+        float[] g = roundAll(randn(m), t), u = roundAll(randn(m), t);
+        Tensor dg = gpu.upload(host(g, 1, m), t), du = gpu.upload(host(u, 1, m), t);
+        gpu.siluMul(dg, dg, du);
+        double[] sref = new double[m];
+        for (int i = 0; i < m; i++) sref[i] = g[i] / (1 + Math.exp(-g[i])) * u[i];
+        record("siluMul " + t + " in place", relL2(downloadAny(dg), sref), t == DType.F16 ? 1e-3 : 1e-2);
+        gpu.free(dg);
+        gpu.free(du);
+    }
+
+    /** The fp32 path's fused residual: F32 x, F32 weight, out += x W^T (SGEMM with beta = 1). */
+    private void linearAddF32() {
+        int rows = 4, in = 128, outF = 48;
+        float[] x = randn(rows * in), w = randn(outF * in), res = randn(rows * outF);
+        Tensor dx = gpu.upload(host(x, rows, in), DType.F32), dw = gpu.upload(host(w, outF, in), DType.F32);
+        Tensor out = gpu.upload(host(res, rows, outF), DType.F32);
+        gpu.linearAdd(out, dx, dw, null);
+        double[] ref = new double[rows * outF];
+        for (int r = 0; r < rows; r++)
+            for (int o = 0; o < outF; o++) {
+                double acc = res[r * outF + o];
+                for (int i = 0; i < in; i++) acc += (double) x[r * in + i] * w[o * in + i];
+                ref[r * outF + o] = acc;
+            }
+        record("linearAdd F32", relL2(download(out), ref), 1e-5);
+        for (Tensor tt : new Tensor[] {dx, dw, out}) gpu.free(tt);
+    }
+
+    private static double[] attentionRef(float[] q, double[][] refK, double[][] refV, int batch, int len, int start, int heads,
+                                         int kvHeads, int headDim, int maxSeq) {
+        int qw = heads * headDim;
+        double[] ref = new double[batch * len * qw];
+        for (int bb = 0; bb < batch; bb++)
+            for (int s = 0; s < len; s++)
+                for (int h = 0; h < heads; h++) {
+                    int p = start + s, kvh = h / (heads / kvHeads), qb = (bb * len + s) * qw + h * headDim;
+                    double[] sc = new double[p + 1];
+                    double max = Double.NEGATIVE_INFINITY, sum = 0;
+                    for (int tt = 0; tt <= p; tt++) {
+                        double dot = 0;
+                        for (int d = 0; d < headDim; d++) dot += q[qb + d] * refK[bb * maxSeq + tt][kvh * headDim + d];
+                        sc[tt] = dot / Math.sqrt(headDim);
+                        max = Math.max(max, sc[tt]);
+                    }
+                    for (int tt = 0; tt <= p; tt++) sum += sc[tt] = Math.exp(sc[tt] - max);
+                    for (int tt = 0; tt <= p; tt++)
+                        for (int d = 0; d < headDim; d++) ref[qb + d] += sc[tt] / sum * refV[bb * maxSeq + tt][kvh * headDim + d];
+                }
+        return ref;
     }
 
     private void siluMulAddCrossEntropy() {
@@ -449,6 +585,24 @@ public final class CudaBackendCheck {
         float[] a = new float[Math.toIntExact(t.numel())];
         gpu.copyToHost(t, MemorySegment.ofArray(a));
         return a;
+    }
+
+    /** A device tensor of any float type, as floats. */
+    private float[] downloadAny(Tensor t) {
+        if (t.dtype() == DType.F32) return download(t);
+        short[] bits = new short[Math.toIntExact(t.numel())];
+        gpu.copyToHost(t, MemorySegment.ofArray(bits));
+        float[] a = new float[bits.length];
+        for (int i = 0; i < a.length; i++) {
+            a[i] = t.dtype() == DType.F16 ? Float.float16ToFloat(bits[i]) : Float.intBitsToFloat(bits[i] << 16);
+        }
+        return a;
+    }
+
+    private static float[] roundAll(float[] a, DType type) {
+        float[] r = new float[a.length];
+        for (int i = 0; i < a.length; i++) r[i] = (float) rounded(a[i], type);
+        return r;
     }
 
     private static double bf16(float v) {
