@@ -50,10 +50,6 @@ public final class Progress implements AutoCloseable {
         out.flush();
     }
 
-    public double seconds() {
-        return (System.nanoTime() - start) / 1e9;
-    }
-
     private static String time(double s) {
         long t = Math.round(s);
         return t >= 3600 ? String.format("%d:%02d:%02d", t / 3600, t / 60 % 60, t % 60) : String.format("%d:%02d", t / 60, t % 60);

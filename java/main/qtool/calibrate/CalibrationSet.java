@@ -22,10 +22,6 @@ import qtool.tokenize.Tokenizer;
  */
 public record CalibrationSet(int rows, int length, int[] tokens, String source) {
 
-    public int[] row(int r) {
-        return Arrays.copyOfRange(tokens, r * length, (r + 1) * length);
-    }
-
     public static CalibrationSet fromFile(Path file, Tokenizer tok, int rows, int length) {
         List<String> texts = TextDataset.rows(file, "text");
         int[] ids = tok.encode(String.join("\n\n", texts), false);

@@ -128,18 +128,9 @@ public final class Forward implements AutoCloseable {
         return batch;
     }
 
-    public int maxSeq() {
-        return maxSeq;
-    }
-
     /** Type of the layer activations and of KV caches passed to {@link #layer(LlamaModel.Layer, Tensor, Tensor, Tensor, int, int, int, SiteObserver)}. */
     public DType activationType() {
         return actType;
-    }
-
-    /** The residual stream: [batch * seqLen, hidden] rows of the last call. */
-    public Tensor hidden(int rows) {
-        return hidden.rowSlice(0, rows);
     }
 
     /** Embeds {@code tokens} (batch × seqLen, sequence-major) into the residual stream. */
