@@ -23,6 +23,7 @@ import qtool.format.gguf.LlamaFileType;
 import qtool.format.gguf.GgufFile;
 import qtool.format.gguf.GgufTensor;
 import qtool.format.gguf.GgufToHf;
+import qtool.format.gguf.GptqToGguf;
 import qtool.load.DType;
 import qtool.format.gguf.GgufValue;
 import qtool.format.gguf.GgufValueType;
@@ -31,14 +32,14 @@ import qtool.load.Json;
 /** {@code qtool gguf ...}: GGUF files (llama.cpp's format). */
 @Command(name = "gguf", mixinStandardHelpOptions = true,
         description = "Work with GGUF files (llama.cpp's model format).",
-        subcommands = {GgufCommand.Inspect.class, GgufCommand.Import.class, GgufCommand.Export.class, CommandLine.HelpCommand.class})
+        subcommands = {GgufCommand.Inspect.class, GgufCommand.Import.class, GgufCommand.Export.class, GgufCommand.FromGptq.class, CommandLine.HelpCommand.class})
 public final class GgufCommand implements Runnable {
     @Spec
     CommandSpec spec;
 
     @Override
     public void run() {
-        throw new CommandLine.ParameterException(spec.commandLine(), "missing subcommand (inspect, import, export)");
+        throw new CommandLine.ParameterException(spec.commandLine(), "missing subcommand (inspect, import, export, from-gptq)");
     }
 
     /** Arrays longer than this are summarized (type, length, first items). */
@@ -172,12 +173,65 @@ public final class GgufCommand implements Runnable {
         }
 
         private GgmlType ggmlType(String s, String option) {
+            return ggmlType(spec, s, option);
+        }
+
+        static GgmlType ggmlType(CommandSpec spec, String s, String option) {
             if (s == null) return null;
             GgmlType g = GgmlType.byName(s);
             if (g == null || !GgmlCodec.canQuantize(g)) {
                 throw new CommandLine.ParameterException(spec.commandLine(), option + " '" + s + "' is not a ggml type qtool writes");
             }
             return g;
+        }
+    }
+
+    @Command(name = "from-gptq", mixinStandardHelpOptions = true,
+            description = "Write a GPTQ checkpoint of a Llama model as GGUF, carrying its grid over exactly where a ggml "
+                    + "block type holds it (symmetric -> Q4_0, asymmetric -> Q4_1, 8-bit -> Q8_0, when every 32-block "
+                    + "of inputs lies in one group) and requantizing the rest with a warning.")
+    static final class FromGptq implements Callable<Integer> {
+        @Spec
+        CommandSpec spec;
+
+        @Option(names = {"-i", "--input"}, required = true, paramLabel = "DIR", description = "The GPTQ checkpoint directory.")
+        Path input;
+
+        @Option(names = {"-o", "--output"}, required = true, paramLabel = "FILE", description = "The .gguf file to write.")
+        Path output;
+
+        @Option(names = {"-t", "--type"}, paramLabel = "TYPE",
+                description = "ggml type of tensors that must be requantized (default: q8_0 for 8-bit grids, else q4_k, "
+                        + "q5_0 when rows are not a multiple of 256).")
+        String type;
+
+        @Option(names = "--float-type", paramLabel = "TYPE", description = "Type of unquantized matrices (embeddings, lm_head). Default f16.")
+        String floatType;
+
+        @Option(names = "--name", paramLabel = "NAME", description = "general.name (default: the directory's name).")
+        String name;
+
+        @Override
+        public Integer call() {
+            GptqToGguf.Options o = new GptqToGguf.Options(Export.ggmlType(spec, type, "--type"), Export.ggmlType(spec, floatType, "--float-type"), name);
+            GptqToGguf.Result r = GptqToGguf.convert(input, output, o, System.err);
+            PrintWriter out = spec.commandLine().getOut();
+            Map<GgmlType, Integer> counts = new TreeMap<>();
+            long exact = 0, linears = 0;
+            double worst = 0;
+            for (GptqToGguf.Mapped m : r.tensors()) {
+                counts.merge(m.type(), 1, Integer::sum);
+                if (!m.gptq()) continue;
+                linears++;
+                if (m.reason() == null) exact++;
+                worst = Math.max(worst, m.maxAbsChange());
+            }
+            StringBuilder types = new StringBuilder();
+            counts.forEach((gt, n) -> types.append(types.isEmpty() ? "" : ", ").append(n).append(' ').append(gt));
+            out.printf("wrote %s (%s; %,d bytes) in %.1f s: %d of %d GPTQ linears mapped directly, %d requantized; "
+                    + "largest weight change %.4g%n", output, types, r.fileBytes(), r.seconds(), exact, linears, linears - exact, worst);
+            out.flush();
+            return 0;
         }
     }
 
