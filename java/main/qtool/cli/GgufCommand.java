@@ -28,6 +28,11 @@ import qtool.load.DType;
 import qtool.format.gguf.GgufValue;
 import qtool.format.gguf.GgufValueType;
 import qtool.load.Json;
+import qtool.backend.Backend;
+import qtool.calibrate.CalibrationSet;
+import qtool.convert.CalibrationImportance;
+import qtool.model.LlamaModel;
+import qtool.tokenize.Tokenizer;
 
 /** {@code qtool gguf ...}: GGUF files (llama.cpp's format). */
 @Command(name = "gguf", mixinStandardHelpOptions = true,
@@ -141,6 +146,23 @@ public final class GgufCommand implements Runnable {
                 description = "llama.cpp importance matrix (imatrix .gguf or legacy .dat) to weight the quantization error.")
         Path imatrix;
 
+        @Option(names = {"--imatrix-from-calibration", "--calibration"}, paramLabel = "FILE",
+                description = "Compute the importance here: the model runs layer by layer over calibration text (parquet text "
+                        + "column or raw text) and each linear's importance is the mean squared input per column, diag(XᵀX)/n.")
+        Path calibration;
+
+        @Option(names = {"-r", "--dataset-rows"}, defaultValue = "64", description = "Calibration rows for --calibration (default ${DEFAULT-VALUE}).")
+        int rows;
+
+        @Option(names = {"-l", "--length"}, defaultValue = "512", description = "Tokens per calibration row (default ${DEFAULT-VALUE}).")
+        int length;
+
+        @Option(names = "--batch", defaultValue = "4", description = "Calibration rows per forward pass (default ${DEFAULT-VALUE}).")
+        int batch;
+
+        @picocli.CommandLine.Mixin
+        DeviceOption device;
+
         @Option(names = "--output-tensor-type", paramLabel = "TYPE", description = "Type of output.weight (a ggml type: q8_0, q6_k, f16...).")
         String outputTensorType;
 
@@ -160,7 +182,14 @@ public final class GgufCommand implements Runnable {
             if (t == null) {
                 throw new CommandLine.ParameterException(spec.commandLine(), "--type '" + type + "' is not one of " + LlamaFileType.names());
             }
+            if (imatrix != null && calibration != null) {
+                throw new CommandLine.ParameterException(spec.commandLine(), "--imatrix and --imatrix-from-calibration exclude each other");
+            }
+            if (calibration != null && (rows < 1 || length < 2)) {
+                throw new CommandLine.ParameterException(spec.commandLine(), "-r must be >= 1 and -l >= 2");
+            }
             Map<String, float[]> importance = imatrix == null ? null : Imatrix.read(imatrix);
+            if (calibration != null) importance = calibrationImportance(input, calibration, rows, length, batch, device);
             HfToGguf.Options o = new HfToGguf.Options(t, pure, ggmlType(outputTensorType, "--output-tensor-type"),
                     ggmlType(tokenEmbeddingType, "--token-embedding-type"), importance, name, tokenizerPre);
             HfToGguf.Result r = HfToGguf.convert(input, output, o, System.err);
@@ -170,6 +199,19 @@ public final class GgufCommand implements Runnable {
             out.printf("wrote %s (%s: %s; %,d bytes) in %.1f s%n", output, t, types, r.fileBytes(), r.seconds());
             out.flush();
             return 0;
+        }
+
+        /** Importance from running the model over calibration text (see {@link CalibrationImportance}). */
+        static Map<String, float[]> calibrationImportance(Path model, Path text, int rows, int length, int batch, DeviceOption device) {
+            long t0 = System.nanoTime();
+            try (LlamaModel m = LlamaModel.open(model); Backend b = device.open()) {
+                Tokenizer tok = Tokenizer.load(model);
+                CalibrationSet cal = CalibrationSet.fromFile(text, tok, rows, length);
+                Map<String, float[]> imp = CalibrationImportance.compute(m, b, cal, batch);
+                System.err.printf("gguf export: importance of %d linears from %d x %d calibration tokens (%s) in %.1f s on %s%n",
+                        imp.size(), rows, length, cal.source(), (System.nanoTime() - t0) / 1e9, b.name());
+                return imp;
+            }
         }
 
         private GgmlType ggmlType(String s, String option) {
