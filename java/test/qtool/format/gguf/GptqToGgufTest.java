@@ -155,4 +155,13 @@ class GptqToGgufTest {
         assertTrue(r2.tensors().stream().filter(GptqToGguf.Mapped::gptq).allMatch(m -> m.type() == GgmlType.Q4_0), r2.tensors().toString());
         assertEquals(0.0, compare(two, dir.resolve("two.gguf"), r2.tensors()));
     }
+
+    @Test
+    void aDirectoryWithoutGptqTensorsIsRefused() {
+        Path model = Shared.require("models/stories260K");
+        CliRun r = CliRun.of("gguf", "from-gptq", "-i", model.toString(), "-o", dir.resolve("x.gguf").toString());
+        assertEquals(2, r.exitCode(), r.err());
+        assertTrue(r.err().contains("not a GPTQ checkpoint"), r.err());
+        assertTrue(!dir.resolve("x.gguf").toFile().exists());
+    }
 }
