@@ -243,9 +243,13 @@ public final class GgufCommand implements Runnable {
         Path output;
 
         @Option(names = {"-t", "--type"}, paramLabel = "TYPE",
-                description = "ggml type of tensors that must be requantized (default: q8_0 for 8-bit grids, else q4_k, "
-                        + "q5_0 when rows are not a multiple of 256).")
+                description = "ggml type of tensors that must be requantized (default: q8_0 for 8-bit grids, else q4_k; k-quants "
+                        + "fall back as llama-quantize's do, e.g. q4_k to q5_0 when rows are not a multiple of 256).")
         String type;
+
+        @Option(names = "--requantize", description = "Requantize every GPTQ linear to --type instead of carrying grids over exactly "
+                + "(e.g. a 2/3-bit checkpoint to q2_k/q3_k, smaller than its exact Q4_0/Q4_1 form).")
+        boolean requantize;
 
         @Option(names = "--float-type", paramLabel = "TYPE", description = "Type of unquantized matrices (embeddings, lm_head). Default f16.")
         String floatType;
@@ -255,7 +259,7 @@ public final class GgufCommand implements Runnable {
 
         @Override
         public Integer call() {
-            GptqToGguf.Options o = new GptqToGguf.Options(Export.ggmlType(spec, type, "--type"), Export.ggmlType(spec, floatType, "--float-type"), name);
+            GptqToGguf.Options o = new GptqToGguf.Options(Export.ggmlType(spec, type, "--type"), Export.ggmlType(spec, floatType, "--float-type"), name, requantize);
             GptqToGguf.Result r = GptqToGguf.convert(input, output, o, System.err);
             PrintWriter out = spec.commandLine().getOut();
             Map<GgmlType, Integer> counts = new TreeMap<>();

@@ -49,10 +49,12 @@ public final class GptqToGguf {
      *                     are not a multiple of 256, as llama-quantize falls back)
      * @param floatType    the type of unquantized 2-D tensors (embeddings, lm_head): F16 unless given
      * @param name         general.name, or null for the directory's name
+     * @param requantize   requantize every GPTQ linear to the fallback type instead of carrying grids over (a 2/3-bit
+     *                     grid held exactly takes Q4_0's 4.5 bits per weight; Q2_K/Q3_K are smaller but not exact)
      */
-    public record Options(GgmlType fallbackType, GgmlType floatType, String name) {
+    public record Options(GgmlType fallbackType, GgmlType floatType, String name, boolean requantize) {
         public static Options defaults() {
-            return new Options(null, null, null);
+            return new Options(null, null, null, false);
         }
     }
 
@@ -116,7 +118,7 @@ public final class GptqToGguf {
                 GgmlType type;
                 if (quantized.get(g)) {
                     PackedLinear p = ck.read(src);
-                    Choice ch = choose(p, o.fallbackType());
+                    Choice ch = o.requantize() ? requantized(p, o.fallbackType(), "--requantize") : choose(p, o.fallbackType());
                     choices.put(g, ch);
                     dims = new long[] {p.in(), p.out()};
                     type = ch.type();
@@ -219,8 +221,21 @@ public final class GptqToGguf {
                 reason = bits + "-bit grid";
             }
         }
-        GgmlType t = fallback != null ? fallback : bits == 8 ? GgmlType.Q8_0 : GgmlType.Q4_K;
-        if (fallback == null && in % t.blockSize != 0) t = GgmlType.Q5_0;
+        return requantized(p, fallback, reason);
+    }
+
+    private static Choice requantized(PackedLinear p, GgmlType fallback, String reason) {
+        int in = p.in();
+        GgmlType t = fallback != null ? fallback : p.bits() == 8 ? GgmlType.Q8_0 : GgmlType.Q4_K;
+        if (in % t.blockSize != 0) { // llama-quantize's fallbacks for rows no K block fits
+            t = switch (t) {
+                case Q2_K, Q3_K -> GgmlType.Q4_0;
+                case Q4_K -> GgmlType.Q5_0;
+                case Q5_K -> GgmlType.Q5_1;
+                case Q6_K -> GgmlType.Q8_0;
+                default -> GgmlType.F16;
+            };
+        }
         if (in % t.blockSize != 0) t = GgmlType.F16;
         return new Choice(t, false, reason);
     }

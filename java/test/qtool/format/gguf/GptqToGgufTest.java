@@ -154,6 +154,14 @@ class GptqToGgufTest {
         GptqToGguf.Result r2 = GptqToGguf.convert(two, dir.resolve("two.gguf"), GptqToGguf.Options.defaults(), null);
         assertTrue(r2.tensors().stream().filter(GptqToGguf.Mapped::gptq).allMatch(m -> m.type() == GgmlType.Q4_0), r2.tensors().toString());
         assertEquals(0.0, compare(two, dir.resolve("two.gguf"), r2.tensors()));
+        // or, asked to, requantized to a smaller type
+        GptqToGguf.Result rq = GptqToGguf.convert(two, dir.resolve("two-q3k.gguf"), new GptqToGguf.Options(GgmlType.Q3_K, null, null, true), null);
+        for (GptqToGguf.Mapped m : rq.tensors()) {
+            if (!m.gptq()) continue;
+            assertEquals(m.name().contains("ffn_down") ? GgmlType.Q3_K : GgmlType.Q4_0, m.type(), m.name()); // 128 columns: Q3_K's fallback
+            assertEquals("--requantize", m.reason());
+        }
+        compare(two, dir.resolve("two-q3k.gguf"), rq.tensors());
     }
 
     @Test
