@@ -23,22 +23,28 @@ import qtool.format.gguf.LlamaFileType;
 import qtool.format.gguf.GgufFile;
 import qtool.format.gguf.GgufTensor;
 import qtool.format.gguf.GgufToHf;
+import qtool.format.gguf.GptqToGguf;
 import qtool.load.DType;
 import qtool.format.gguf.GgufValue;
 import qtool.format.gguf.GgufValueType;
 import qtool.load.Json;
+import qtool.backend.Backend;
+import qtool.calibrate.CalibrationSet;
+import qtool.convert.CalibrationImportance;
+import qtool.model.LlamaModel;
+import qtool.tokenize.Tokenizer;
 
 /** {@code qtool gguf ...}: GGUF files (llama.cpp's format). */
 @Command(name = "gguf", mixinStandardHelpOptions = true,
         description = "Work with GGUF files (llama.cpp's model format).",
-        subcommands = {GgufCommand.Inspect.class, GgufCommand.Import.class, GgufCommand.Export.class, CommandLine.HelpCommand.class})
+        subcommands = {GgufCommand.Inspect.class, GgufCommand.Import.class, GgufCommand.Export.class, GgufCommand.FromGptq.class, CommandLine.HelpCommand.class})
 public final class GgufCommand implements Runnable {
     @Spec
     CommandSpec spec;
 
     @Override
     public void run() {
-        throw new CommandLine.ParameterException(spec.commandLine(), "missing subcommand (inspect, import, export)");
+        throw new CommandLine.ParameterException(spec.commandLine(), "missing subcommand (inspect, import, export, from-gptq)");
     }
 
     /** Arrays longer than this are summarized (type, length, first items). */
@@ -140,6 +146,23 @@ public final class GgufCommand implements Runnable {
                 description = "llama.cpp importance matrix (imatrix .gguf or legacy .dat) to weight the quantization error.")
         Path imatrix;
 
+        @Option(names = {"--imatrix-from-calibration", "--calibration"}, paramLabel = "FILE",
+                description = "Compute the importance here: the model runs layer by layer over calibration text (parquet text "
+                        + "column or raw text) and each linear's importance is the mean squared input per column, diag(XᵀX)/n.")
+        Path calibration;
+
+        @Option(names = {"-r", "--dataset-rows"}, defaultValue = "64", description = "Calibration rows for --calibration (default ${DEFAULT-VALUE}).")
+        int rows;
+
+        @Option(names = {"-l", "--length"}, defaultValue = "512", description = "Tokens per calibration row (default ${DEFAULT-VALUE}).")
+        int length;
+
+        @Option(names = "--batch", defaultValue = "4", description = "Calibration rows per forward pass (default ${DEFAULT-VALUE}).")
+        int batch;
+
+        @picocli.CommandLine.Mixin
+        DeviceOption device;
+
         @Option(names = "--output-tensor-type", paramLabel = "TYPE", description = "Type of output.weight (a ggml type: q8_0, q6_k, f16...).")
         String outputTensorType;
 
@@ -159,7 +182,14 @@ public final class GgufCommand implements Runnable {
             if (t == null) {
                 throw new CommandLine.ParameterException(spec.commandLine(), "--type '" + type + "' is not one of " + LlamaFileType.names());
             }
+            if (imatrix != null && calibration != null) {
+                throw new CommandLine.ParameterException(spec.commandLine(), "--imatrix and --imatrix-from-calibration exclude each other");
+            }
+            if (calibration != null && (rows < 1 || length < 2)) {
+                throw new CommandLine.ParameterException(spec.commandLine(), "-r must be >= 1 and -l >= 2");
+            }
             Map<String, float[]> importance = imatrix == null ? null : Imatrix.read(imatrix);
+            if (calibration != null) importance = calibrationImportance(input, calibration, rows, length, batch, device);
             HfToGguf.Options o = new HfToGguf.Options(t, pure, ggmlType(outputTensorType, "--output-tensor-type"),
                     ggmlType(tokenEmbeddingType, "--token-embedding-type"), importance, name, tokenizerPre);
             HfToGguf.Result r = HfToGguf.convert(input, output, o, System.err);
@@ -171,13 +201,83 @@ public final class GgufCommand implements Runnable {
             return 0;
         }
 
+        /** Importance from running the model over calibration text (see {@link CalibrationImportance}). */
+        static Map<String, float[]> calibrationImportance(Path model, Path text, int rows, int length, int batch, DeviceOption device) {
+            long t0 = System.nanoTime();
+            try (LlamaModel m = LlamaModel.open(model); Backend b = device.open()) {
+                Tokenizer tok = Tokenizer.load(model);
+                CalibrationSet cal = CalibrationSet.fromFile(text, tok, rows, length);
+                Map<String, float[]> imp = CalibrationImportance.compute(m, b, cal, batch);
+                System.err.printf("gguf export: importance of %d linears from %d x %d calibration tokens (%s) in %.1f s on %s%n",
+                        imp.size(), rows, length, cal.source(), (System.nanoTime() - t0) / 1e9, b.name());
+                return imp;
+            }
+        }
+
         private GgmlType ggmlType(String s, String option) {
+            return ggmlType(spec, s, option);
+        }
+
+        static GgmlType ggmlType(CommandSpec spec, String s, String option) {
             if (s == null) return null;
             GgmlType g = GgmlType.byName(s);
             if (g == null || !GgmlCodec.canQuantize(g)) {
                 throw new CommandLine.ParameterException(spec.commandLine(), option + " '" + s + "' is not a ggml type qtool writes");
             }
             return g;
+        }
+    }
+
+    @Command(name = "from-gptq", mixinStandardHelpOptions = true,
+            description = "Write a GPTQ checkpoint of a Llama model as GGUF, carrying its grid over exactly where a ggml "
+                    + "block type holds it (symmetric -> Q4_0, asymmetric -> Q4_1, 8-bit -> Q8_0, when every 32-block "
+                    + "of inputs lies in one group) and requantizing the rest with a warning.")
+    static final class FromGptq implements Callable<Integer> {
+        @Spec
+        CommandSpec spec;
+
+        @Option(names = {"-i", "--input"}, required = true, paramLabel = "DIR", description = "The GPTQ checkpoint directory.")
+        Path input;
+
+        @Option(names = {"-o", "--output"}, required = true, paramLabel = "FILE", description = "The .gguf file to write.")
+        Path output;
+
+        @Option(names = {"-t", "--type"}, paramLabel = "TYPE",
+                description = "ggml type of tensors that must be requantized (default: q8_0 for 8-bit grids, else q4_k; k-quants "
+                        + "fall back as llama-quantize's do, e.g. q4_k to q5_0 when rows are not a multiple of 256).")
+        String type;
+
+        @Option(names = "--requantize", description = "Requantize every GPTQ linear to --type instead of carrying grids over exactly "
+                + "(e.g. a 2/3-bit checkpoint to q2_k/q3_k, smaller than its exact Q4_0/Q4_1 form).")
+        boolean requantize;
+
+        @Option(names = "--float-type", paramLabel = "TYPE", description = "Type of unquantized matrices (embeddings, lm_head). Default f16.")
+        String floatType;
+
+        @Option(names = "--name", paramLabel = "NAME", description = "general.name (default: the directory's name).")
+        String name;
+
+        @Override
+        public Integer call() {
+            GptqToGguf.Options o = new GptqToGguf.Options(Export.ggmlType(spec, type, "--type"), Export.ggmlType(spec, floatType, "--float-type"), name, requantize);
+            GptqToGguf.Result r = GptqToGguf.convert(input, output, o, System.err);
+            PrintWriter out = spec.commandLine().getOut();
+            Map<GgmlType, Integer> counts = new TreeMap<>();
+            long exact = 0, linears = 0;
+            double worst = 0;
+            for (GptqToGguf.Mapped m : r.tensors()) {
+                counts.merge(m.type(), 1, Integer::sum);
+                if (!m.gptq()) continue;
+                linears++;
+                if (m.reason() == null) exact++;
+                worst = Math.max(worst, m.maxAbsChange());
+            }
+            StringBuilder types = new StringBuilder();
+            counts.forEach((gt, n) -> types.append(types.isEmpty() ? "" : ", ").append(n).append(' ').append(gt));
+            out.printf("wrote %s (%s; %,d bytes) in %.1f s: %d of %d GPTQ linears mapped directly, %d requantized; "
+                    + "largest weight change %.4g%n", output, types, r.fileBytes(), r.seconds(), exact, linears, linears - exact, worst);
+            out.flush();
+            return 0;
         }
     }
 

@@ -39,12 +39,24 @@ public final class PplCommand implements Callable<Integer> {
     @Option(names = "--batch", defaultValue = "1", description = "Windows per forward pass (default ${DEFAULT-VALUE}).")
     int batch;
 
+    @Option(names = "--protocol", defaultValue = "gptq",
+            description = "gptq: every token of each window scored (GPTQ paper); llama.cpp: llama-perplexity's, BOS first in each "
+                    + "window when the vocabulary adds it, only the second half scored (compare with llama-perplexity -c CTX "
+                    + "--chunks N). Default ${DEFAULT-VALUE}.")
+    String protocol;
+
     @Option(names = "--json", description = "Print the result as one JSON object.")
     boolean json;
 
     @Override
     public Integer call() {
         if (ctx < 2) throw new qtool.QtoolException("--ctx must be at least 2");
+        boolean llamaCpp = switch (protocol.toLowerCase()) {
+            case "gptq" -> false;
+            case "llama.cpp", "llamacpp", "llama-cpp" -> true;
+            default -> throw new picocli.CommandLine.ParameterException(spec.commandLine(), "--protocol must be gptq or llama.cpp, not '" + protocol + "'");
+        };
+        if (llamaCpp && ctx < 4) throw new qtool.QtoolException("--ctx must be at least 4 under --protocol llama.cpp");
         String text = TextDataset.evaluationText(data);
         try (LlamaModel m = model.open(); Backend b = device.open()) {
             Tokenizer tok = model.tokenizer(m);
@@ -54,13 +66,15 @@ public final class PplCommand implements Callable<Integer> {
             int nb = Math.max(1, Math.min(batch, windows > 0 ? Math.min(windows, n) : n));
             Perplexity.Result r;
             try (Forward f = new Forward(m, b, model.linearType(b, m), nb, ctx, false, false, model.ropeAlpha, model.ropeScale)) {
-                r = Perplexity.evaluate(f, ids, ctx, windows, nb);
+                r = llamaCpp ? Perplexity.evaluateLlamaCpp(f, ids, ctx, windows, nb, tok.addBosByDefault() ? tok.bos() : -1)
+                        : Perplexity.evaluate(f, ids, ctx, windows, nb);
             }
             if (json) {
                 Map<String, Object> o = new LinkedHashMap<>();
                 o.put("model", model.model.toString());
                 o.put("data", data.toString());
                 o.put("device", b.name());
+                o.put("protocol", llamaCpp ? "llama.cpp" : "gptq");
                 o.put("ctx", ctx);
                 o.put("windows", r.windows());
                 o.put("tokens_evaluated", (long) r.windows() * ctx);

@@ -119,7 +119,7 @@ public final class HfToGguf {
         }
     }
 
-    private static Map<String, Object> configJson(Path dir) {
+    static Map<String, Object> configJson(Path dir) {
         Path file = dir.resolve("config.json");
         if (!Files.isDirectory(dir)) throw new QtoolException(dir + ": not a directory (gguf export reads an HF model directory)");
         if (!Files.isRegularFile(file)) throw new QtoolException(file + ": no such file (an HF model directory needs config.json)");
@@ -215,7 +215,7 @@ public final class HfToGguf {
         return out;
     }
 
-    private static void checkShape(Path dir, ModelConfig c, String g, String hf, long[] shape) {
+    static void checkShape(Path dir, ModelConfig c, String g, String hf, long[] shape) {
         long rows = shape[0];
         long cols = shape.length > 1 ? shape[1] : 1;
         String expected = null;
@@ -304,7 +304,7 @@ public final class HfToGguf {
         return out;
     }
 
-    private static long elements(long[] dims) {
+    static long elements(long[] dims) {
         long n = 1;
         for (long d : dims) n *= d;
         return n;
@@ -349,7 +349,7 @@ public final class HfToGguf {
     /** Bytes of output buffered before they go to the writer. */
     private static final long CHUNK_BYTES = 16L << 20;
 
-    private static void writeTensor(GgufWriter writer, ModelConfig c, Weights w, Planned p) {
+    static void writeTensor(GgufWriter writer, ModelConfig c, Weights w, Planned p) {
         if (p.hfName() == null) { // rope_freqs
             float[] f = ropeFreqFactors(c);
             byte[] b = new byte[f.length * 4];

@@ -46,6 +46,24 @@ class Stories260KGgufTest {
     }
 
     @Test
+    void pplUnderLlamaCppProtocolMatchesLlamaPerplexityWithBos() throws IOException {
+        // stories260K's vocabulary adds BOS: llama-perplexity puts it first in every window, and so must qtool
+        Path model = GgufTestFiles.requireShared("models/stories260K");
+        Path f32 = dir.resolve("stories-f32.gguf");
+        HfToGguf.convert(model, f32, HfToGguf.Options.of(LlamaFileType.F32), null);
+        Path text = dir.resolve("wiki-head.txt");
+        Files.writeString(text, Files.readString(GgufTestFiles.requireShared("data/wiki.test.raw"), StandardCharsets.UTF_8).substring(0, 60_000));
+        double theirs = LlamaCppTools.perplexity(f32, text, 128, 8);
+        qtool.cli.CliRun r = qtool.cli.CliRun.of("ppl", "-m", f32.toString(), "-d", text.toString(), "--protocol", "llama.cpp",
+                "--ctx", "128", "--windows", "8", "--json", "--device", "cpu");
+        assertEquals(0, r.exitCode(), r.err());
+        double mine = ((Number) qtool.load.Json.object(qtool.load.Json.parse(r.out(), "ppl"), "ppl").get("ppl")).doubleValue();
+        // 75.7370 vs 75.7712 when written
+        System.out.printf("stories260K F32, 8 windows of 128: qtool --protocol llama.cpp %.4f, llama-perplexity %.4f%n", mine, theirs);
+        assertTrue(Math.abs(mine / theirs - 1) < 0.005, "qtool " + mine + " vs llama-perplexity " + theirs);
+    }
+
+    @Test
     void exportedModelTellsItsStory() {
         Path model = GgufTestFiles.requireShared("models/stories260K");
         Path out = dir.resolve("stories-q8_0.gguf");
