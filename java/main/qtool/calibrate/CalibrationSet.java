@@ -33,8 +33,8 @@ public record CalibrationSet(int rows, int length, int[] tokens, String source) 
     }
 
     /**
-     * Samples {@code rows − 2} rows from the model (batched decoding through {@code forward}, which must hold
-     * {@code rows − 2} sequences of {@code length}) and appends two random rows.
+     * Samples {@code rows − 2} rows from the model (batched decoding through {@code forward}, whose batch sets how
+     * many rows are decoded together; it must hold sequences of {@code length}) and appends two random rows.
      */
     public static CalibrationSet generate(Forward forward, Tokenizer tok, int rows, int length, long seed) {
         if (rows < 3) throw new QtoolException("a generated calibration set needs at least 3 rows (-r)");
@@ -50,21 +50,25 @@ public record CalibrationSet(int rows, int length, int[] tokens, String source) 
         }
         Sampler sampler = new Sampler(1.0f, 1.0f, seed);
         try (Progress bar = new Progress("calibration: sampling", (long) sampled * (length - start), "tok")) {
-            int[] prompt = new int[sampled * start];
-            for (int r = 0; r < sampled; r++) System.arraycopy(seqs[r], 0, prompt, r * start, start);
-            forward.forward(prompt, sampled, start, 0);
-            for (int pos = start; pos < length; pos++) {
-                int[] next = new int[sampled];
-                int stepLen = pos == start ? start : 1;
-                for (int r = 0; r < sampled; r++) {
-                    float[] logits = forward.logits(r * stepLen + stepLen - 1);
-                    int t = sampler.sample(Arrays.copyOf(logits, vocab));
-                    // an ended sequence continues from a fresh start, as the next document in a corpus would
-                    if (t == tok.eos()) t = bos ? tok.bos() : ordinaryToken(tok, vocab, rnd);
-                    seqs[r][pos] = next[r] = t;
+            // rows are sampled forward.batch() at a time: the KV caches hold only that many sequences
+            for (int g0 = 0; g0 < sampled; g0 += forward.batch()) {
+                int nb = Math.min(forward.batch(), sampled - g0);
+                int[] prompt = new int[nb * start];
+                for (int r = 0; r < nb; r++) System.arraycopy(seqs[g0 + r], 0, prompt, r * start, start);
+                forward.forward(prompt, nb, start, 0);
+                for (int pos = start; pos < length; pos++) {
+                    int[] next = new int[nb];
+                    int stepLen = pos == start ? start : 1;
+                    for (int r = 0; r < nb; r++) {
+                        float[] logits = forward.logits(r * stepLen + stepLen - 1);
+                        int t = sampler.sample(Arrays.copyOf(logits, vocab));
+                        // an ended sequence continues from a fresh start, as the next document in a corpus would
+                        if (t == tok.eos()) t = bos ? tok.bos() : ordinaryToken(tok, vocab, rnd);
+                        seqs[g0 + r][pos] = next[r] = t;
+                    }
+                    if (pos + 1 < length) forward.forward(next, nb, 1, pos);
+                    bar.step(nb);
                 }
-                if (pos + 1 < length) forward.forward(next, sampled, 1, pos);
-                bar.step(sampled);
             }
         }
         int[] tokens = new int[rows * length];

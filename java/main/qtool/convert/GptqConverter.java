@@ -171,7 +171,8 @@ public final class GptqConverter {
             if (o.calibrationFile != null) {
                 cal = CalibrationSet.fromFile(o.calibrationFile, tokenizer, o.rows, o.length);
             } else {
-                try (Forward gen = new Forward(model, backend, linearType, o.rows - 2, o.length, false, true, 1.0, 1.0)) {
+                int batch = Math.max(1, Math.min(o.rows - 2, 16));
+                try (Forward gen = new Forward(model, backend, linearType, batch, o.length, false, true, 1.0, 1.0)) {
                     cal = CalibrationSet.generate(gen, tokenizer, o.rows, o.length, o.seed);
                 }
             }
