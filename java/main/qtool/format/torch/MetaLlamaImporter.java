@@ -24,7 +24,7 @@ import qtool.write.SafetensorsWriter;
  * Meta's original Llama download (params.json, tokenizer.model, consolidated.NN.pth: one shard per model-parallel
  * rank) into the HF layout, with the same tensors as transformers' convert_llama_weights_to_hf.py: column-parallel
  * weights (wq, wk, wv, w1, w3, output) concatenated along dim 0, row-parallel ones (wo, w2, tok_embeddings) along
- * dim 1, norms from shard 0, and q/k rows permuted from Meta's interleaved rotary pairs to HF's half-split layout.
+ * dim 1 (Llama 3's tok_embeddings: dim 0, told apart by its shape), norms from shard 0, and q/k rows permuted from Meta's interleaved rotary pairs to HF's half-split layout.
  * Tensors keep their dtype (Meta ships bf16); every byte is copied, none is converted.
  */
 public final class MetaLlamaImporter {
@@ -110,7 +110,10 @@ public final class MetaLlamaImporter {
             DType dtype;
             try {
                 Merger m = new Merger(files, shards, p, writer);
-                m.write("model.embed_tokens.weight", "tok_embeddings.weight", 1, new long[] {p.vocab, p.dim}, 0);
+                // Llama 1 and 2 split the embedding along dim 1 (ParallelEmbedding), Llama 3 along the vocabulary
+                Tensor emb0 = shards.get(0).get("tok_embeddings.weight");
+                int embAxis = files.size() > 1 && emb0 != null && emb0.shape().length == 2 && emb0.shape()[1] == p.dim ? 0 : 1;
+                m.write("model.embed_tokens.weight", "tok_embeddings.weight", embAxis, new long[] {p.vocab, p.dim}, 0);
                 for (int i = 0; i < p.layers; i++) {
                     String meta = "layers." + i + ".", hf = "model.layers." + i + ".";
                     int kvDim = p.kvHeads * p.headDim();

@@ -65,6 +65,16 @@ class MetaLlamaImporterTest {
     /** Hand-made shards (TorchSaveWriter) against an independent element-by-element implementation of the formulas. */
     @Test
     void handMadeShardsMatchIndependentFormulas() throws Exception {
+        handMade(false);
+    }
+
+    /** Llama 3's checkpoints split tok_embeddings along the vocabulary (dim 0). */
+    @Test
+    void handMadeLlama3StyleEmbeddingSplit() throws Exception {
+        handMade(true);
+    }
+
+    private void handMade(boolean vocabSplitEmbedding) throws Exception {
         int dim = 16, heads = 4, kv = 2, hd = 4, inter = 48, vocab = 20, shards = 2; // intermediateSize(16, 1, 16) = 48
         Random rnd = new Random(7);
         Map<String, float[][]> full = new LinkedHashMap<>();
@@ -82,7 +92,7 @@ class MetaLlamaImporterTest {
         full.put("layers.0.ffn_norm.weight", rand(rnd, 1, dim));
         Path in = dir.resolve("meta");
         Files.createDirectories(in);
-        writeShards(in, full, shards);
+        writeShards(in, full, shards, vocabSplitEmbedding);
         Files.writeString(in.resolve("params.json"), "{\"dim\": 16, \"n_layers\": 1, \"n_heads\": 4, \"n_kv_heads\": 2, \"vocab_size\": 20,"
                 + " \"multiple_of\": 16, \"norm_eps\": 1e-5, \"rope_theta\": 500000.0}");
         Files.copy(FIXTURE.resolve("tokenizer.model"), in.resolve("tokenizer.model"));
@@ -231,14 +241,14 @@ class MetaLlamaImporterTest {
     }
 
     /** Cuts each tensor as model-parallel ranks hold it: dim 1 for wo, w2, tok_embeddings; dim 0 for the rest; norms whole. */
-    private static void writeShards(Path in, Map<String, float[][]> full, int shards) throws Exception {
+    private static void writeShards(Path in, Map<String, float[][]> full, int shards, boolean vocabSplitEmbedding) throws Exception {
         for (int s = 0; s < shards; s++) {
             Map<String, TorchSaveWriter.RawTensor> part = new LinkedHashMap<>();
             for (var e : full.entrySet()) {
                 float[][] m = e.getValue();
                 String k = e.getKey();
                 boolean norm = k.contains("norm");
-                boolean dim1 = k.contains("attention.wo") || k.contains("feed_forward.w2") || k.contains("tok_embeddings");
+                boolean dim1 = k.contains("attention.wo") || k.contains("feed_forward.w2") || (k.contains("tok_embeddings") && !vocabSplitEmbedding);
                 int rows = m.length, cols = m[0].length;
                 int r0 = 0, r1 = rows, c0 = 0, c1 = cols;
                 if (!norm && dim1) { c0 = s * cols / shards; c1 = (s + 1) * cols / shards; }
