@@ -95,6 +95,9 @@ public final class GptqPtImporter {
         if (scales == null || !scales.dtype().isFloat()) throw new QtoolException(pt + ": " + p + ".scales is missing or not a float tensor");
         if (qweight.shape().length != 2) throw new QtoolException(pt + ": " + p + ".qweight is " + qweight + ", not 2-D");
         long out = qweight.shape()[1];
+        if (qweight.shape()[1] > Integer.MAX_VALUE / 32 || qweight.shape()[0] > Integer.MAX_VALUE / 32) {
+            throw new QtoolException(pt + ": " + p + ".qweight is " + qweight + ", too large for a linear layer");
+        }
         if (qweight.shape()[0] * 32 % bits != 0) throw new QtoolException(pt + ": " + p + ".qweight is " + qweight + ", which --bits " + bits + " cannot unpack");
         long in = qweight.shape()[0] * 32 / bits;
         long groups = groupSize == -1 ? 1 : (in + groupSize - 1) / groupSize;
@@ -131,8 +134,10 @@ public final class GptqPtImporter {
             if (g == null) gIdx[i] = i / width;
             else {
                 if (g.numel() != in) throw new QtoolException(pt + ": " + p + ".g_idx is " + g + ", expected " + in + " entries (in_features)");
-                gIdx[i] = g.dtype() == DType.I64 ? Math.toIntExact(g.data().getAtIndex(ValueLayout.JAVA_LONG_UNALIGNED, i)) : g.data().getAtIndex(Tensor.I32, i);
-                if (gIdx[i] < 0 || gIdx[i] >= groups) throw new QtoolException(pt + ": " + p + ".g_idx[" + i + "] = " + gIdx[i] + " is not a group (" + groups + ")");
+                long gi = g.dtype() == DType.I64 ? g.data().getAtIndex(ValueLayout.JAVA_LONG_UNALIGNED, i)
+                        : g.dtype() == DType.I32 ? g.data().getAtIndex(Tensor.I32, i) : -1;
+                if (gi < 0 || gi >= groups) throw new QtoolException(pt + ": " + p + ".g_idx[" + i + "] = " + gi + " is not a group (" + groups + "; g_idx must be I32 or I64)");
+                gIdx[i] = (int) gi;
                 actOrder |= gIdx[i] != i / width;
             }
         }

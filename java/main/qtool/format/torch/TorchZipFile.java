@@ -91,7 +91,11 @@ public final class TorchZipFile {
         byte[] pkl = entry(prefix + "data.pkl").toArray(ValueLayout.JAVA_BYTE);
         Map<String, Storage> storages = new LinkedHashMap<>();
         String where = path + " (" + prefix + "data.pkl)";
-        return new SafeUnpickler(pkl, where, pid -> storage(pid, storages, where), args -> rebuildTensor(args, where)).load();
+        try {
+            return new SafeUnpickler(pkl, where, pid -> storage(pid, storages, where), args -> rebuildTensor(args, where)).load();
+        } catch (ArithmeticException e) { // sizes whose product or offset overflows 64 bits
+            throw new QtoolException(where + ": tensor sizes overflow: " + e.getMessage());
+        }
     }
 
     /** The checkpoint's tensors by name: a state dict, or a dict holding one under "state_dict"/"model". */
