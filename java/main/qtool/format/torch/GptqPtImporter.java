@@ -40,6 +40,8 @@ public final class GptqPtImporter {
         if (groupSize != -1 && groupSize < 1) throw new QtoolException("--group-size must be positive or -1, not " + groupSize);
         Map<String, Object> modelConfig = Json.readObject(configDir.resolve("config.json"));
         ModelConfig.parse(modelConfig, configDir.resolve("config.json").toString());
+        MetaLlamaImporter.refuseStaleWeights(out);
+        if (out.toAbsolutePath().normalize().equals(configDir.toAbsolutePath().normalize())) throw new QtoolException("-o must differ from --config");
         try (Arena arena = Arena.ofShared()) {
             Map<String, Tensor> t = TorchZipFile.open(pt, arena).tensors();
             if (t.isEmpty()) throw new QtoolException(pt + ": holds no tensors");

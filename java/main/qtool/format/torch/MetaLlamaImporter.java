@@ -99,6 +99,7 @@ public final class MetaLlamaImporter {
             if (!Files.isRegularFile(in.resolve(f))) throw new QtoolException(in + ": " + f + " is missing");
         }
         List<Path> files = shardFiles(in);
+        refuseStaleWeights(out);
         try (Arena arena = Arena.ofShared()) {
             List<Map<String, Tensor>> shards = new ArrayList<>();
             for (Path f : files) shards.add(TorchZipFile.open(f, arena).tensors());
@@ -139,6 +140,17 @@ public final class MetaLlamaImporter {
             }
             writeConfigs(in, out, p, dtype);
             return new Result(p, files.size(), count, bytes);
+        }
+    }
+
+    /** Weights already in the output directory would mix with the new ones (other shard counts, other names). */
+    static void refuseStaleWeights(Path out) {
+        if (!Files.isDirectory(out)) return;
+        try (var s = Files.list(out)) {
+            var stale = s.map(f -> f.getFileName().toString()).filter(n -> n.endsWith(".safetensors") || n.equals("model.safetensors.index.json")).sorted().toList();
+            if (!stale.isEmpty()) throw new QtoolException(out + ": already holds weights (" + stale.get(0) + (stale.size() > 1 ? ", …" : "") + "); choose an empty output directory");
+        } catch (IOException e) {
+            throw new QtoolException(out + ": cannot list: " + e.getMessage());
         }
     }
 

@@ -194,6 +194,13 @@ class MetaLlamaImporterTest {
         byte[] all = Files.readAllBytes(cut.resolve("consolidated.01.pth"));
         Files.write(cut.resolve("consolidated.01.pth"), java.util.Arrays.copyOf(all, all.length - 100));
         assertBad(cut, "consolidated.01.pth");
+        // an output directory that already holds weights
+        Path used = dir.resolve("used");
+        Files.createDirectories(used);
+        Files.writeString(used.resolve("model-00001-of-00002.safetensors"), "old");
+        CliRun r = CliRun.of("import-meta", "-i", FIXTURE.toString(), "-o", used.toString());
+        assertEquals(2, r.exitCode());
+        assertTrue(r.err().contains("already holds weights"), r.err());
         // no tokenizer
         Path noTok = copyFixture("notok");
         Files.delete(noTok.resolve("tokenizer.model"));
