@@ -53,7 +53,7 @@ public final class GenerateCommand implements Callable<Integer> {
             try (Forward f = new Forward(m, b, model.linearType(b, m), 1, maxSeq, false, true, model.ropeAlpha, model.ropeScale)) {
                 long t0 = System.nanoTime();
                 f.forward(promptIds, 1, promptIds.length, 0);
-                int next = sampler.sample(f.logits(promptIds.length - 1));
+                int next = sampler.sample(tokenizerLogits(f.logits(promptIds.length - 1), tok));
                 long t1 = System.nanoTime();
                 int pos = promptIds.length;
                 out().print(prompt);
@@ -62,7 +62,7 @@ public final class GenerateCommand implements Callable<Integer> {
                     printed = stream(tok, out, printed);
                     if ((next == tok.eos() && !ignoreEos) || out.size() >= tokens || pos >= maxSeq) break;
                     f.forward(new int[] {next}, 1, 1, pos);
-                    next = sampler.sample(f.logits(0));
+                    next = sampler.sample(tokenizerLogits(f.logits(0), tok));
                     pos++;
                 }
                 long t2 = System.nanoTime();
@@ -75,6 +75,11 @@ public final class GenerateCommand implements Callable<Integer> {
             }
             return 0;
         }
+    }
+
+    /** Logits of the ids the tokenizer knows: padded embedding rows beyond its vocabulary are never sampled. */
+    private static float[] tokenizerLogits(float[] logits, Tokenizer tok) {
+        return tok.vocabSize() < logits.length ? java.util.Arrays.copyOf(logits, tok.vocabSize()) : logits;
     }
 
     /** Prints the part of the decoded text not yet printed; holds back an incomplete UTF-8 sequence. */

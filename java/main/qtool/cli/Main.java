@@ -10,7 +10,8 @@ import qtool.QtoolException;
 @Command(name = "qtool", mixinStandardHelpOptions = true, versionProvider = Main.Version.class,
         description = "Quantize large language models (GPTQ, EXL2, GGUF, AWQ) and run them.",
         subcommands = {CommandLine.HelpCommand.class, InspectCommand.class, SynthCommand.class, PplCommand.class, GenerateCommand.class,
-                LogitsCommand.class, TokenizeCommand.class, GgufCommand.class, DeviceCommand.class, ConvertCommand.class})
+                LogitsCommand.class, TokenizeCommand.class, GgufCommand.class, DeviceCommand.class, ConvertCommand.class, ImportMetaCommand.class,
+                ImportGptqPtCommand.class})
 public final class Main {
 
     /**
