@@ -68,6 +68,19 @@ class RuntimeTest {
     }
 
     @Test
+    void generationNeverPicksPaddedVocabularyRows(@TempDir Path dir) {
+        // a model whose embedding has more rows than its tokenizer has ids (padded vocabularies are common)
+        Path m = dir.resolve("padded");
+        assertEquals(0, CliRun.of("synth", "--out", m.toString(), "--hidden", "32", "--layers", "1", "--heads", "2", "--intermediate", "64",
+                "--vocab", "4096", "--seed", "7", "--tokenizer", Shared.require("models/stories260K").toString()).exitCode());
+        CliRun r = CliRun.of("generate", "-m", m.toString(), "-p", "Once", "-n", "40", "--temperature", "1.0", "--top-p", "1.0",
+                "--ids", "--ignore-eos", "--device", "cpu");
+        assertEquals(0, r.exitCode(), r.err());
+        String ids = r.out().strip().lines().reduce((a, b) -> b).orElseThrow();
+        for (String id : ids.replaceAll("[\\[\\] ]", "").split(",")) assertTrue(Integer.parseInt(id) < 512, ids);
+    }
+
+    @Test
     void pplJsonOnStories260k() {
         Path model = Shared.require("models/stories260K");
         Path data = Shared.require("data/wikitext-2-raw-v1_test.parquet");
