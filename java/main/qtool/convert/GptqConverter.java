@@ -340,8 +340,7 @@ public final class GptqConverter {
                         // GPTQ packs whole 32-bit words along both dimensions; a shape that does not fill them is
                         // kept on its quantization grid but stored as fp16, and marked unquantized in the config
                         String msg = unpackable.getMessage() + "; stored dequantized as fp16 (" + prefix + ".weight)";
-                        warnings.add(msg);
-                        System.err.println("\nconvert: warning: " + msg);
+                        warnings.add(msg); // listed in the summary
                         w.add(prefix + ".weight", DType.F16, new long[] {r.out(), r.in()}, GptqCheckpoint.littleEndian(toHalf(r.dequantized())));
                         if (b != null) w.add(prefix + ".bias", DType.F16, b.shape(), GptqCheckpoint.littleEndian(toHalf(b.toFloatArray())));
                         continue;
@@ -350,8 +349,7 @@ public final class GptqConverter {
                     if (packed.v1WrappedZeros() > 0) {
                         String msg = packed.prefix() + ": " + packed.v1WrappedZeros() + " zero points of 0 cannot be stored in the v1 "
                                 + "format (loaders read them as " + (1 << o.params.bits()) + "); use --checkpoint-format gptq_v2 or --sym";
-                        warnings.add(msg);
-                        System.err.println("\nconvert: warning: " + msg);
+                        warnings.add(msg); // listed in the summary
                     }
                 }
             }
