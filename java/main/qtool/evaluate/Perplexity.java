@@ -33,10 +33,22 @@ public final class Perplexity {
      * @param bos the BOS id to put first in every chunk (the vocabulary adds BOS), or −1
      */
     public static Result evaluateLlamaCpp(Forward forward, int[] ids, int ctx, int maxWindows, int batch, int bos) {
+        return evaluate(forward, ids, ctx, maxWindows, batch, ctx / 2, bos);
+    }
+
+    /** Evaluates the first {@code maxWindows} windows (all when ≤ 0). {@code forward} must hold batch × ctx rows. */
+    public static Result evaluate(Forward forward, int[] ids, int ctx, int maxWindows, int batch) {
+        return evaluate(forward, ids, ctx, maxWindows, batch, 0, -1);
+    }
+
+    /**
+     * Both protocols: positions {@code first .. ctx−2} of each window predict the next token; with {@code bos} ≥ 0
+     * the first token of every window is replaced by BOS.
+     */
+    private static Result evaluate(Forward forward, int[] ids, int ctx, int maxWindows, int batch, int first, int bos) {
         int windows = windowCount(ids.length, ctx);
         if (maxWindows > 0) windows = Math.min(windows, maxWindows);
         if (windows == 0) throw new qtool.QtoolException("the text has " + ids.length + " tokens, fewer than one window of " + ctx);
-        int first = ctx / 2;
         double[] sums = new double[windows];
         long t0 = System.nanoTime();
         try (Progress bar = new Progress("ppl", (long) windows * ctx, "tok")) {
@@ -59,32 +71,6 @@ public final class Perplexity {
         double total = 0;
         for (double s : sums) total += s;
         long predicted = (long) windows * (ctx - 1 - first);
-        return new Result(ctx, windows, predicted, total / predicted, Math.exp(total / predicted), seconds, sums);
-    }
-
-    /** Evaluates the first {@code maxWindows} windows (all when ≤ 0). {@code forward} must hold batch × ctx rows. */
-    public static Result evaluate(Forward forward, int[] ids, int ctx, int maxWindows, int batch) {
-        int windows = windowCount(ids.length, ctx);
-        if (maxWindows > 0) windows = Math.min(windows, maxWindows);
-        if (windows == 0) throw new qtool.QtoolException("the text has " + ids.length + " tokens, fewer than one window of " + ctx);
-        double[] sums = new double[windows];
-        long t0 = System.nanoTime();
-        try (Progress bar = new Progress("ppl", (long) windows * ctx, "tok")) {
-            for (int w0 = 0; w0 < windows; w0 += batch) {
-                int nb = Math.min(batch, windows - w0);
-                int[] tokens = Arrays.copyOfRange(ids, w0 * ctx, (w0 + nb) * ctx);
-                int[] targets = new int[tokens.length];
-                for (int i = 0; i < tokens.length; i++) targets[i] = (i + 1) % ctx == 0 ? -1 : tokens[i + 1];
-                forward.forward(tokens, nb, ctx, 0);
-                float[] nll = forward.nll(targets);
-                for (int i = 0; i < nll.length; i++) sums[w0 + i / ctx] += nll[i];
-                bar.step((long) nb * ctx);
-            }
-        }
-        double seconds = (System.nanoTime() - t0) / 1e9;
-        double total = 0;
-        for (double s : sums) total += s;
-        long predicted = (long) windows * (ctx - 1);
         return new Result(ctx, windows, predicted, total / predicted, Math.exp(total / predicted), seconds, sums);
     }
 }
