@@ -163,12 +163,7 @@ public final class GptqToGguf {
                 writer.abort();
                 throw e;
             }
-            long bytes;
-            try {
-                bytes = Files.size(out);
-            } catch (java.io.IOException e) {
-                bytes = -1;
-            }
+            long bytes = HfToGguf.sizeOrUnknown(out);
             return new Result(mapped, bytes, (System.nanoTime() - t0) / 1e9);
         }
     }

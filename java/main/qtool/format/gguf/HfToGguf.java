@@ -281,12 +281,7 @@ public final class HfToGguf {
                 writer.abort();
                 throw e;
             }
-            long bytes;
-            try {
-                bytes = Files.size(out);
-            } catch (java.io.IOException e) {
-                bytes = -1;
-            }
+            long bytes = sizeOrUnknown(out);
             return new Result(plan, fallbacks, bytes, (System.nanoTime() - t0) / 1e9);
         }
     }
@@ -440,5 +435,14 @@ public final class HfToGguf {
             v[1] += elements(p.dims());
         }
         return m;
+    }
+
+    /** The written file's size for the report, −1 if it cannot be read. */
+    static long sizeOrUnknown(java.nio.file.Path file) {
+        try {
+            return Files.size(file);
+        } catch (java.io.IOException e) {
+            return -1;
+        }
     }
 }
