@@ -33,7 +33,9 @@ import qtool.write.SafetensorsWriter;
  * {@code sym}, {@code checkpoint_format} (or {@code format}; absent = v1), {@code pack_dtype} (int32 only), and
  * GPTQModel's {@code dynamic}: module-name regexes (Python {@code re.match}: anchored at the start only), a
  * {@code -:} prefix excluding the module from quantization, {@code +:} or none overriding keys such as bits and
- * group_size; rules are tried negatives first, then in file order, and the first match decides (as GPTQModel).
+ * group_size; rules are tried in file order and the first match decides (GPTQModel's {@code dynamic_get}). A
+ * checkpoint with a different bit width per linear (mixed-bit GPTQ) is written by {@link #writeLinear} per module
+ * and {@link #quantizationConfig} with the per-module settings; readers take each module's bits from its rule.
  */
 public final class GptqCheckpoint implements AutoCloseable {
     public static final String QUANTIZE_CONFIG = "quantize_config.json";
@@ -128,7 +130,7 @@ public final class GptqCheckpoint implements AutoCloseable {
         boolean descAct = qc.containsKey("desc_act") && boolValue(qc.get("desc_act"), where + ": desc_act");
         boolean sym = !qc.containsKey("sym") || boolValue(qc.get("sym"), where + ": sym");
 
-        List<DynamicRule> negatives = new ArrayList<>(), positives = new ArrayList<>();
+        List<DynamicRule> rules = new ArrayList<>();
         Object dyn = qc.get("dynamic");
         if (dyn != null) {
             for (Map.Entry<String, Object> e : Json.object(dyn, where + ": dynamic").entrySet()) {
@@ -142,11 +144,10 @@ public final class GptqCheckpoint implements AutoCloseable {
                     throw new QtoolException(where + ": dynamic key '" + key + "' is not a valid regex: " + ex.getDescription());
                 }
                 Map<String, Object> overrides = e.getValue() == null ? Map.of() : Json.object(e.getValue(), where + ": dynamic '" + key + "'");
-                (exclude ? negatives : positives).add(new DynamicRule(key, exclude, pattern, overrides));
+                rules.add(new DynamicRule(key, exclude, pattern, overrides));
             }
         }
-        negatives.addAll(positives);
-        Config config = new Config(bits, groupSize, descAct, sym, fmt, List.copyOf(negatives), where);
+        Config config = new Config(bits, groupSize, descAct, sym, fmt, List.copyOf(rules), where);
         checkBits(bits, where + ": bits");
         for (DynamicRule rule : config.dynamic()) {
             if (rule.overrides().containsKey("bits")) checkBits(intValue(rule.overrides().get("bits"), where), where + ": dynamic '" + rule.key() + "' bits");

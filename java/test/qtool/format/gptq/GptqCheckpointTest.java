@@ -133,16 +133,18 @@ class GptqCheckpointTest {
         assertTrue(c.sym(), "sym defaults to true");
         assertFalse(c.descAct());
 
-        // Negative rules are tried first, then the rest in order; re.match anchors at the start only.
+        // Rules are tried in file order, the first match decides (GPTQModel's dynamic_get); re.match anchors at the start.
         c = parse("""
                 {"quant_method": "gptq", "bits": 4, "group_size": 128,
-                 "dynamic": {".*\\\\.mlp\\\\..*": {"bits": 8, "group_size": 32},
+                 "dynamic": {"-:model\\\\.layers\\\\.1\\\\.mlp": {},
+                             ".*\\\\.mlp\\\\..*": {"bits": 8, "group_size": 32},
                              "+:.*\\\\.self_attn\\\\.q_proj": {"bits": 2},
-                             "-:model\\\\.layers\\\\.1\\\\.mlp": {},
+                             "-:model\\\\.layers\\\\.2\\\\.mlp": {},
                              "+:layers\\\\.3\\\\.": {"bits": 8}}}""");
         assertEquals(8, c.forModule("model.layers.0.mlp.down_proj").orElseThrow().bits());
         assertEquals(32, c.forModule("model.layers.0.mlp.down_proj").orElseThrow().groupSize());
         assertTrue(c.forModule("model.layers.1.mlp.down_proj").isEmpty());
+        assertEquals(8, c.forModule("model.layers.2.mlp.down_proj").orElseThrow().bits(), "an earlier positive rule wins");
         assertEquals(2, c.forModule("model.layers.3.self_attn.q_proj").orElseThrow().bits());
         assertEquals(128, c.forModule("model.layers.3.self_attn.q_proj").orElseThrow().groupSize());
         assertEquals(4, c.forModule("model.layers.3.self_attn.k_proj").orElseThrow().bits(), "re.match anchors at the start");
