@@ -87,6 +87,7 @@ public final class ConvertCommand implements Callable<Integer> {
         s.put("seconds_per_stage", r.secondsPerStage());
         s.put("seconds_total", total);
         s.put("warnings", r.warnings());
+        s.put("relative_errors", r.relativeErrors());
         if (json) {
             out().println(Json.write(s));
         } else {
@@ -95,6 +96,9 @@ public final class ConvertCommand implements Callable<Integer> {
             out().printf("calibration ppl of the quantized model %.4f; %.1f s in all (", r.calibrationPpl(), total);
             r.secondsPerStage().forEach((k, v) -> out().printf("%s %.1f s; ", k, v));
             out().println(")");
+            r.relativeErrors().entrySet().stream().max(Map.Entry.comparingByValue()).ifPresent(e -> out().printf(
+                    "relative error ‖WX − QX‖²/‖WX‖² on the calibration inputs: mean %.4g over %d linears, largest %.4g (%s); per linear in --json%n",
+                    r.relativeErrors().values().stream().mapToDouble(Double::doubleValue).average().orElse(0), r.relativeErrors().size(), e.getValue(), e.getKey()));
             for (String w : r.warnings()) out().println("warning: " + w);
         }
         return 0;

@@ -33,6 +33,7 @@ import qtool.model.Forward.Site;
 import qtool.model.LlamaModel;
 import qtool.quantize.GptqParams;
 import qtool.quantize.GptqResult;
+import qtool.quantize.ReconstructionError;
 import qtool.tokenize.Tokenizer;
 import qtool.write.SafetensorsWriter;
 
@@ -58,9 +59,12 @@ public final class GptqConverter {
     public record Options(Path input, Path work, Path compileDir, GptqParams params, boolean trueSequential, CheckpointFormat format,
                           Path calibrationFile, int rows, int length, long seed, long shardBytes, int batchRows, boolean noResume) {}
 
-    /** What the job did, for the summary. */
+    /**
+     * What the job did, for the summary. {@code relativeErrors}: per linear, ‖WX − QX‖² / ‖WX‖² on its calibration
+     * inputs X in the sequential pipeline (see {@link ReconstructionError}), in quantization order.
+     */
     public record Report(Path output, int layers, long quantizedParams, long quantizedBits, double calibrationPpl,
-                         Map<String, Double> secondsPerStage, List<String> warnings) {
+                         Map<String, Double> secondsPerStage, List<String> warnings, Map<String, Double> relativeErrors) {
         public double bitsPerWeight() {
             return quantizedParams == 0 ? 0 : (double) quantizedBits / quantizedParams;
         }
@@ -240,8 +244,10 @@ public final class GptqConverter {
                 : List.of(all);
         LlamaModel.Layer host = model.layer(i);
         LlamaModel.Layer dev = f.upload(host);
-        Map<String, GptqResult> results = new LinkedHashMap<>();
-        try {
+        Map<String, Double> errors = new LinkedHashMap<>();
+        Path tmp = job.file("layers").resolve(String.format(".%04d.tmp", i));
+        // each linear's tensors go to the layer's file as soon as they are made: no layer's results pile up on the heap
+        try (SafetensorsWriter layerFile = newLayerFile(tmp)) {
             for (List<String> step : steps) {
                 EnumMap<Site, Tensor> grams = new EnumMap<>(Site.class);
                 for (String l : step) {
@@ -277,7 +283,8 @@ public final class GptqConverter {
                         warnings.add(msg);
                         System.err.println("\nconvert: " + msg);
                     }
-                    results.put(l, r);
+                    errors.put(name, ReconstructionError.relative(backend, host.linear(l), r.dequantized(), grams.get(site(l))));
+                    writeLinear(layerFile, name, r, host.bias(l));
                     Tensor q = backend.upload(new Tensor(MemorySegment.ofArray(r.dequantized()), DType.F32, new long[] {r.out(), r.in()}), linearType);
                     backend.free(dev.linear(l));
                     dev = dev.withLinear(l, q);
@@ -292,7 +299,7 @@ public final class GptqConverter {
         } finally {
             f.free(dev);
         }
-        writeLayer(job, i, host, results);
+        finishLayer(job, i, tmp, errors);
         LlamaModel.release(host);
     }
 
@@ -322,42 +329,49 @@ public final class GptqConverter {
         }
     }
 
-    /** One layer's GPTQ tensors, as a finished safetensors file in WORK/layers (its own job step). */
-    private void writeLayer(JobDir job, int i, LlamaModel.Layer host, Map<String, GptqResult> results) {
-        Path dir = job.file("layers");
-        Path tmp = dir.resolve(String.format(".%04d.tmp", i));
+    /** A fresh temporary directory for layer i's file (a killed run may have left one). */
+    private static SafetensorsWriter newLayerFile(Path tmp) {
         try {
+            deleteTree(tmp);
             Files.createDirectories(tmp);
-            try (SafetensorsWriter w = new SafetensorsWriter(tmp, 0)) {
-                for (var e : results.entrySet()) {
-                    Tensor b = host.bias(e.getKey());
-                    String prefix = LlamaModel.prefix(i) + e.getKey();
-                    GptqResult r = e.getValue();
-                    GptqPacker.PackedLinear packed;
-                    try {
-                        packed = GptqPacker.pack(prefix, r, o.format);
-                    } catch (QtoolException unpackable) {
-                        // GPTQ packs whole 32-bit words along both dimensions; a shape that does not fill them is
-                        // kept on its quantization grid but stored as fp16, and marked unquantized in the config
-                        String msg = unpackable.getMessage() + "; stored dequantized as fp16 (" + prefix + ".weight)";
-                        warnings.add(msg); // listed in the summary
-                        w.add(prefix + ".weight", DType.F16, new long[] {r.out(), r.in()}, GptqCheckpoint.littleEndian(toHalf(r.dequantized())));
-                        if (b != null) w.add(prefix + ".bias", DType.F16, b.shape(), GptqCheckpoint.littleEndian(toHalf(b.toFloatArray())));
-                        continue;
-                    }
-                    GptqCheckpoint.write(w, packed, b == null ? null : b.toFloatArray());
-                    if (packed.v1WrappedZeros() > 0) {
-                        String msg = packed.prefix() + ": " + packed.v1WrappedZeros() + " zero points of 0 cannot be stored in the v1 "
-                                + "format (loaders read them as " + (1 << o.params.bits()) + "); use --checkpoint-format gptq_v2 or --sym";
-                        warnings.add(msg); // listed in the summary
-                    }
-                }
-            }
-            JobDir.moveAtomically(tmp.resolve("model.safetensors"), dir.resolve(String.format("%04d.safetensors", i)));
+        } catch (IOException e) {
+            throw new QtoolException(tmp + ": " + e.getMessage());
+        }
+        return new SafetensorsWriter(tmp, 0);
+    }
+
+    /** One linear's GPTQ tensors (or, when GPTQ cannot pack its shape, its grid as fp16) into the layer's file. */
+    private void writeLinear(SafetensorsWriter w, String prefix, GptqResult r, Tensor b) {
+        GptqPacker.PackedLinear packed;
+        try {
+            packed = GptqPacker.pack(prefix, r, o.format);
+        } catch (QtoolException unpackable) {
+            // GPTQ packs whole 32-bit words along both dimensions; a shape that does not fill them is kept on its
+            // quantization grid but stored as fp16, and marked unquantized in the config
+            warnings.add(unpackable.getMessage() + "; stored dequantized as fp16 (" + prefix + ".weight)"); // listed in the summary
+            w.add(prefix + ".weight", DType.F16, new long[] {r.out(), r.in()}, GptqCheckpoint.littleEndian(toHalf(r.dequantized())));
+            if (b != null) w.add(prefix + ".bias", DType.F16, b.shape(), GptqCheckpoint.littleEndian(toHalf(b.toFloatArray())));
+            return;
+        }
+        GptqCheckpoint.write(w, packed, b == null ? null : b.toFloatArray());
+        if (packed.v1WrappedZeros() > 0) {
+            warnings.add(prefix + ": " + packed.v1WrappedZeros() + " zero points of 0 cannot be stored in the v1 format (loaders read them as "
+                    + (1 << o.params.bits()) + "); use --checkpoint-format gptq_v2 or --sym"); // listed in the summary
+        }
+    }
+
+    /** Layer i's file moved into WORK/layers, finished (its own job step), with its linears' errors. */
+    private void finishLayer(JobDir job, int i, Path tmp, Map<String, Double> errors) {
+        try {
+            JobDir.moveAtomically(tmp.resolve("model.safetensors"), job.file("layers").resolve(String.format("%04d.safetensors", i)));
             Files.delete(tmp);
         } catch (IOException e) {
             throw new QtoolException(tmp + ": " + e.getMessage());
         }
+        Map<String, Object> all = new LinkedHashMap<>();
+        if (job.progress().get("relative_errors") instanceof Map<?, ?> m) m.forEach((k, v) -> all.put(String.valueOf(k), v));
+        all.putAll(errors);
+        job.commit("relative_errors", all);
         job.commit("layers_done", i + 1);
     }
 
@@ -392,7 +406,9 @@ public final class GptqConverter {
                     String p = LlamaModel.prefix(i);
                     half(w, p + "input_layernorm.weight");
                     for (var e : layerFiles.all().entrySet()) {
-                        if (e.getKey().startsWith(p)) w.add(e.getKey(), e.getValue().dtype(), e.getValue().shape(), e.getValue().data());
+                        if (!e.getKey().startsWith(p)) continue;
+                        w.add(e.getKey(), e.getValue().dtype(), e.getValue().shape(), e.getValue().data());
+                        e.getValue().data().unload(); // copied: its mapped pages need not stay resident
                     }
                     half(w, p + "post_attention_layernorm.weight");
                 }
@@ -422,6 +438,11 @@ public final class GptqConverter {
 
     private void half(SafetensorsWriter w, String name) {
         Tensor t = model.weights.get(name);
+        if (t.dtype() == DType.F16) { // as stored: straight from the mapping, which need not stay resident after
+            w.add(name, DType.F16, t.shape(), t.data());
+            if (t.data().isMapped()) t.data().unload();
+            return;
+        }
         int n = Math.toIntExact(t.numel());
         short[] h = new short[n];
         for (int k = 0; k < n; k++) {
@@ -491,7 +512,9 @@ public final class GptqConverter {
         List<String> warn = new ArrayList<>();
         if (p.get("warnings") instanceof List<?> l) l.forEach(x -> warn.add(String.valueOf(x)));
         double ppl = p.get("calibration_ppl") instanceof Number n ? n.doubleValue() : Double.NaN;
-        return new Report(o.compileDir != null ? o.compileDir : out, model.config.numLayers(), params, bits, ppl, secs, warn);
+        Map<String, Double> errors = new LinkedHashMap<>();
+        if (p.get("relative_errors") instanceof Map<?, ?> m) m.forEach((k, v) -> errors.put(String.valueOf(k), ((Number) v).doubleValue()));
+        return new Report(o.compileDir != null ? o.compileDir : out, model.config.numLayers(), params, bits, ppl, secs, warn, errors);
     }
 
     // ---- small file helpers --------------------------------------------------------------------------------------

@@ -55,6 +55,9 @@ public final class Forward implements AutoCloseable {
             embed = keep(backend.upload(model.embedTokens(), linearType));
             lmHead = model.headTied() ? embed : keep(backend.upload(model.lmHead(), linearType));
             finalNorm = keep(backend.upload(model.finalNorm(), DType.F32));
+            if (!backend.name().equals("cpu")) { // on the device now: their mapped pages need not stay resident
+                for (Tensor t : new Tensor[] {model.embedTokens(), model.lmHead()}) if (t.data().isMapped()) t.data().unload();
+            }
             float[] inv = cfg.ropeInvFreq(ntkAlpha, ropeScale);
             invFreq = keep(backend.upload(new Tensor(MemorySegment.ofArray(inv), DType.F32, new long[] {inv.length}), DType.F32));
             resident = new LlamaModel.Layer[cfg.numLayers()];

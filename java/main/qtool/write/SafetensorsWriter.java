@@ -65,6 +65,8 @@ public final class SafetensorsWriter implements AutoCloseable {
         }
     }
 
+    private static final long WRITE_SLICE = 8L << 20;
+
     /** Appends one tensor; {@code bytes} must hold exactly shape × dtype bytes. */
     public void add(String name, DType dtype, long[] shape, MemorySegment bytes) {
         long n = dtype.bytes;
@@ -76,9 +78,13 @@ public final class SafetensorsWriter implements AutoCloseable {
         try {
             if (shard != null && shardBytes > 0 && dataSize > 0 && dataSize + n > shardBytes) finishShard();
             if (shard == null) openShard();
-            ByteBuffer buf = bytes.asByteBuffer();
             long pos = HEADER_RESERVE + 8 + dataSize;
-            while (buf.hasRemaining()) pos += shard.write(buf, pos);
+            // In slices: the JDK copies a heap buffer through a temporary direct buffer of its whole size and keeps
+            // it cached per thread (native memory that stays), and one ByteBuffer holds at most 2 GiB.
+            for (long off = 0; off < n; off += WRITE_SLICE) {
+                ByteBuffer buf = bytes.asSlice(off, Math.min(WRITE_SLICE, n - off)).asByteBuffer();
+                while (buf.hasRemaining()) pos += shard.write(buf, pos);
+            }
             entries.add(new Entry(name, dtype, shape.clone(), dataSize, dataSize + n));
             dataSize += n;
             totalSize += n;

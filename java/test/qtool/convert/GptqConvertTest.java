@@ -48,6 +48,14 @@ class GptqConvertTest {
         assertTrue(Double.isFinite(calPpl) && calPpl > 1, "calibration ppl " + calPpl);
         // the 172-wide MLP cannot be packed: kept on its grid in fp16, and said so
         assertTrue(Json.array(summary.get("warnings"), "warnings").stream().anyMatch(w -> String.valueOf(w).contains("cannot be packed")), c.out());
+        // ‖WX − QX‖² / ‖WX‖² of every linear on its calibration inputs: 5 layers × 7, small but not 0 at 4 bits
+        Map<String, Object> errors = Json.object(summary.get("relative_errors"), "relative_errors");
+        assertEquals(35, errors.size(), errors.keySet().toString());
+        assertTrue(errors.containsKey("model.layers.4.mlp.down_proj"));
+        for (var e : errors.entrySet()) {
+            double v = ((Number) e.getValue()).doubleValue();
+            assertTrue(v > 1e-5 && v < 0.2, e.toString());
+        }
 
         Path out = work.resolve("out");
         Map<String, Object> qc = Json.object(Json.readObject(out.resolve("config.json")).get("quantization_config"), "qc");
