@@ -7,7 +7,10 @@ job used, then perplexity of the fake-quantized model: the reference `qtool conv
 
 GPTQ_REPO: a checkout of IST-DASLab/gptq (gptq.py, quant.py imported unchanged). CAL.i32: qtool's WORK/calibration.i32
 (int32 tokens, ROWS x LEN). IDS.json: `qtool tokenize -m MODEL -f TEXT --ids` of the evaluation text, so both sides
-score the same tokens. Prints one JSON line: seconds for the quantization, ppl at CTX over the windows.
+score the same tokens. Prints one JSON line: seconds for the quantization, ppl at CTX over the windows, and per
+linear the relative reconstruction error ||WX - QX||^2 / ||WX||^2 on its calibration inputs X in this pipeline,
+computed as qtool does from H = X^T X (tr(D H D^T) / tr(W H W^T), D = W - Q; H's scale cancels) — `qtool convert
+--json` reports the same figure as relative_errors.
 transformers 5 adaptations (BUILD-NOTES.md): Conv1D lives in transformers.pytorch_utils; decoder layers take
 position_embeddings and return a tensor.
 """
@@ -42,6 +45,7 @@ def main():
     dtype = getattr(torch, a.dtype)
     model = transformers.AutoModelForCausalLM.from_pretrained(a.model, dtype=dtype, attn_implementation="sdpa").cuda().eval()
     cal = torch.from_numpy(np.fromfile(a.cal, dtype="<i4").astype(np.int64).reshape(rows, length)).cuda()
+    errors = {}
     t0 = time.time()
     with torch.no_grad():
         inps = model.model.embed_tokens(cal)
@@ -70,7 +74,10 @@ def main():
                 for h in hooks:
                     h.remove()
                 for n in names:
+                    w0, h = mods[n].weight.data.double().clone(), g[n].H.double().clone()  # fasterquant changes g[n].H in place
                     g[n].fasterquant(percdamp=a.damp, groupsize=a.group_size, actorder=a.act_order)
+                    d = w0 - mods[n].weight.data.double()
+                    errors[f"model.layers.{i}.{n}"] = ((d @ h) * d).sum().item() / ((w0 @ h) * w0).sum().item()
                     g[n].free()
             for j in range(rows):
                 outs[j] = run(layer, inps[j:j + 1])[0]
@@ -86,7 +93,8 @@ def main():
             lg = model(x).logits[0, :-1].float()
             nll += torch.nn.functional.cross_entropy(lg, x[0, 1:], reduction="sum").item()
             count += ctx - 1
-    print(json.dumps({"reference": "IST-DASLab/gptq", "seconds": seconds, "windows": n, "ctx": ctx, "ppl": math.exp(nll / count)}))
+    print(json.dumps({"reference": "IST-DASLab/gptq", "seconds": seconds, "windows": n, "ctx": ctx, "ppl": math.exp(nll / count),
+                      "relative_errors": errors}))
 
 
 if __name__ == "__main__":
