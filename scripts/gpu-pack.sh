@@ -35,13 +35,14 @@ if [ ! -f .gpu/runtime.tgz ] || [ "$JAVA_HOME/release" -nt .gpu/runtime.tgz ] \
 fi
 cat > .gpu/run.sh <<'RUN'
 #!/usr/bin/env bash
-# On the GPU host: qtool with the packed runtime. QTOOL_LIB points the tool at the packed libqtool.so.
+# On the GPU host: qtool with the packed runtime. QTOOL_LIB points the tool at the packed libqtool.so; QTOOL_JAVA_OPTS
+# adds JVM options (e.g. -Xmx2g, which overrides the default heap limit).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 # A runtime unpacked by an older pack (without the Vector API module) is replaced.
 grep -qs jdk.incubator.vector /tmp/qtool-jre/release || { rm -rf /tmp/qtool-jre; tar -C /tmp -xzf "$here/runtime.tgz"; }
 export QTOOL_LIB="$here/libqtool.so"
-exec /tmp/qtool-jre/bin/java -Xmx32g -jar "$here/qtool.jar" "$@"
+exec /tmp/qtool-jre/bin/java -Xmx32g ${QTOOL_JAVA_OPTS:-} -jar "$here/qtool.jar" "$@"
 RUN
 chmod +x .gpu/run.sh
 du -sh .gpu/* | sed 's/^/gpu-pack: /'

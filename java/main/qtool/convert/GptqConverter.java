@@ -209,10 +209,10 @@ public final class GptqConverter {
         return 0;
     }
 
-    /** The residual stream to WORK/states.f32, through a host buffer of at most 256 MiB. */
+    /** The residual stream to WORK/states.f32, through a host buffer of at most 64 MiB. */
     private void saveStates(JobDir job, Tensor states, int layer) {
         long rowBytes = (long) states.cols() * Float.BYTES;
-        long rowsPerChunk = Math.max(1, (256L << 20) / rowBytes);
+        long rowsPerChunk = Math.max(1, Math.min(states.rows(), (64L << 20) / rowBytes));
         try (Arena arena = Arena.ofConfined()) {
             MemorySegment host = arena.allocate(rowsPerChunk * rowBytes, 64);
             job.writeAtomically("states.f32", ch -> {
@@ -285,6 +285,7 @@ public final class GptqConverter {
                     }
                     errors.put(name, ReconstructionError.relative(backend, host.linear(l), r.dequantized(), grams.get(site(l))));
                     writeLinear(layerFile, name, r, host.bias(l));
+                    if (host.linear(l).data().isMapped()) host.linear(l).data().unload(); // read for the last time
                     Tensor q = backend.upload(new Tensor(MemorySegment.ofArray(r.dequantized()), DType.F32, new long[] {r.out(), r.in()}), linearType);
                     backend.free(dev.linear(l));
                     dev = dev.withLinear(l, q);
