@@ -98,6 +98,20 @@ public final class GptqLayout {
         return new long[] {groups, packedWords(out, bits, prefix + "." + QZEROS, "out_features")};
     }
 
+    /**
+     * The {@code qzeros} words [groups, out·bits/32] holding zero points {@code zeros} [groups, out] in {@code format}'s
+     * convention (each already valid for it: 1..2^bits for v1, 0..2^bits − 1 for v2); a QtoolException naming the
+     * tensor when out does not fill whole words.
+     */
+    public static int[] packZeros(int[] zeros, int groups, int out, int bits, CheckpointFormat format, String prefix) {
+        int wordsPerRow = (int) qzerosShape(groups, out, bits, prefix)[1];
+        int[] qzeros = new int[groups * wordsPerRow];
+        for (int g = 0; g < groups; g++) {
+            for (int o = 0; o < out; o++) putField(qzeros, g * wordsPerRow, 1, o, bits, format.storedZero(zeros[g * out + o], bits));
+        }
+        return qzeros;
+    }
+
     /** g_idx of a checkpoint without one: i / groupSize (all 0 for −1). */
     public static int[] defaultGIdx(int in, int groupSize) {
         int[] g = new int[in];

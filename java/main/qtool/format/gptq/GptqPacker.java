@@ -100,17 +100,12 @@ public final class GptqPacker {
             }
         });
 
-        int wordsPerRow = (int) qzShape[1];
-        int[] qzeros = new int[groups * wordsPerRow];
         long wrapped = 0;
-        for (int g = 0; g < groups; g++) {
-            for (int o = 0; o < out; o++) {
-                int z = zeros[g * out + o];
-                if (z < 0 || z > maxq) throw new IllegalArgumentException(prefix + ": zero point " + z + " outside [0, " + maxq + "]");
-                if (z == 0 && format == CheckpointFormat.GPTQ) wrapped++;
-                GptqLayout.putField(qzeros, g * wordsPerRow, 1, o, bits, format.storedZero(z, bits));
-            }
+        for (int z : zeros) {
+            if (z < 0 || z > maxq) throw new IllegalArgumentException(prefix + ": zero point " + z + " outside [0, " + maxq + "]");
+            if (z == 0 && format == CheckpointFormat.GPTQ) wrapped++;
         }
+        int[] qzeros = GptqLayout.packZeros(zeros, groups, out, bits, format, prefix);
 
         float[] half = new float[scales.length]; // rounded as the F16 tensor will hold them
         for (int k = 0; k < scales.length; k++) {

@@ -124,7 +124,7 @@ public final class GptqPtImporter {
         } else {
             Tensor zeros = t.get(p + ".zeros");
             if (zeros == null) throw new QtoolException(pt + ": " + p + " has neither qzeros nor zeros");
-            zerosBytes = packZeros(pt, p, zeros, scales2, bits, (int) groups, (int) out, scratch);
+            zerosBytes = packZeros(pt, p, zeros, scales2, bits, (int) groups, (int) out);
         }
         w.add(p + "." + GptqLayout.QZEROS, DType.I32, new long[] {groups, out * bits / 32}, zerosBytes);
         w.add(p + "." + GptqLayout.SCALES, DType.F16, new long[] {groups, out}, f16(scales2, scratch));
@@ -153,24 +153,25 @@ public final class GptqPtImporter {
         return actOrder;
     }
 
-    /** Float zeros (w = q·scale − zeros) → packed z − 1 (v1), each field bits wide, out·bits/32 words per group. */
-    private static MemorySegment packZeros(Path pt, String p, Tensor zeros, Tensor scales, int bits, int groups, int out, Arena scratch) {
+    /**
+     * Float zeros (w = q·scale − zeros, GPTQ-for-LLaMa's layout before qzeros) → qzeros holding z − 1 (v1) at any
+     * width, 3 bits included (a bit stream across words, as GPTQ packs 3-bit fields). v1 holds zero points 1..2^bits;
+     * GPTQ-for-LLaMa's asymmetric grids have z = 0 only for a row with no negative weight, which is refused by name.
+     */
+    private static MemorySegment packZeros(Path pt, String p, Tensor zeros, Tensor scales, int bits, int groups, int out) {
         if (zeros.numel() != (long) groups * out) throw new QtoolException(pt + ": " + p + ".zeros is " + zeros + ", expected " + groups + "×" + out + " values");
-        if (bits == 3) throw new QtoolException(pt + ": " + p + ": float zeros with 3 bits are not supported");
-        int perWord = 32 / bits, words = out / perWord;
-        int[] packed = new int[groups * words];
-        for (int gi = 0; gi < groups; gi++) {
-            for (int o = 0; o < out; o++) {
-                float s = scales.getFloat((long) gi * out + o), zf = zeros.getFloat((long) gi * out + o);
-                double z = s == 0 ? 0 : zf / s;
-                long zi = Math.round(z);
-                if (Math.abs(z - zi) > 1e-2 || zi < 1 || zi > (1 << bits)) {
-                    throw new QtoolException(pt + ": " + p + ".zeros[" + gi + "," + o + "] / scale = " + z + " is not an integer zero point in 1.." + (1 << bits));
-                }
-                packed[gi * words + o / perWord] |= (int) ((zi - 1) & ((1 << bits) - 1)) << (bits * (o % perWord));
+        int[] z = new int[groups * out];
+        for (int k = 0; k < z.length; k++) {
+            float s = scales.getFloat(k), zf = zeros.getFloat(k);
+            double v = s == 0 ? 0 : zf / s;
+            long zi = Math.round(v);
+            if (Math.abs(v - zi) > 1e-2 || zi < 1 || zi > (1 << bits)) {
+                throw new QtoolException(pt + ": " + p + ".zeros[" + k / out + "," + k % out + "] / scale = " + v + " is not an integer zero point in 1.."
+                        + (1 << bits) + " (what GPTQ's v1 qzeros hold)");
             }
+            z[k] = (int) zi;
         }
-        return GptqCheckpoint.littleEndian(packed);
+        return GptqCheckpoint.littleEndian(GptqLayout.packZeros(z, groups, out, bits, GptqLayout.CheckpointFormat.GPTQ, p));
     }
 
     private static MemorySegment f16(Tensor t, Arena scratch) {
