@@ -3,7 +3,7 @@
 # scripts/gpu/pack-data.sh, which puts ExLlamaV2's wheel from ../shared/peers in .gpu/peers): a synth Llama (hidden 1024,
 # GQA) converted by qtool to 4-bit g128 sym GPTQ (v1 zero points, what ExLlamaV2 reads), with and without act-order,
 # loaded by ExLlamaV2 0.3.2; its logits on 64 fixed tokens against `qtool logits` on the same directory. ExLlamaV2 is
-# installed and patched as ../shared/peers/README.md says; its first import JIT-compiles (about 3 minutes), so the whole
+# installed and patched by scripts/gpu/exllamav2-setup.sh; its extension JIT-compiles once (about 3 minutes), so the whole
 # check takes about 4 minutes on an H100. Prints one JSON line per checkpoint and a PASS/FAIL line.
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -11,13 +11,7 @@ G=.gpu; D=$G/data; W=/tmp/qtool-exllama; mkdir -p $W
 Q() { bash $G/run.sh "$@"; }
 export PYTHONWARNINGS=ignore PYTHONUNBUFFERED=1
 
-if ! python3 -c "import sys; sys.path[:0] = ['/tmp/site', '/tmp/shim']; import exllamav2" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --target /tmp/site $G/peers/exllamav2-0.3.2-py3-none-any.whl || { echo "FAIL: no ExLlamaV2 wheel in $G/peers"; exit 1; }
-  mkdir -p /tmp/shim/fastparquet && touch /tmp/shim/fastparquet/__init__.py
-  sed -i 's/engine = "fastparquet"/engine = "pyarrow"/' /tmp/site/exllamav2/conversion/tokenize.py
-  sed -i 's/^\(\s*\)has_lower_right_sdpa = True/\1has_lower_right_sdpa = False/' /tmp/site/exllamav2/attn.py
-fi
-export PYTHONPATH=/tmp/site:/tmp/shim TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16
+source scripts/gpu/exllamav2-setup.sh  # installs and patches the wheel, JIT-builds the extension once
 
 Q synth --out $W/sy --hidden 1024 --layers 4 --heads 16 --kv-heads 4 --intermediate 2816 --vocab 32000 --tokenizer $D/tokenizers/llama2 \
   --seed 3 2>/dev/null
