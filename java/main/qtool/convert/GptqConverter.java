@@ -274,8 +274,8 @@ public final class GptqConverter {
     private void writeNorms(JobDir job, int i, LlamaModel.Layer scaled) {
         String p = LlamaModel.prefix(i);
         ConvertFiles.writeLayerFile(job.file("norms"), i, w -> {
-            w.add(p + "input_layernorm.weight", DType.F32, scaled.inputNorm().shape(), scaled.inputNorm().data());
-            w.add(p + "post_attention_layernorm.weight", DType.F32, scaled.postNorm().shape(), scaled.postNorm().data());
+            ConvertFiles.half(w, p + "input_layernorm.weight", scaled.inputNorm(), model.dir);
+            ConvertFiles.half(w, p + "post_attention_layernorm.weight", scaled.postNorm(), model.dir);
         });
     }
 
