@@ -4,6 +4,7 @@ import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
@@ -14,6 +15,7 @@ import qtool.calibrate.CalibrationSet;
 import qtool.format.awq.AwqCheckpoint;
 import qtool.format.awq.AwqLayout;
 import qtool.format.awq.AwqPacker;
+import qtool.format.gptq.GptqCheckpoint;
 import qtool.load.DType;
 import qtool.load.Json;
 import qtool.load.Weights;
@@ -167,8 +169,8 @@ public final class AwqConverter {
                     AwqCheckpoint.write(w, AwqPacker.pack(prefix, r), bias);
                 } else {
                     w.add(prefix + ".weight", DType.F16, new long[] {r.out(), r.in()},
-                            qtool.format.gptq.GptqCheckpoint.littleEndian(ConvertFiles.toHalf(r.dequantized())));
-                    if (bias != null) w.add(prefix + ".bias", DType.F16, new long[] {r.out()}, qtool.format.gptq.GptqCheckpoint.littleEndian(ConvertFiles.toHalf(bias)));
+                            GptqCheckpoint.littleEndian(ConvertFiles.toHalf(r.dequantized())));
+                    if (bias != null) w.add(prefix + ".bias", DType.F16, new long[] {r.out()}, GptqCheckpoint.littleEndian(ConvertFiles.toHalf(bias)));
                 }
             }
         });
@@ -226,7 +228,7 @@ public final class AwqConverter {
              ResidualStream stream = new ResidualStream(backend, o.rows, o.length, q.config.hiddenSize(), batch)) {
             for (int r0 = 0; r0 < cal.rows(); r0 += batch) {
                 int nr = Math.min(batch, cal.rows() - r0);
-                f.embed(java.util.Arrays.copyOfRange(cal.tokens(), r0 * o.length, (r0 + nr) * o.length),
+                f.embed(Arrays.copyOfRange(cal.tokens(), r0 * o.length, (r0 + nr) * o.length),
                         stream.states().rowSlice((long) r0 * o.length, (long) nr * o.length));
             }
             for (int i = 0; i < q.config.numLayers(); i++) {
