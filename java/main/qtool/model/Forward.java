@@ -131,6 +131,11 @@ public final class Forward implements AutoCloseable {
         return batch;
     }
 
+    /** Type the linear weights take on the device. */
+    public DType linearType() {
+        return linearType;
+    }
+
     /** Type of the layer activations and of KV caches passed to {@link #layer(LlamaModel.Layer, Tensor, Tensor, Tensor, int, int, int, SiteObserver)}. */
     public DType activationType() {
         return actType;
@@ -191,26 +196,54 @@ public final class Forward implements AutoCloseable {
     public void layer(LlamaModel.Layer w, Tensor x, Tensor kc, Tensor vc, int batchRows, int seqLen, int startPos, SiteObserver observer) {
         int rows = batchRows * seqLen;
         Tensor n = normed.rowSlice(0, rows);
-        Tensor qv = q.rowSlice(0, rows), kv = k.rowSlice(0, rows), vv = v.rowSlice(0, rows), a = attn.rowSlice(0, rows);
         Backend b = backend;
         b.rmsNorm(n, x, w.inputNorm(), cfg.rmsNormEps());
         observe(observer, Site.ATTN_IN, n);
+        Tensor a = attend(w, n, kc, vc, batchRows, seqLen, startPos);
+        observe(observer, Site.O_IN, a);
+        b.linearAdd(x, a, w.o(), w.oBias());
+        b.rmsNorm(n, x, w.postNorm(), cfg.rmsNormEps());
+        observe(observer, Site.MLP_IN, n);
+        Tensor g = gatedUp(w, n, rows);
+        observe(observer, Site.DOWN_IN, g);
+        b.linearAdd(x, g, w.down(), null);
+    }
+
+    /** q/k/v of the normed rows {@code n}, RoPE, causal attention: the o_proj input (this forward's buffer). */
+    private Tensor attend(LlamaModel.Layer w, Tensor n, Tensor kc, Tensor vc, int batchRows, int seqLen, int startPos) {
+        int rows = batchRows * seqLen;
+        Tensor qv = q.rowSlice(0, rows), kv = k.rowSlice(0, rows), vv = v.rowSlice(0, rows), a = attn.rowSlice(0, rows);
+        Backend b = backend;
         b.linear(qv, n, w.q(), w.qBias());
         b.linear(kv, n, w.k(), w.kBias());
         b.linear(vv, n, w.v(), w.vBias());
         b.rope(qv, cfg.numHeads(), cfg.headDim(), seqLen, startPos, invFreq);
         b.rope(kv, cfg.numKvHeads(), cfg.headDim(), seqLen, startPos, invFreq);
         b.attention(a, qv, kv, vv, kc, vc, batchRows, seqLen, startPos, cfg.numHeads(), cfg.numKvHeads(), cfg.headDim());
-        observe(observer, Site.O_IN, a);
-        b.linearAdd(x, a, w.o(), w.oBias());
-        b.rmsNorm(n, x, w.postNorm(), cfg.rmsNormEps());
-        observe(observer, Site.MLP_IN, n);
+        return a;
+    }
+
+    /** silu(gate(n)) · up(n): the down_proj input (this forward's buffer). */
+    private Tensor gatedUp(LlamaModel.Layer w, Tensor n, int rows) {
         Tensor g = gate.rowSlice(0, rows), u = up.rowSlice(0, rows);
-        b.linear(g, n, w.gate(), null);
-        b.linear(u, n, w.up(), null);
-        b.siluMul(g, g, u);
-        observe(observer, Site.DOWN_IN, g);
-        b.linearAdd(x, g, w.down(), null);
+        backend.linear(g, n, w.gate(), null);
+        backend.linear(u, n, w.up(), null);
+        backend.siluMul(g, g, u);
+        return g;
+    }
+
+    /**
+     * The attention block alone (HF's {@code self_attn} module): o_proj(attention(q, k, v)) of already-normed rows
+     * {@code n} ([batchRows × seqLen, hidden], positions from 0), written to {@code out} (F32 [rows, hidden]), no
+     * residual. What AWQ's scale search compares for the q/k/v group.
+     */
+    public void attentionBlock(LlamaModel.Layer w, Tensor n, Tensor out, int batchRows, int seqLen) {
+        backend.linear(out, attend(w, n, cacheK(0), cacheV(0), batchRows, seqLen, 0), w.o(), w.oBias());
+    }
+
+    /** The MLP block alone (HF's {@code mlp}): down(silu(gate(n)) · up(n)) into {@code out}, no residual. */
+    public void mlpBlock(LlamaModel.Layer w, Tensor n, Tensor out) {
+        backend.linear(out, gatedUp(w, n, n.rows()), w.down(), null);
     }
 
     private void observe(SiteObserver observer, Site site, Tensor t) {

@@ -6,6 +6,7 @@ import java.util.Arrays;
 import java.util.function.UnaryOperator;
 import qtool.QtoolException;
 import qtool.backend.Tensor;
+import qtool.format.awq.AwqCheckpoint;
 import qtool.format.gptq.GptqCheckpoint;
 import qtool.load.DType;
 import qtool.load.ModelConfig;
@@ -81,20 +82,27 @@ public final class LlamaModel implements AutoCloseable {
     public final Weights weights;
     /** Non-null for a GPTQ checkpoint, whose linears are dequantized to F32 when a layer is asked for. */
     public final GptqCheckpoint gptq;
+    /** Non-null for an AWQ (GEMM) checkpoint, whose linears are dequantized to F32 when a layer is asked for. */
+    public final AwqCheckpoint awq;
 
-    private LlamaModel(Path dir, ModelConfig config, Weights weights, GptqCheckpoint gptq) {
+    private LlamaModel(Path dir, ModelConfig config, Weights weights, GptqCheckpoint gptq, AwqCheckpoint awq) {
         this.dir = dir;
         this.config = config;
         this.weights = weights;
         this.gptq = gptq;
+        this.awq = awq;
     }
 
-    /** An HF model directory: plain fp16/bf16/fp32 weights, or a GPTQ checkpoint (quantization_config in config.json). */
+    /**
+     * An HF model directory: plain fp16/bf16/fp32 weights, or a GPTQ or AWQ checkpoint (quantization_config in
+     * config.json).
+     */
     public static LlamaModel open(Path dir) {
         ModelConfig config = ModelConfig.read(dir);
         GptqCheckpoint gptq = GptqCheckpoint.isGptq(dir) ? GptqCheckpoint.open(dir) : null;
-        Weights weights = gptq != null ? gptq.weights() : Weights.open(dir);
-        LlamaModel m = new LlamaModel(dir, config, weights, gptq);
+        AwqCheckpoint awq = gptq == null && AwqCheckpoint.isAwq(dir) ? AwqCheckpoint.open(dir) : null;
+        Weights weights = gptq != null ? gptq.weights() : awq != null ? awq.weights() : Weights.open(dir);
+        LlamaModel m = new LlamaModel(dir, config, weights, gptq, awq);
         try {
             m.validate();
         } catch (RuntimeException e) {
@@ -106,6 +114,10 @@ public final class LlamaModel implements AutoCloseable {
 
     /** A linear layer's weight [out, in]: as stored, or dequantized from GPTQ tensors (host F32, made per call). */
     private Tensor linear(String prefix) {
+        if (awq != null && awq.isQuantized(prefix)) {
+            int[] shape = awq.shape(prefix);
+            return new Tensor(MemorySegment.ofArray(awq.dequantize(prefix)), DType.F32, new long[] {shape[0], shape[1]});
+        }
         if (gptq == null || !gptq.isQuantized(prefix)) return weights.get(prefix + ".weight");
         int[] shape = gptq.shape(prefix);
         return new Tensor(MemorySegment.ofArray(gptq.dequantize(prefix)), DType.F32, new long[] {shape[0], shape[1]});
@@ -117,6 +129,7 @@ public final class LlamaModel implements AutoCloseable {
 
     /** Shape of a linear without dequantizing it. */
     private long[] linearShape(String prefix) {
+        if (awq != null && awq.isQuantized(prefix)) return new long[] {awq.shape(prefix)[0], awq.shape(prefix)[1]};
         if (gptq == null || !gptq.isQuantized(prefix)) return weights.get(prefix + ".weight").shape();
         int[] shape = gptq.shape(prefix);
         return new long[] {shape[0], shape[1]};
@@ -182,7 +195,8 @@ public final class LlamaModel implements AutoCloseable {
     }
 
     private void expectLinear(String prefix, long out, long in) {
-        if (gptq == null || !gptq.isQuantized(prefix)) expect(weights.get(prefix + ".weight"), prefix + ".weight", out, in);
+        boolean quantized = gptq != null && gptq.isQuantized(prefix) || awq != null && awq.isQuantized(prefix);
+        if (!quantized) expect(weights.get(prefix + ".weight"), prefix + ".weight", out, in);
         long[] shape = linearShape(prefix);
         if (!Arrays.equals(shape, new long[] {out, in})) {
             throw new QtoolException(dir + ": linear '" + prefix + "' has shape " + Arrays.toString(shape) + ", config.json implies "
@@ -203,6 +217,7 @@ public final class LlamaModel implements AutoCloseable {
     @Override
     public void close() {
         if (gptq != null) gptq.close();
+        else if (awq != null) awq.close();
         else weights.close();
     }
 }

@@ -1,0 +1,262 @@
+package qtool.convert;
+
+import java.lang.foreign.MemorySegment;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.EnumMap;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import qtool.backend.Backend;
+import qtool.backend.Tensor;
+import qtool.load.DType;
+import qtool.model.Forward;
+import qtool.model.Forward.Site;
+import qtool.model.LlamaModel;
+import qtool.quantize.Awq;
+import qtool.quantize.AwqParams;
+
+/**
+ * AWQ's per-layer stage, reusable in front of any quantizer: the scale search of {@link Awq} on the four groups
+ * AutoAWQ scales in a Llama layer, and the folding of the chosen scales (AutoAWQ's {@code get_layers_for_scaling},
+ * {@code _search_best_scale} and {@code apply_scale}):
+ *
+ * <ol>
+ *   <li>input_layernorm → q/k/v, judged on the attention block's output (o_proj of the attention);</li>
+ *   <li>v_proj → o_proj, judged on o_proj's output, only where v_proj and o_proj have the same shape: with
+ *       grouped-query attention a v channel feeds several heads' o_proj inputs and cannot take one scale per
+ *       o_proj input (AutoAWQ skips it then too, see llm-awq#67);</li>
+ *   <li>post_attention_layernorm → gate/up, judged on the MLP's output;</li>
+ *   <li>up_proj → down_proj, judged on down_proj's output.</li>
+ * </ol>
+ *
+ * Each search sees the layer's original weights and its inputs from the calibration rows (captured in one pass over
+ * the {@link ResidualStream}); then the linears' input columns are multiplied by their scales and the op before
+ * divided (norm weights, or v_proj / up_proj rows and v's bias), which leaves the layer's output unchanged in exact
+ * arithmetic. The block runs on the backend; the candidates' round-to-nearest on the host.
+ */
+public final class AwqScaling {
+    /** One scaled group: which ops, and what the search found. */
+    public record Group(String name, Awq.ScaleSearch search) {}
+
+    /**
+     * @param layer      the layer with the scales folded in (host F32 tensors)
+     * @param clipInputs for each linear but q/k (which AutoAWQ does not clip): sampled input rows [clipTokens, in],
+     *                   divided by the scales of its group, as the clipping search wants them
+     * @param notes      groups skipped, and why (the same for every layer of a model)
+     */
+    public record Result(LlamaModel.Layer layer, Map<String, float[]> clipInputs, int clipTokens, List<Group> groups, List<String> notes) {}
+
+    private AwqScaling() {}
+
+    /**
+     * Scales layer {@code host} on the calibration rows of {@code stream} (the layer's inputs). With {@code advance}
+     * the capturing pass also moves the stream through the ORIGINAL layer, as AutoAWQ makes the next layer's inputs.
+     */
+    public static Result apply(Forward f, LlamaModel.Layer host, ResidualStream stream, boolean advance, AwqParams p) {
+        Backend b = f.backend;
+        var cfg = f.cfg;
+        long tokens = (long) stream.rows() * stream.length();
+        int step = Awq.clipSampleStep(tokens), samples = (int) ((tokens + step - 1) / step);
+        Map<Site, Integer> width = Map.of(Site.ATTN_IN, cfg.hiddenSize(), Site.O_IN, cfg.qDim(), Site.MLP_IN, cfg.hiddenSize(),
+                Site.DOWN_IN, cfg.intermediateSize());
+        EnumMap<Site, Tensor> inputs = new EnumMap<>(Site.class);
+        EnumMap<Site, double[]> absSum = new EnumMap<>(Site.class);
+        EnumMap<Site, float[]> sampled = new EnumMap<>(Site.class);
+        LlamaModel.Layer dev = null;
+        Tensor out = null, negRef = null;
+        try {
+            for (Site s : Site.values()) {
+                inputs.put(s, b.allocate(DType.F32, tokens, width.get(s)));
+                absSum.put(s, new double[width.get(s)]);
+                sampled.put(s, new float[samples * width.get(s)]);
+            }
+            dev = f.upload(host);
+            // 1. every linear's input over all calibration tokens: on the device for the block runs, mean |x| and
+            //    the clip sample on the host
+            stream.forEachBatch(f, dev, advance, (first, site, x) -> {
+                long t0 = (long) first * stream.length();
+                b.copy(inputs.get(site).rowSlice(t0, x.rows()), x);
+                int cols = x.cols();
+                float[] h = new float[x.rows() * cols];
+                b.copyToHost(x, MemorySegment.ofArray(h));
+                double[] sum = absSum.get(site);
+                float[] smp = sampled.get(site);
+                for (int r = 0; r < x.rows(); r++) {
+                    for (int c = 0; c < cols; c++) sum[c] += Math.abs(h[r * cols + c]);
+                    if ((t0 + r) % step == 0) System.arraycopy(h, r * cols, smp, (int) ((t0 + r) / step) * cols, cols);
+                }
+            });
+            out = b.allocate(DType.F32, (long) stream.batch() * stream.length(), cfg.hiddenSize());
+            negRef = b.allocate(DType.F32, tokens, cfg.hiddenSize());
+            Blocks blocks = new Blocks(f, stream, inputs, dev, out, negRef);
+
+            float[] q = host.q().toFloatArray(), k = host.k().toFloatArray(), v = host.v().toFloatArray(), o = host.o().toFloatArray();
+            float[] gate = host.gate().toFloatArray(), up = host.up().toFloatArray(), down = host.down().toFloatArray();
+            int h = cfg.hiddenSize(), qd = cfg.qDim(), kvd = cfg.kvDim(), inter = cfg.intermediateSize();
+            List<Group> groups = new ArrayList<>();
+            List<String> notes = new ArrayList<>();
+            Map<Site, float[]> scales = new EnumMap<>(Site.class);
+
+            // 2. the four searches, each on the original weights
+            String[] qkv = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"};
+            scales.put(Site.ATTN_IN, blocks.search("input_layernorm→q/k/v", Site.ATTN_IN, qkv, new float[][] {q, k, v}, new int[] {qd, kvd, kvd},
+                    h, mean(absSum.get(Site.ATTN_IN), tokens), p, groups, (w, n, o2, nr) -> f.attentionBlock(w, n, o2, nr, stream.length())));
+            if (Arrays.equals(host.v().shape(), host.o().shape())) {
+                scales.put(Site.O_IN, blocks.search("v_proj→o_proj", Site.O_IN, new String[] {"self_attn.o_proj"}, new float[][] {o}, new int[] {h},
+                        qd, mean(absSum.get(Site.O_IN), tokens), p, groups, (w, n, o2, nr) -> b.linear(o2, n, w.o(), w.oBias())));
+            } else {
+                notes.add("v_proj→o_proj not scaled: v_proj " + Arrays.toString(host.v().shape()) + " and o_proj "
+                        + Arrays.toString(host.o().shape()) + " differ (grouped-query attention: one v channel feeds several heads)");
+            }
+            scales.put(Site.MLP_IN, blocks.search("post_attention_layernorm→gate/up", Site.MLP_IN, new String[] {"mlp.gate_proj", "mlp.up_proj"},
+                    new float[][] {gate, up}, new int[] {inter, inter}, h, mean(absSum.get(Site.MLP_IN), tokens), p, groups,
+                    (w, n, o2, nr) -> f.mlpBlock(w, n, o2)));
+            scales.put(Site.DOWN_IN, blocks.search("up_proj→down_proj", Site.DOWN_IN, new String[] {"mlp.down_proj"}, new float[][] {down},
+                    new int[] {h}, inter, mean(absSum.get(Site.DOWN_IN), tokens), p, groups, (w, n, o2, nr) -> b.linear(o2, n, w.down(), null)));
+
+            // 3. fold: inputs × s into the linears' columns, ÷ s into the op before
+            float[] s1 = scales.get(Site.ATTN_IN), s2 = scales.get(Site.O_IN), s3 = scales.get(Site.MLP_IN), s4 = scales.get(Site.DOWN_IN);
+            float[] inputNorm = divide(host.inputNorm().toFloatArray(), s1), postNorm = divide(host.postNorm().toFloatArray(), s3);
+            for (float[] w : new float[][] {q, k, v}) scaleColumns(w, h, s1);
+            float[] vBias = host.vBias() == null ? null : host.vBias().toFloatArray();
+            if (s2 != null) {
+                scaleRows(v, h, s2);
+                if (vBias != null) divide(vBias, s2);
+                scaleColumns(o, qd, s2);
+            }
+            scaleColumns(gate, h, s3);
+            scaleColumns(up, h, s3);
+            scaleRows(up, h, s4);
+            scaleColumns(down, inter, s4);
+            LlamaModel.Layer scaled = new LlamaModel.Layer(like(inputNorm, host.inputNorm()), like(q, host.q()), like(k, host.k()), like(v, host.v()),
+                    like(o, host.o()), f32(host.qBias()), f32(host.kBias()), vBias == null ? null : like(vBias, host.vBias()), f32(host.oBias()),
+                    like(postNorm, host.postNorm()), like(gate, host.gate()), like(up, host.up()), like(down, host.down()));
+
+            // 4. the clip search's inputs, in the scaled space
+            Map<String, float[]> clip = new LinkedHashMap<>();
+            clip.put("self_attn.v_proj", divideColumns(sampled.get(Site.ATTN_IN), s1));
+            clip.put("self_attn.o_proj", s2 == null ? sampled.get(Site.O_IN) : divideColumns(sampled.get(Site.O_IN), s2));
+            float[] mlpIn = divideColumns(sampled.get(Site.MLP_IN), s3);
+            clip.put("mlp.gate_proj", mlpIn);
+            clip.put("mlp.up_proj", mlpIn);
+            clip.put("mlp.down_proj", divideColumns(sampled.get(Site.DOWN_IN), s4));
+            return new Result(scaled, clip, samples, groups, notes);
+        } finally {
+            inputs.values().forEach(b::free);
+            if (dev != null) f.free(dev);
+            if (out != null) b.free(out);
+            if (negRef != null) b.free(negRef);
+        }
+    }
+
+    /** A block (attention, MLP or one linear) of device layer {@code w} on normed rows {@code n} into {@code out}. */
+    @FunctionalInterface
+    private interface Block {
+        void run(LlamaModel.Layer w, Tensor n, Tensor out, int batchRows);
+    }
+
+    /** What the searches share: the captured inputs, the device layer, and scratch for the outputs. */
+    private record Blocks(Forward f, ResidualStream stream, Map<Site, Tensor> inputs, LlamaModel.Layer dev, Tensor out, Tensor negRef) {
+
+        /**
+         * One group's search: the block's output with the original weights (kept negated on the device), then for
+         * each candidate the mean squared difference from it.
+         */
+        float[] search(String name, Site site, String[] linears, float[][] weights, int[] outs, int in, float[] xMean, AwqParams p,
+                       List<Group> groups, Block block) {
+            Backend b = f.backend;
+            int len = stream.length(), cols = negRef.cols();
+            for (int r0 = 0; r0 < stream.rows(); r0 += stream.batch()) {
+                int nr = Math.min(stream.batch(), stream.rows() - r0);
+                Tensor ref = negRef.rowSlice((long) r0 * len, (long) nr * len);
+                block.run(dev, inputs.get(site).rowSlice((long) r0 * len, (long) nr * len), ref, nr);
+                float[] host = new float[ref.rows() * cols];
+                b.copyToHost(ref, MemorySegment.ofArray(host));
+                for (int i = 0; i < host.length; i++) host[i] = -host[i];
+                b.copyFromHost(MemorySegment.ofArray(host), ref);
+            }
+            Awq.ScaleSearch result = Awq.searchScale(weights, outs, in, xMean, p, candidates -> {
+                LlamaModel.Layer w = dev;
+                List<Tensor> uploaded = new ArrayList<>();
+                try {
+                    for (int l = 0; l < linears.length; l++) {
+                        Tensor t = b.upload(new Tensor(MemorySegment.ofArray(candidates[l]), DType.F32, new long[] {outs[l], in}), f.linearType());
+                        uploaded.add(t);
+                        w = w.withLinear(linears[l], t);
+                    }
+                    double sum = 0;
+                    for (int r0 = 0; r0 < stream.rows(); r0 += stream.batch()) {
+                        int nr = Math.min(stream.batch(), stream.rows() - r0);
+                        Tensor o = out.rowSlice(0, (long) nr * len);
+                        block.run(w, inputs.get(site).rowSlice((long) r0 * len, (long) nr * len), o, nr);
+                        b.add(o, negRef.rowSlice((long) r0 * len, (long) nr * len));
+                        sum += sumOfSquares(b, o);
+                    }
+                    return sum / ((double) stream.rows() * len * cols);
+                } finally {
+                    uploaded.forEach(b::free);
+                }
+            });
+            groups.add(new Group(name, result));
+            return result.scales();
+        }
+    }
+
+    /**
+     * Σ x² over a device tensor, as the trace of the Gram matrix of x seen as [numel / 16, 16] (the backend's one
+     * reduction; 16 columns keep it cheap).
+     */
+    static double sumOfSquares(Backend b, Tensor x) {
+        int c = x.numel() % 16 == 0 ? 16 : 1;
+        Tensor g = b.allocate(DType.F32, c, c);
+        try {
+            b.copyFromHost(MemorySegment.ofArray(new float[c * c]), g);
+            b.accumulateGram(g, x.reshape(x.numel() / c, c));
+            float[] h = new float[c * c];
+            b.copyToHost(g, MemorySegment.ofArray(h));
+            double s = 0;
+            for (int i = 0; i < c; i++) s += h[i * c + i];
+            return s;
+        } finally {
+            b.free(g);
+        }
+    }
+
+    private static float[] mean(double[] sum, long n) {
+        float[] m = new float[sum.length];
+        for (int i = 0; i < m.length; i++) m[i] = (float) (sum[i] / n);
+        return m;
+    }
+
+    /** v ÷ s elementwise, in place; returns v. */
+    private static float[] divide(float[] v, float[] s) {
+        for (int i = 0; i < v.length; i++) v[i] /= s[i];
+        return v;
+    }
+
+    /** W[:, i] × s[i] for a row-major [·, in] matrix, in place. */
+    private static void scaleColumns(float[] w, int in, float[] s) {
+        for (int r = 0; r < w.length / in; r++) for (int i = 0; i < in; i++) w[r * in + i] *= s[i];
+    }
+
+    /** W[o, :] ÷ s[o] for a row-major [out, in] matrix, in place. */
+    private static void scaleRows(float[] w, int in, float[] s) {
+        for (int o = 0; o < w.length / in; o++) for (int i = 0; i < in; i++) w[o * in + i] /= s[o];
+    }
+
+    /** x[t, i] ÷ s[i] for sampled rows [tokens, in], as a new array. */
+    private static float[] divideColumns(float[] x, float[] s) {
+        float[] r = new float[x.length];
+        for (int t = 0; t < x.length / s.length; t++) for (int i = 0; i < s.length; i++) r[t * s.length + i] = x[t * s.length + i] / s[i];
+        return r;
+    }
+
+    private static Tensor like(float[] values, Tensor shapeOf) {
+        return new Tensor(MemorySegment.ofArray(values), DType.F32, shapeOf.shape());
+    }
+
+    private static Tensor f32(Tensor t) {
+        return t == null ? null : like(t.toFloatArray(), t);
+    }
+}

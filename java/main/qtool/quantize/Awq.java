@@ -1,0 +1,257 @@
+package qtool.quantize;
+
+import java.util.stream.IntStream;
+
+/**
+ * AWQ (Lin et al., activation-aware weight quantization) as AutoAWQ's {@code AwqQuantizer} does it, on host arrays:
+ * the group-wise round-to-nearest grid ({@code pseudo_quantize_tensor}), the per-input-channel scale search
+ * ({@code _search_best_scale} with {@code duo_scaling}) and the clipping search ({@code _compute_best_clip}). Running
+ * the block whose output the scale search compares is the caller's job ({@link BlockLoss}); see
+ * {@code qtool.convert.AwqScaling} for the decoder-layer driver.
+ *
+ * <p>Weights are row-major [out, in] float arrays. Arithmetic is float32 where AutoAWQ's is fp16 (its model is in
+ * half precision); scales are rounded to fp16 as soon as they are made, so that the codes are those the stored fp16
+ * scales give back.
+ */
+public final class Awq {
+    /** AutoAWQ's {@code n_grid}: the scale exponent runs over 0, 1/20, …, 19/20. */
+    public static final int SCALE_GRID = 20;
+    /** {@code _compute_best_clip}'s defaults: shrink max|w| by 0, 1/20, …, 9/20; at most ~512 sampled tokens. */
+    public static final int CLIP_GRID = 20;
+    public static final double CLIP_MAX_SHRINK = 0.5;
+    public static final int CLIP_SAMPLE_TOKENS = 512;
+
+    private Awq() {}
+
+    // ---- the grid ------------------------------------------------------------------------------------------------
+
+    /**
+     * Quantizes values {@code w[from, to)} (one group of one row) onto AutoAWQ's grid, writing the dequantized values
+     * to {@code deq[from, to)} and, when {@code codes} is not null, the codes to {@code codes[from, to)}. Returns the
+     * scale (fp16-exact) and the zero point packed as {@code (long) floatBits << 32 | zero}.
+     */
+    static long quantizeGroup(float[] w, int from, int to, AwqParams p, float[] deq, byte[] codes) {
+        int maxInt, zero;
+        float scale;
+        if (p.zeroPoint()) {
+            float max = Float.NEGATIVE_INFINITY, min = Float.POSITIVE_INFINITY;
+            for (int i = from; i < to; i++) {
+                max = Math.max(max, w[i]);
+                min = Math.min(min, w[i]);
+            }
+            maxInt = (1 << p.bits()) - 1;
+            scale = fp16(Math.max(max - min, 1e-5f) / maxInt);
+            zero = (int) Math.min(Math.max(-Math.rint(min / scale), 0), maxInt);
+        } else {
+            float maxAbs = 1e-5f;
+            for (int i = from; i < to; i++) maxAbs = Math.max(maxAbs, Math.abs(w[i]));
+            int half = 1 << (p.bits() - 1);
+            maxInt = 2 * half - 1;
+            scale = fp16(maxAbs / (half - 1));
+            zero = half; // codes q + 2^(bits-1) for q in [-2^(bits-1), 2^(bits-1) - 1]: the symmetric grid as unsigned codes
+        }
+        for (int i = from; i < to; i++) {
+            int q = (int) Math.min(Math.max(Math.rint(w[i] / scale) + zero, 0), maxInt);
+            deq[i] = (q - zero) * scale;
+            if (codes != null) codes[i] = (byte) q;
+        }
+        return (long) Float.floatToRawIntBits(scale) << 32 | zero;
+    }
+
+    private static float fp16(float v) {
+        return Float.float16ToFloat(Float.floatToFloat16(v));
+    }
+
+    /** W rounded to the grid, group by group ({@code pseudo_quantize_tensor(w)[0]}). */
+    public static float[] pseudoQuantize(float[] w, int out, int in, AwqParams p) {
+        float[] deq = new float[w.length];
+        int width = p.groupWidth(in);
+        IntStream.range(0, out).parallel().forEach(o -> {
+            for (int g0 = 0; g0 < in; g0 += width) quantizeGroup(w, o * in + g0, o * in + Math.min(in, g0 + width), p, deq, null);
+        });
+        return deq;
+    }
+
+    /** The final quantization of a linear: codes, fp16 scales, zeros and the weight they stand for. */
+    public static AwqResult quantize(float[] w, int out, int in, AwqParams p) {
+        int width = p.groupWidth(in), groups = p.numGroups(in);
+        float[] deq = new float[w.length], scales = new float[groups * out];
+        byte[] codes = new byte[w.length];
+        int[] zeros = new int[groups * out];
+        IntStream.range(0, out).parallel().forEach(o -> {
+            for (int g = 0; g < groups; g++) {
+                long sz = quantizeGroup(w, o * in + g * width, o * in + Math.min(in, (g + 1) * width), p, deq, codes);
+                scales[g * out + o] = Float.intBitsToFloat((int) (sz >>> 32));
+                zeros[g * out + o] = (int) sz;
+            }
+        });
+        return new AwqResult(out, in, p, codes, scales, zeros, deq);
+    }
+
+    // ---- scale search --------------------------------------------------------------------------------------------
+
+    /**
+     * The block output error with these weights in place of the scaled group's linears (same order as given to
+     * {@link #searchScale}): AutoAWQ's {@code _compute_loss}, the mean squared difference from the block's output
+     * with the original weights.
+     */
+    @FunctionalInterface
+    public interface BlockLoss {
+        double loss(float[][] weights);
+    }
+
+    /**
+     * The outcome of one group's search.
+     *
+     * @param scales        per input channel; the linears' columns are multiplied by them, the op before divided
+     * @param ratio         the exponent chosen (0, 0.05, …, 0.95)
+     * @param loss          block output MSE with Q(W·s)/s
+     * @param unscaledLoss  block output MSE with plain round-to-nearest Q(W), for reporting what the scaling gained
+     */
+    public record ScaleSearch(float[] scales, double ratio, double loss, double unscaledLoss) {}
+
+    /**
+     * AutoAWQ's w_mean: each weight's magnitude relative to the largest in its group, averaged per input channel over
+     * all rows of all the group's linears.
+     */
+    public static float[] weightMean(float[][] weights, int[] outs, int in, AwqParams p) {
+        double[] sum = new double[in];
+        int width = p.groupWidth(in), rows = 0;
+        for (int l = 0; l < weights.length; l++) {
+            float[] w = weights[l];
+            for (int o = 0; o < outs[l]; o++, rows++) {
+                for (int g0 = 0; g0 < in; g0 += width) {
+                    int end = Math.min(in, g0 + width);
+                    float max = 0;
+                    for (int i = g0; i < end; i++) max = Math.max(max, Math.abs(w[o * in + i]));
+                    for (int i = g0; i < end; i++) sum[i] += Math.abs(w[o * in + i]) / (max + 1e-6f);
+                }
+            }
+        }
+        float[] mean = new float[in];
+        for (int i = 0; i < in; i++) mean[i] = (float) (sum[i] / rows);
+        return mean;
+    }
+
+    /** The candidate scales of one grid point: (x̄^r / (w̄^(1−r) + 1e-4)) ≥ 1e-4, normalized by √(max·min). */
+    public static float[] candidateScales(float[] xMean, float[] wMean, double ratio) {
+        int n = xMean.length;
+        float[] s = new float[n];
+        float max = 0, min = Float.POSITIVE_INFINITY;
+        for (int i = 0; i < n; i++) {
+            s[i] = (float) Math.max(Math.pow(xMean[i], ratio) / (Math.pow(wMean[i], 1 - ratio) + 1e-4), 1e-4);
+            max = Math.max(max, s[i]);
+            min = Math.min(min, s[i]);
+        }
+        float norm = (float) Math.sqrt((double) max * min);
+        for (int i = 0; i < n; i++) {
+            s[i] /= norm;
+            if (!Float.isFinite(s[i])) s[i] = 1; // AutoAWQ's guard against overflowing scales
+        }
+        return s;
+    }
+
+    /** Q(W·diag(s))·diag(s)⁻¹: the weight the scaled, quantized linear acts as on unscaled inputs. */
+    public static float[] quantizeScaled(float[] w, int out, int in, float[] s, AwqParams p) {
+        float[] ws = new float[w.length];
+        for (int o = 0; o < out; o++) for (int i = 0; i < in; i++) ws[o * in + i] = w[o * in + i] * s[i];
+        float[] q = pseudoQuantize(ws, out, in, p);
+        for (int o = 0; o < out; o++) for (int i = 0; i < in; i++) q[o * in + i] /= s[i];
+        return q;
+    }
+
+    /**
+     * {@code _search_best_scale}: for r on the grid, scales s = candidateScales(x̄, w̄, r), every linear replaced by
+     * Q(W·s)/s, the block run; the s with the least output error wins (the first on ties).
+     *
+     * @param weights the linears that share the scaled input, [outs[l], in] each
+     * @param xMean   mean |x| of each input channel over every calibration token
+     */
+    public static ScaleSearch searchScale(float[][] weights, int[] outs, int in, float[] xMean, AwqParams p, BlockLoss loss) {
+        float[] wMean = weightMean(weights, outs, in, p);
+        double best = Double.POSITIVE_INFINITY, bestRatio = -1;
+        float[] bestScales = null;
+        for (int k = 0; k < SCALE_GRID; k++) {
+            double ratio = (double) k / SCALE_GRID;
+            float[] s = candidateScales(xMean, wMean, ratio);
+            float[][] q = new float[weights.length][];
+            for (int l = 0; l < weights.length; l++) q[l] = quantizeScaled(weights[l], outs[l], in, s, p);
+            double e = loss.loss(q);
+            if (e < best) {
+                best = e;
+                bestRatio = ratio;
+                bestScales = s;
+            }
+        }
+        if (bestScales == null) throw new IllegalStateException("AWQ scale search: the block loss is NaN for every scale (NaN or Inf in the inputs)");
+        float[][] plain = new float[weights.length][];
+        for (int l = 0; l < weights.length; l++) plain[l] = pseudoQuantize(weights[l], outs[l], in, p);
+        return new ScaleSearch(bestScales, bestRatio, best, loss.loss(plain));
+    }
+
+    // ---- clipping ------------------------------------------------------------------------------------------------
+
+    /** The token rows the clip search uses: every step-th of n, step = max(1, n / 512), from the first. */
+    public static int clipSampleStep(long tokens) {
+        return (int) Math.max(1, tokens / CLIP_SAMPLE_TOKENS);
+    }
+
+    /**
+     * {@code _compute_best_clip}: for each output row and group, the largest |w| to keep, among max|w|·(1 − k/20)
+     * for k = 0 … 9, that minimises the mean over sampled tokens of (x_g · (Q(clamp(w_g)) − w_g))². Returns [out,
+     * groups].
+     *
+     * @param x sampled inputs [tokens, in] (already divided by the scale search's scales)
+     */
+    public static float[] searchClip(float[] w, int out, int in, float[] x, int tokens, AwqParams p) {
+        int width = p.groupWidth(in), groups = p.numGroups(in);
+        float[] best = new float[out * groups];
+        int shrinks = (int) (CLIP_MAX_SHRINK * CLIP_GRID);
+        IntStream.range(0, out).parallel().forEach(o -> {
+            float[] orgOut = new float[tokens], cur = new float[in], deq = new float[in];
+            for (int g = 0; g < groups; g++) {
+                int g0 = g * width, g1 = Math.min(in, g0 + width), row = o * in;
+                float orgMax = 0;
+                for (int i = g0; i < g1; i++) orgMax = Math.max(orgMax, Math.abs(w[row + i]));
+                for (int t = 0; t < tokens; t++) orgOut[t] = dot(x, t * in, w, row, g0, g1);
+                double minErr = 1e9;
+                float bestMax = orgMax;
+                for (int k = 0; k < shrinks; k++) {
+                    float maxVal = orgMax * (1 - (float) k / CLIP_GRID);
+                    for (int i = g0; i < g1; i++) cur[i] = Math.min(Math.max(w[row + i], -maxVal), maxVal);
+                    quantizeGroup(cur, g0, g1, p, deq, null);
+                    double err = 0;
+                    for (int t = 0; t < tokens; t++) {
+                        double d = dot(x, t * in, deq, 0, g0, g1) - orgOut[t];
+                        err += d * d;
+                    }
+                    err /= tokens;
+                    if (err < minErr) {
+                        minErr = err;
+                        bestMax = maxVal;
+                    }
+                }
+                best[o * groups + g] = bestMax;
+            }
+        });
+        return best;
+    }
+
+    /** {@code apply_clip}: clamps every group of W to ±its max value, in place. */
+    public static void applyClip(float[] w, int out, int in, float[] maxVal, AwqParams p) {
+        int width = p.groupWidth(in), groups = p.numGroups(in);
+        for (int o = 0; o < out; o++) {
+            for (int i = 0; i < in; i++) {
+                float m = maxVal[o * groups + i / width];
+                w[o * in + i] = Math.min(Math.max(w[o * in + i], -m), m);
+            }
+        }
+    }
+
+    /** Σ_{i ∈ [g0, g1)} x[xOff + i] · w[wOff + i]. */
+    private static float dot(float[] x, int xOff, float[] w, int wOff, int g0, int g1) {
+        float s = 0;
+        for (int i = g0; i < g1; i++) s += x[xOff + i] * w[wOff + i];
+        return s;
+    }
+}
