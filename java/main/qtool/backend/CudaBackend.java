@@ -364,6 +364,25 @@ public final class CudaBackend implements Backend {
         return cpu.gptq(w, h, params);
     }
 
+    @Override
+    public qtool.quantize.Exl2Gptq.Factor exl2Prepare(Tensor hessian) {
+        requireType(hessian, DType.F32, "exl2Prepare hessian");
+        CpuBackend cpu = new CpuBackend();
+        Tensor h = cpu.allocate(DType.F32, hessian.shape());
+        copyToHost(hessian, h.data());
+        return cpu.exl2Prepare(h);
+    }
+
+    @Override
+    public qtool.quantize.Exl2Tensor exl2Quantize(qtool.quantize.Exl2Gptq.Factor factor, Tensor weight,
+                                                  qtool.quantize.Exl2Params params) {
+        requireType(weight, DType.F32, "exl2Quantize weight");
+        CpuBackend cpu = new CpuBackend();
+        Tensor w = cpu.allocate(DType.F32, weight.shape());
+        copyToHost(weight, w.data());
+        return cpu.exl2Quantize(factor, w, params);
+    }
+
     // ---- kernels -----------------------------------------------------------------------------------------------
 
     @Override
