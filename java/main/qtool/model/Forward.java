@@ -186,6 +186,12 @@ public final class Forward implements AutoCloseable {
      * null. {@code kc}, {@code vc}: caches of {@link #activationType()}.
      */
     public void layer(LlamaModel.Layer w, Tensor x, Tensor kc, Tensor vc, int batchRows, int seqLen, int startPos, SiteObserver observer) {
+        attentionBlock(w, x, kc, vc, batchRows, seqLen, startPos, observer);
+        mlpBlock(w, x, observer);
+    }
+
+    /** The first half of {@link #layer}: x += o_proj(attention(q/k/v(RMSNorm(x)))). EXL2 measures the halves apart. */
+    public void attentionBlock(LlamaModel.Layer w, Tensor x, Tensor kc, Tensor vc, int batchRows, int seqLen, int startPos, SiteObserver observer) {
         int rows = batchRows * seqLen;
         Tensor n = normed.rowSlice(0, rows);
         Tensor qv = q.rowSlice(0, rows), kv = k.rowSlice(0, rows), vv = v.rowSlice(0, rows), a = attn.rowSlice(0, rows);
@@ -200,6 +206,13 @@ public final class Forward implements AutoCloseable {
         b.attention(a, qv, kv, vv, kc, vc, batchRows, seqLen, startPos, cfg.numHeads(), cfg.numKvHeads(), cfg.headDim());
         observe(observer, Site.O_IN, a);
         b.linearAdd(x, a, w.o(), w.oBias());
+    }
+
+    /** The second half of {@link #layer}: x += down(silu(gate(RMSNorm(x))) · up(RMSNorm(x))). */
+    public void mlpBlock(LlamaModel.Layer w, Tensor x, SiteObserver observer) {
+        int rows = x.rows();
+        Tensor n = normed.rowSlice(0, rows);
+        Backend b = backend;
         b.rmsNorm(n, x, w.postNorm(), cfg.rmsNormEps());
         observe(observer, Site.MLP_IN, n);
         Tensor g = gate.rowSlice(0, rows), u = up.rowSlice(0, rows);
@@ -260,6 +273,11 @@ public final class Forward implements AutoCloseable {
 
     /** {@link #nll(int[])} over given residual rows (at most batch × maxSeq of them). */
     public float[] nll(Tensor x, int[] targetIds) {
+        return nll(x, targetIds, lmHead);
+    }
+
+    /** {@link #nll(Tensor, int[])} through another head of the same shape (EXL2: the quantized lm_head, on this device). */
+    public float[] nll(Tensor x, int[] targetIds, Tensor head) {
         int rows = targetIds.length;
         if (rows > targets.rows()) throw new IllegalArgumentException(rows + " targets, room for " + targets.rows());
         int[] tg = new int[rows];
@@ -271,7 +289,7 @@ public final class Forward implements AutoCloseable {
             int n = Math.min(chunk, rows - r0);
             backend.rmsNorm(normed.rowSlice(0, n), x.rowSlice(r0, n), finalNorm, cfg.rmsNormEps());
             Tensor l = logits.rowSlice(0, n);
-            backend.linear(l, normed.rowSlice(0, n), lmHead, null);
+            backend.linear(l, normed.rowSlice(0, n), head, null);
             backend.crossEntropy(nll.rowSlice(r0, n), l, targets.rowSlice(r0, n));
         }
         float[] result = new float[rows];
