@@ -22,7 +22,7 @@ class Exl2ConvertTest {
 
     private static List<String> args(Path in, Path work, String... extra) {
         List<String> a = new ArrayList<>(List.of("convert", "-i", in.toString(), "-o", work.toString(),
-                "-c", Shared.require("data/calibration-mix.parquet").toString(), "-r", "6", "-l", "64", "-mr", "4", "-ml", "64",
+                "-c", Shared.require("data/calibration-mix.parquet").toString(), "-r", "4", "-l", "32", "-mr", "2", "-ml", "32",
                 "-b", "4.0", "--batch", "2", "--device", "cpu"));
         a.addAll(List.of(extra));
         return a;
@@ -50,7 +50,7 @@ class Exl2ConvertTest {
         Map<String, Object> qc = Json.object(Json.readObject(full.resolve("config.json")).get("quantization_config"), "qc");
         assertEquals("exl2", qc.get("quant_method"));
         assertEquals(6L, qc.get("head_bits"));
-        assertEquals(Map.of("rows", 6L, "length", 64L, "dataset", "calibration-mix.parquet"), qc.get("calibration"));
+        assertEquals(Map.of("rows", 4L, "length", 32L, "dataset", "calibration-mix.parquet"), qc.get("calibration"));
         assertTrue(Files.isRegularFile(full.resolve("tokenizer.json")));
         CliRun p = CliRun.of("ppl", "-m", full.toString(), "-d", Shared.require("data/wiki.test.raw").toString(), "--ctx", "64", "--windows", "2",
                 "--device", "cpu");
