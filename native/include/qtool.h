@@ -301,6 +301,21 @@ QT_API int qt_gptq_quantize(const void* w, const void* h, const void* u, const i
                             void* scales, void* zeros, void* dequantized, double* loss, void* workspace,
                             size_t workspace_bytes, void* stream);
 
+/*
+ * EXL2 quantization of one linear (qtool.quantize.Exl2Gptq is the reference; CudaBackend drives these). Prepare
+ * once per linear input with qt_gptq_diagonal and qt_gptq_inverse_factor (perm = inputs by decreasing diag(H), damping
+ * as Exl2Gptq.prepare; the zero diagonals that call sets to 1 change nothing here: such an input is uncoupled), then
+ * quantize each option of each linear reading that input with qt_exl2_quantize:
+ * w F32 [out, in], u F32 [in, in] and perm I32 [in] on the device (not modified); group_bits / group_rows: host
+ * arrays [groups], the groups in storage order (decreasing bits) covering the processing-order rows consecutively.
+ * Outputs on the device: codes U8 [in, out] (row k = input perm[k]), qscale U8 [groups, out] (sub-scales 1..16),
+ * qscale_max F32 [groups] (fp16 values). A group of more than 1024 rows gives QT_ERR_UNSUPPORTED. Waits.
+ */
+QT_API int qt_exl2_workspace_bytes(int out, int in, int max_group_rows, size_t* bytes);
+QT_API int qt_exl2_quantize(const void* w, const void* u, const int32_t* perm, int out, int in, int groups,
+                            const int* group_bits, const int* group_rows, void* codes, void* qscale, void* qscale_max,
+                            void* workspace, size_t workspace_bytes, void* stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -3425,5 +3425,141 @@ public class qtool_h extends qtool_h$shared {
            throw new AssertionError("should not reach here", ex$);
         }
     }
+
+    private static class qt_exl2_workspace_bytes {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            qtool_h.C_INT,
+            qtool_h.C_INT,
+            qtool_h.C_INT,
+            qtool_h.C_INT,
+            qtool_h.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("qt_exl2_workspace_bytes");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * int qt_exl2_workspace_bytes(int out, int in, int max_group_rows, size_t *bytes)
+     * }
+     */
+    public static FunctionDescriptor qt_exl2_workspace_bytes$descriptor() {
+        return qt_exl2_workspace_bytes.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * int qt_exl2_workspace_bytes(int out, int in, int max_group_rows, size_t *bytes)
+     * }
+     */
+    public static MethodHandle qt_exl2_workspace_bytes$handle() {
+        return qt_exl2_workspace_bytes.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * int qt_exl2_workspace_bytes(int out, int in, int max_group_rows, size_t *bytes)
+     * }
+     */
+    public static MemorySegment qt_exl2_workspace_bytes$address() {
+        return qt_exl2_workspace_bytes.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * int qt_exl2_workspace_bytes(int out, int in, int max_group_rows, size_t *bytes)
+     * }
+     */
+    public static int qt_exl2_workspace_bytes(int out, int in, int max_group_rows, MemorySegment bytes) {
+        var mh$ = qt_exl2_workspace_bytes.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("qt_exl2_workspace_bytes", out, in, max_group_rows, bytes);
+            }
+            return (int)mh$.invokeExact(out, in, max_group_rows, bytes);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
+    private static class qt_exl2_quantize {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            qtool_h.C_INT,
+            qtool_h.C_POINTER,
+            qtool_h.C_POINTER,
+            qtool_h.C_POINTER,
+            qtool_h.C_INT,
+            qtool_h.C_INT,
+            qtool_h.C_INT,
+            qtool_h.C_POINTER,
+            qtool_h.C_POINTER,
+            qtool_h.C_POINTER,
+            qtool_h.C_POINTER,
+            qtool_h.C_POINTER,
+            qtool_h.C_POINTER,
+            qtool_h.C_LONG,
+            qtool_h.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("qt_exl2_quantize");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * int qt_exl2_quantize(const void *w, const void *u, const int32_t *perm, int out, int in, int groups, const int *group_bits, const int *group_rows, void *codes, void *qscale, void *qscale_max, void *workspace, size_t workspace_bytes, void *stream)
+     * }
+     */
+    public static FunctionDescriptor qt_exl2_quantize$descriptor() {
+        return qt_exl2_quantize.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * int qt_exl2_quantize(const void *w, const void *u, const int32_t *perm, int out, int in, int groups, const int *group_bits, const int *group_rows, void *codes, void *qscale, void *qscale_max, void *workspace, size_t workspace_bytes, void *stream)
+     * }
+     */
+    public static MethodHandle qt_exl2_quantize$handle() {
+        return qt_exl2_quantize.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * int qt_exl2_quantize(const void *w, const void *u, const int32_t *perm, int out, int in, int groups, const int *group_bits, const int *group_rows, void *codes, void *qscale, void *qscale_max, void *workspace, size_t workspace_bytes, void *stream)
+     * }
+     */
+    public static MemorySegment qt_exl2_quantize$address() {
+        return qt_exl2_quantize.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * int qt_exl2_quantize(const void *w, const void *u, const int32_t *perm, int out, int in, int groups, const int *group_bits, const int *group_rows, void *codes, void *qscale, void *qscale_max, void *workspace, size_t workspace_bytes, void *stream)
+     * }
+     */
+    public static int qt_exl2_quantize(MemorySegment w, MemorySegment u, MemorySegment perm, int out, int in, int groups, MemorySegment group_bits, MemorySegment group_rows, MemorySegment codes, MemorySegment qscale, MemorySegment qscale_max, MemorySegment workspace, long workspace_bytes, MemorySegment stream) {
+        var mh$ = qt_exl2_quantize.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("qt_exl2_quantize", w, u, perm, out, in, groups, group_bits, group_rows, codes, qscale, qscale_max, workspace, workspace_bytes, stream);
+            }
+            return (int)mh$.invokeExact(w, u, perm, out, in, groups, group_bits, group_rows, codes, qscale, qscale_max, workspace, workspace_bytes, stream);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
 }
 

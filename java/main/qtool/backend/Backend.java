@@ -127,6 +127,21 @@ public interface Backend extends AutoCloseable {
      */
     qtool.quantize.GptqResult gptq(Tensor weight, Tensor hessian, qtool.quantize.GptqParams params);
 
+    /**
+     * EXL2, step 1 of 2 ({@link qtool.quantize.Exl2Gptq#prepare}, the CPU reference): the act-order permutation and
+     * the factor of the damped H⁻¹ of one linear input, {@code hessian} F32 [in, in] on this device (not modified).
+     * The factor stays where this backend's {@link #exl2Quantize} reads it and serves every option of every linear
+     * reading that input; close it after the last one.
+     */
+    qtool.quantize.Exl2Gptq.Factor exl2Prepare(Tensor hessian);
+
+    /**
+     * EXL2, step 2 of 2 ({@link qtool.quantize.Exl2Gptq#quantize}): quantizes {@code weight} F32 [out, in] on this
+     * device (not modified) with one option, given its input's factor from this backend. The result lives in host
+     * memory; its dequantized weight [out, in] is what the model uses next.
+     */
+    qtool.quantize.Exl2Tensor exl2Quantize(qtool.quantize.Exl2Gptq.Factor factor, Tensor weight, qtool.quantize.Exl2Params params);
+
     /** Waits for all work queued on this backend. */
     void synchronize();
 

@@ -415,6 +415,25 @@ public final class CpuBackend implements Backend {
     }
 
     @Override
+    public qtool.quantize.Exl2Gptq.Factor exl2Prepare(Tensor hessian) {
+        if (off(hessian) != 0) throw new IllegalArgumentException("exl2Prepare takes a whole tensor");
+        return qtool.quantize.Exl2Gptq.prepare(f(hessian), hessian.rows());
+    }
+
+    @Override
+    public qtool.quantize.Exl2Tensor exl2Quantize(qtool.quantize.Exl2Gptq.Factor factor, Tensor weight,
+                                                  qtool.quantize.Exl2Params params) {
+        if (!(factor instanceof qtool.quantize.Exl2Gptq.Prepared prepared)) {
+            throw new IllegalArgumentException("exl2Quantize: the factor comes from another backend");
+        }
+        if (off(weight) != 0) throw new IllegalArgumentException("exl2Quantize takes a whole tensor");
+        if (weight.cols() != prepared.in()) {
+            throw new IllegalArgumentException("exl2Quantize: weight has " + weight.cols() + " inputs, the factor " + prepared.in());
+        }
+        return qtool.quantize.Exl2Gptq.quantize(prepared, f(weight), weight.rows(), params);
+    }
+
+    @Override
     public void synchronize() {
         // synchronous
     }

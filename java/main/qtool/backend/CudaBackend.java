@@ -364,6 +364,163 @@ public final class CudaBackend implements Backend {
         return cpu.gptq(w, h, params);
     }
 
+    /**
+     * EXL2 prepare on the GPU: diag(H) to the host for the order and the damping ({@link qtool.quantize.Exl2Gptq}'s
+     * own helpers), then qt_gptq_inverse_factor at 1, 2, ... 10 times the damping until H factors. U and the
+     * permutation stay on the device in the returned factor.
+     */
+    @Override
+    public qtool.quantize.Exl2Gptq.Factor exl2Prepare(Tensor hessian) {
+        requireType(hessian, DType.F32, "exl2Prepare hessian");
+        int in = hessian.cols();
+        requireCount(hessian, (long) in * in, "exl2Prepare hessian");
+        float[] diagH = new float[in];
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment d = arena.allocate(4L * in, 64);
+            check(qt_gptq_diagonal(d, hessian.data(), in, stream), "qt_gptq_diagonal");
+            MemorySegment.copy(d, ValueLayout.JAVA_FLOAT, 0, diagH, 0, in);
+        }
+        double[] diag = new double[in];
+        for (int i = 0; i < in; i++) diag[i] = diagH[i];
+        int[] perm = qtool.quantize.Gptq.processingOrder(diag, true);
+        double damp = qtool.quantize.Exl2Gptq.baseDamp(diag);
+        Tensor u = allocate(DType.F32, in, in), permDev = allocate(DType.I32, in);
+        try {
+            copyIn(MemorySegment.ofArray(perm), permDev.address(), 4L * in);
+            long wsBytes;
+            try (Arena arena = Arena.ofConfined()) {
+                MemorySegment b = arena.allocate(ValueLayout.JAVA_LONG);
+                check(qt_gptq_workspace_bytes(1, in, 1, b), "qt_gptq_workspace_bytes");
+                wsBytes = b.get(ValueLayout.JAVA_LONG, 0);
+                MemorySegment ws = MemorySegment.ofAddress(exl2Scratch.ensure(wsBytes));
+                MemorySegment info = arena.allocate(ValueLayout.JAVA_INT);
+                for (int attempt = 1; attempt <= qtool.quantize.Exl2Gptq.MAX_ATTEMPTS; attempt++) {
+                    int status = qt_gptq_inverse_factor(u.data(), hessian.data(), permDev.data(), in, attempt * damp, ws, wsBytes, info, stream);
+                    if (status == 0) return new CudaExl2Factor(in, perm, u, permDev, attempt * damp, attempt);
+                    if (status != QT_ERR_NOT_POSITIVE_DEFINITE()) check(status, "qt_gptq_inverse_factor");
+                }
+            }
+            throw qtool.quantize.Exl2Gptq.notInvertible(in, damp);
+        } catch (RuntimeException e) {
+            free(u);
+            free(permDev);
+            throw e;
+        }
+    }
+
+    /** An EXL2 factor held on this device: U [in, in] and the permutation. */
+    private final class CudaExl2Factor implements qtool.quantize.Exl2Gptq.Factor {
+        private final int in;
+        private final int[] perm;
+        private final double damp;
+        private final int attempts;
+        private Tensor u, permDev;
+
+        CudaExl2Factor(int in, int[] perm, Tensor u, Tensor permDev, double damp, int attempts) {
+            this.in = in;
+            this.perm = perm;
+            this.u = u;
+            this.permDev = permDev;
+            this.damp = damp;
+            this.attempts = attempts;
+        }
+
+        @Override public int in() { return in; }
+        @Override public int[] perm() { return perm.clone(); }
+        @Override public double damp() { return damp; }
+        @Override public int attempts() { return attempts; }
+
+        /** The host form, for groups the GPU loop does not take. */
+        qtool.quantize.Exl2Gptq.Prepared toHost() {
+            float[] hu = new float[in * in];
+            copyToHost(u, MemorySegment.ofArray(hu));
+            return new qtool.quantize.Exl2Gptq.Prepared(in, perm.clone(), hu, damp, attempts);
+        }
+
+        @Override
+        public void close() {
+            if (u == null) return;
+            synchronize();
+            free(u);
+            free(permDev);
+            u = permDev = null;
+        }
+    }
+
+    /**
+     * EXL2 quantization of one option on the GPU (qt_exl2_quantize); the dequantized weight is rebuilt on the host from
+     * the codes and scales with {@link qtool.quantize.Exl2Tensor}'s arithmetic, which is the kernel's, so it costs
+     * no copy of a float matrix.
+     */
+    @Override
+    public qtool.quantize.Exl2Tensor exl2Quantize(qtool.quantize.Exl2Gptq.Factor factor, Tensor weight,
+                                                  qtool.quantize.Exl2Params params) {
+        requireType(weight, DType.F32, "exl2Quantize weight");
+        if (!(factor instanceof CudaExl2Factor f) || f.u == null) {
+            throw new IllegalArgumentException("exl2Quantize: the factor is closed or comes from another backend");
+        }
+        int out = weight.rows(), in = weight.cols();
+        if (in != f.in) throw new IllegalArgumentException("exl2Quantize: weight has " + in + " inputs, the factor " + f.in);
+        var layout = params.layout(in);
+        int groups = layout.count(), maxRows = 0;
+        for (int r : layout.rows()) maxRows = Math.max(maxRows, r);
+        if (maxRows > EXL2_MAX_GROUP_ROWS) {
+            CpuBackend cpu = new CpuBackend();
+            Tensor w = cpu.allocate(DType.F32, weight.shape());
+            copyToHost(weight, w.data());
+            return qtool.quantize.Exl2Gptq.quantize(f.toHost(), CpuBackend.f(w), out, params);
+        }
+        long wsBytes;
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment b = arena.allocate(ValueLayout.JAVA_LONG);
+            check(qt_exl2_workspace_bytes(out, in, maxRows, b), "qt_exl2_workspace_bytes");
+            wsBytes = b.get(ValueLayout.JAVA_LONG, 0);
+        }
+        // One device buffer: workspace | codes | qscale | qscale_max.
+        long[] sizes = {wsBytes, (long) in * out, (long) groups * out, 4L * groups};
+        long[] at = new long[sizes.length];
+        long total = 0;
+        for (int k = 0; k < sizes.length; k++) {
+            at[k] = total;
+            total += (sizes[k] + 255) & ~255L;
+        }
+        long base = exl2Scratch.ensure(total);
+        Tensor codesDev = new Tensor(MemorySegment.ofAddress(base + at[1]), DType.U8, new long[] {in, out});
+        Tensor qscaleDev = new Tensor(MemorySegment.ofAddress(base + at[2]), DType.U8, new long[] {groups, out});
+        Tensor qscaleMaxDev = new Tensor(MemorySegment.ofAddress(base + at[3]), DType.F32, new long[] {groups});
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment bits = arena.allocateFrom(ValueLayout.JAVA_INT, layout.bits());
+            MemorySegment rows = arena.allocateFrom(ValueLayout.JAVA_INT, layout.rows());
+            check(qt_exl2_quantize(weight.data(), f.u.data(), f.permDev.data(), out, in, groups, bits, rows, codesDev.data(),
+                    qscaleDev.data(), qscaleMaxDev.data(), MemorySegment.ofAddress(base + at[0]), wsBytes, stream), "qt_exl2_quantize");
+        }
+        byte[] codes = new byte[in * out], qscale = new byte[groups * out];
+        float[] qscaleMax = new float[groups];
+        copyToHost(codesDev, MemorySegment.ofArray(codes));
+        copyToHost(qscaleDev, MemorySegment.ofArray(qscale));
+        copyToHost(qscaleMaxDev, MemorySegment.ofArray(qscaleMax));
+        int[] perm = f.perm;
+        int[] groupOfRow = new int[in];
+        for (int g = 0; g < groups; g++) java.util.Arrays.fill(groupOfRow, layout.firstRow()[g], layout.firstRow()[g] + layout.rows()[g], g);
+        float[] dequantized = new float[out * in];
+        java.util.stream.IntStream.range(0, out).parallel().forEach(o -> {
+            float[] scale = new float[groups];
+            for (int g = 0; g < groups; g++) scale[g] = qtool.quantize.Exl2Tensor.subScale(qscale[g * out + o], qscaleMax[g]);
+            for (int k = 0; k < in; k++) {
+                int g = groupOfRow[k];
+                dequantized[o * in + perm[k]] = qtool.quantize.Exl2Tensor.dequantize(codes[k * out + o] & 0xFF, layout.bits()[g], scale[g]);
+            }
+        });
+        return new qtool.quantize.Exl2Tensor(out, in, params, layout, perm.clone(), codes, qscale, qscaleMax, dequantized,
+                f.damp, f.attempts);
+    }
+
+    /** The largest EXL2 group qt_exl2_quantize takes (it keeps a group's column slice in shared memory). */
+    private static final int EXL2_MAX_GROUP_ROWS = 1024;
+
+    /** EXL2's device workspace, kept between linears; freed with the backend. */
+    private final DeviceScratch exl2Scratch = new DeviceScratch();
+
     // ---- kernels -----------------------------------------------------------------------------------------------
 
     @Override

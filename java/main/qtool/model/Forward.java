@@ -194,19 +194,29 @@ public final class Forward implements AutoCloseable {
      * null. {@code kc}, {@code vc}: caches of {@link #activationType()}.
      */
     public void layer(LlamaModel.Layer w, Tensor x, Tensor kc, Tensor vc, int batchRows, int seqLen, int startPos, SiteObserver observer) {
-        int rows = batchRows * seqLen;
-        Tensor n = normed.rowSlice(0, rows);
-        Backend b = backend;
-        b.rmsNorm(n, x, w.inputNorm(), cfg.rmsNormEps());
+        attentionHalf(w, x, kc, vc, batchRows, seqLen, startPos, observer);
+        mlpHalf(w, x, observer);
+    }
+
+    /** The first half of {@link #layer}: x += o_proj(attention(q/k/v(RMSNorm(x)))). EXL2 measures the halves apart. */
+    public void attentionHalf(LlamaModel.Layer w, Tensor x, Tensor kc, Tensor vc, int batchRows, int seqLen, int startPos, SiteObserver observer) {
+        Tensor n = normed.rowSlice(0, batchRows * seqLen);
+        backend.rmsNorm(n, x, w.inputNorm(), cfg.rmsNormEps());
         observe(observer, Site.ATTN_IN, n);
         Tensor a = attend(w, n, kc, vc, batchRows, seqLen, startPos);
         observe(observer, Site.O_IN, a);
-        b.linearAdd(x, a, w.o(), w.oBias());
-        b.rmsNorm(n, x, w.postNorm(), cfg.rmsNormEps());
+        backend.linearAdd(x, a, w.o(), w.oBias());
+    }
+
+    /** The second half of {@link #layer}: x += down(silu(gate(RMSNorm(x))) · up(RMSNorm(x))). */
+    public void mlpHalf(LlamaModel.Layer w, Tensor x, SiteObserver observer) {
+        int rows = x.rows();
+        Tensor n = normed.rowSlice(0, rows);
+        backend.rmsNorm(n, x, w.postNorm(), cfg.rmsNormEps());
         observe(observer, Site.MLP_IN, n);
         Tensor g = gatedUp(w, n, rows);
         observe(observer, Site.DOWN_IN, g);
-        b.linearAdd(x, g, w.down(), null);
+        backend.linearAdd(x, g, w.down(), null);
     }
 
     /** q/k/v of the normed rows {@code n}, RoPE, causal attention: the o_proj input (this forward's buffer). */
@@ -296,6 +306,11 @@ public final class Forward implements AutoCloseable {
 
     /** {@link #nll(int[])} over given residual rows (at most batch × maxSeq of them). */
     public float[] nll(Tensor x, int[] targetIds) {
+        return nll(x, targetIds, lmHead);
+    }
+
+    /** {@link #nll(Tensor, int[])} through another head of the same shape (EXL2: the quantized lm_head, on this device). */
+    public float[] nll(Tensor x, int[] targetIds, Tensor head) {
         int rows = targetIds.length;
         if (rows > targets.rows()) throw new IllegalArgumentException(rows + " targets, room for " + targets.rows());
         int[] tg = new int[rows];
@@ -307,7 +322,7 @@ public final class Forward implements AutoCloseable {
             int n = Math.min(chunk, rows - r0);
             backend.rmsNorm(normed.rowSlice(0, n), x.rowSlice(r0, n), finalNorm, cfg.rmsNormEps());
             Tensor l = logits.rowSlice(0, n);
-            backend.linear(l, normed.rowSlice(0, n), lmHead, null);
+            backend.linear(l, normed.rowSlice(0, n), head, null);
             backend.crossEntropy(nll.rowSlice(r0, n), l, targets.rowSlice(r0, n));
         }
         float[] result = new float[rows];

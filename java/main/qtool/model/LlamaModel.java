@@ -7,6 +7,7 @@ import java.util.function.UnaryOperator;
 import qtool.QtoolException;
 import qtool.backend.Tensor;
 import qtool.format.awq.AwqCheckpoint;
+import qtool.format.exl2.Exl2Checkpoint;
 import qtool.format.gptq.GptqCheckpoint;
 import qtool.load.DType;
 import qtool.load.ModelConfig;
@@ -84,25 +85,29 @@ public final class LlamaModel implements AutoCloseable {
     public final GptqCheckpoint gptq;
     /** Non-null for an AWQ (GEMM) checkpoint, whose linears are dequantized to F32 when a layer is asked for. */
     public final AwqCheckpoint awq;
+    /** Non-null for an EXL2 directory, whose quantized linears are dequantized to F32 when asked for. */
+    public final Exl2Checkpoint exl2;
 
-    private LlamaModel(Path dir, ModelConfig config, Weights weights, GptqCheckpoint gptq, AwqCheckpoint awq) {
+    private LlamaModel(Path dir, ModelConfig config, Weights weights, GptqCheckpoint gptq, AwqCheckpoint awq, Exl2Checkpoint exl2) {
         this.dir = dir;
         this.config = config;
         this.weights = weights;
         this.gptq = gptq;
         this.awq = awq;
+        this.exl2 = exl2;
     }
 
     /**
-     * An HF model directory: plain fp16/bf16/fp32 weights, or a GPTQ or AWQ checkpoint (quantization_config in
-     * config.json).
+     * An HF model directory: plain fp16/bf16/fp32 weights, a GPTQ or AWQ checkpoint (quantization_config in
+     * config.json), or an EXL2 directory.
      */
     public static LlamaModel open(Path dir) {
         ModelConfig config = ModelConfig.read(dir);
-        GptqCheckpoint gptq = GptqCheckpoint.isGptq(dir) ? GptqCheckpoint.open(dir) : null;
-        AwqCheckpoint awq = gptq == null && AwqCheckpoint.isAwq(dir) ? AwqCheckpoint.open(dir) : null;
-        Weights weights = gptq != null ? gptq.weights() : awq != null ? awq.weights() : Weights.open(dir);
-        LlamaModel m = new LlamaModel(dir, config, weights, gptq, awq);
+        Exl2Checkpoint exl2 = Exl2Checkpoint.isExl2(dir) ? Exl2Checkpoint.open(dir) : null;
+        GptqCheckpoint gptq = exl2 == null && GptqCheckpoint.isGptq(dir) ? GptqCheckpoint.open(dir) : null;
+        AwqCheckpoint awq = exl2 == null && gptq == null && AwqCheckpoint.isAwq(dir) ? AwqCheckpoint.open(dir) : null;
+        Weights weights = gptq != null ? gptq.weights() : awq != null ? awq.weights() : exl2 != null ? exl2.weights() : Weights.open(dir);
+        LlamaModel m = new LlamaModel(dir, config, weights, gptq, awq, exl2);
         try {
             m.validate();
         } catch (RuntimeException e) {
@@ -112,11 +117,15 @@ public final class LlamaModel implements AutoCloseable {
         return m;
     }
 
-    /** A linear layer's weight [out, in]: as stored, or dequantized from GPTQ tensors (host F32, made per call). */
+    /** A linear layer's weight [out, in]: as stored, or dequantized from GPTQ, AWQ or EXL2 tensors (host F32, made per call). */
     private Tensor linear(String prefix) {
         if (awq != null && awq.isQuantized(prefix)) {
             int[] shape = awq.shape(prefix);
             return new Tensor(MemorySegment.ofArray(awq.dequantize(prefix)), DType.F32, new long[] {shape[0], shape[1]});
+        }
+        if (isExl2(prefix)) {
+            int out = outFeatures(prefix);
+            return new Tensor(MemorySegment.ofArray(exl2.dequantize(prefix, out)), DType.F32, new long[] {out, exl2.paddedShape(prefix)[1]});
         }
         if (gptq == null || !gptq.isQuantized(prefix)) return weights.get(prefix + ".weight");
         int[] shape = gptq.shape(prefix);
@@ -124,12 +133,38 @@ public final class LlamaModel implements AutoCloseable {
     }
 
     private Tensor bias(String prefix) {
+        if (isExl2(prefix)) {
+            float[] b = exl2.bias(prefix, outFeatures(prefix));
+            return b == null ? null : new Tensor(MemorySegment.ofArray(b), DType.F32, new long[] {b.length});
+        }
         return weights.find(prefix + ".bias");
+    }
+
+    private boolean isExl2(String prefix) {
+        return exl2 != null && exl2.isQuantized(prefix);
+    }
+
+    /** A linear's output features by its name, from the config (EXL2 stores them padded to a multiple of 32). */
+    private int outFeatures(String prefix) {
+        ModelConfig c = config;
+        String name = prefix.substring(prefix.lastIndexOf('.') + 1);
+        return switch (name) {
+            case "q_proj" -> c.qDim();
+            case "k_proj", "v_proj" -> c.kvDim();
+            case "gate_proj", "up_proj" -> c.intermediateSize();
+            case "lm_head" -> c.vocabSize();
+            default -> c.hiddenSize(); // o_proj, down_proj
+        };
     }
 
     /** Shape of a linear without dequantizing it. */
     private long[] linearShape(String prefix) {
         if (awq != null && awq.isQuantized(prefix)) return new long[] {awq.shape(prefix)[0], awq.shape(prefix)[1]};
+        if (isExl2(prefix)) {
+            long[] padded = exl2.paddedShape(prefix);
+            int out = outFeatures(prefix);
+            return padded[0] == qtool.quantize.Exl2Params.paddedColumns(out) ? new long[] {out, padded[1]} : padded;
+        }
         if (gptq == null || !gptq.isQuantized(prefix)) return weights.get(prefix + ".weight").shape();
         int[] shape = gptq.shape(prefix);
         return new long[] {shape[0], shape[1]};
@@ -166,12 +201,13 @@ public final class LlamaModel implements AutoCloseable {
 
     /** lm_head, or the embedding table when the head is tied to it. */
     public Tensor lmHead() {
+        if (isExl2("lm_head")) return linear("lm_head");
         Tensor head = weights.find("lm_head.weight");
         return head != null ? head : embedTokens();
     }
 
     public boolean headTied() {
-        return weights.find("lm_head.weight") == null;
+        return weights.find("lm_head.weight") == null && !isExl2("lm_head");
     }
 
     private void validate() {
@@ -179,7 +215,8 @@ public final class LlamaModel implements AutoCloseable {
         int h = c.hiddenSize();
         expect(embedTokens(), "model.embed_tokens.weight", c.vocabSize(), h);
         expect(finalNorm(), "model.norm.weight", h);
-        if (!headTied()) expect(lmHead(), "lm_head.weight", c.vocabSize(), h);
+        if (isExl2("lm_head")) expectLinear("lm_head", c.vocabSize(), h);
+        else if (!headTied()) expect(lmHead(), "lm_head.weight", c.vocabSize(), h);
         for (int i = 0; i < c.numLayers(); i++) {
             String p = prefix(i);
             expect(weights.get(p + "input_layernorm.weight"), p + "input_layernorm.weight", h);
@@ -195,7 +232,7 @@ public final class LlamaModel implements AutoCloseable {
     }
 
     private void expectLinear(String prefix, long out, long in) {
-        boolean quantized = gptq != null && gptq.isQuantized(prefix) || awq != null && awq.isQuantized(prefix);
+        boolean quantized = gptq != null && gptq.isQuantized(prefix) || awq != null && awq.isQuantized(prefix) || isExl2(prefix);
         if (!quantized) expect(weights.get(prefix + ".weight"), prefix + ".weight", out, in);
         long[] shape = linearShape(prefix);
         if (!Arrays.equals(shape, new long[] {out, in})) {
@@ -218,6 +255,7 @@ public final class LlamaModel implements AutoCloseable {
     public void close() {
         if (gptq != null) gptq.close();
         else if (awq != null) awq.close();
+        else if (exl2 != null) exl2.close();
         else weights.close();
     }
 }

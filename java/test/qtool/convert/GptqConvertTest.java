@@ -82,7 +82,7 @@ class GptqConvertTest {
     void withoutCalibrationTextTheModelWritesItsOwn(@TempDir Path dir) throws Exception {
         Path in = Shared.require("models/stories260K");
         Path work = dir.resolve("work");
-        CliRun c = CliRun.of("convert", "-i", in.toString(), "-o", work.toString(), "-r", "5", "-l", "48", "--bits", "4", "--group-size", "32",
+        CliRun c = CliRun.of("convert", "--format", "gptq", "-i", in.toString(), "-o", work.toString(), "-r", "5", "-l", "48", "--bits", "4", "--group-size", "32",
                 "--device", "cpu", "--json");
         assertEquals(0, c.exitCode(), c.err());
         Map<String, Object> cal = Json.object(Json.object(Json.readObject(work.resolve("job.json")).get("progress"), "progress").get("calibration"), "cal");
@@ -94,7 +94,7 @@ class GptqConvertTest {
         for (int r = 0; r < 3; r++) assertEquals(1, b.getInt(r * 48 * 4), "row " + r);
         // deterministic: the same seed gives the same set
         Path again = dir.resolve("again");
-        assertEquals(0, CliRun.of("convert", "-i", in.toString(), "-o", again.toString(), "-r", "5", "-l", "48", "--bits", "4",
+        assertEquals(0, CliRun.of("convert", "--format", "gptq", "-i", in.toString(), "-o", again.toString(), "-r", "5", "-l", "48", "--bits", "4",
                 "--group-size", "32", "--device", "cpu").exitCode());
         assertArrayEquals(tokens, Files.readAllBytes(again.resolve("calibration.i32")));
     }

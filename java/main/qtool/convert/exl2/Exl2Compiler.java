@@ -1,0 +1,142 @@
+package qtool.convert.exl2;
+
+import java.io.IOException;
+import java.lang.foreign.Arena;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.StandardCopyOption;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.stream.Stream;
+import qtool.QtoolException;
+import qtool.backend.Tensor;
+import qtool.convert.JobDir;
+import qtool.format.gptq.GptqCheckpoint;
+import qtool.load.DType;
+import qtool.load.Json;
+import qtool.load.SafetensorsFile;
+import qtool.load.Weights;
+import qtool.model.LlamaModel;
+import qtool.write.SafetensorsWriter;
+
+/**
+ * The finished EXL2 model (ExLlamaV2's compile.py): the embedding and norms in fp16, each block's packed linears
+ * from WORK/out_tensor, lm_head packed, in module order, in shards of at most {@code -ss} MB (2²⁰ bytes; 0 = one
+ * file); config.json with {@code quantization_config = {quant_method: exl2, version, bits, head_bits, calibration:
+ * {rows, length, dataset}}}; and every other input file that is not weights (tokenizer, generation config, ...).
+ * Written to WORK/.out.tmp and renamed to WORK/out; {@code -cf DIR} gets a copy.
+ */
+final class Exl2Compiler {
+    /** The ExLlamaV2 release whose format and schema this writes (quantization_config.version). */
+    static final String EXLLAMAV2_VERSION = "0.3.2";
+
+    private Exl2Compiler() {}
+
+    static Path compile(Exl2Job job, LlamaModel model) {
+        Exl2Job.Settings s = job.settings();
+        Path out = job.file("out"), tmp = job.file(".out.tmp");
+        long shardBytes = s.shardMb() <= 0 ? 0 : (long) (s.shardMb() * 1024 * 1024);
+        try {
+            deleteTree(tmp);
+            Files.createDirectories(tmp);
+            try (SafetensorsWriter w = new SafetensorsWriter(tmp, shardBytes); Arena arena = Arena.ofConfined()) {
+                half(w, model, "model.embed_tokens.weight");
+                for (int i = 0; i < model.config.numLayers(); i++) {
+                    String p = LlamaModel.prefix(i);
+                    half(w, model, p + "input_layernorm.weight");
+                    copy(w, Exl2Quantization.file(job.dir(), Measurement.attentionKey(i)), arena);
+                    half(w, model, p + "post_attention_layernorm.weight");
+                    copy(w, Exl2Quantization.file(job.dir(), Measurement.mlpKey(i)), arena);
+                }
+                half(w, model, "model.norm.weight");
+                copy(w, Exl2Quantization.file(job.dir(), "lm_head"), arena);
+            }
+            Map<String, Object> config = Json.readObject(model.dir.resolve("config.json"));
+            config.put("torch_dtype", "float16");
+            Map<String, Object> cal = new LinkedHashMap<>();
+            cal.put("rows", s.rows());
+            cal.put("length", s.length());
+            cal.put("dataset", s.calibration() == null ? "(default)" : s.calibration().getFileName().toString());
+            Map<String, Object> qc = new LinkedHashMap<>();
+            qc.put("quant_method", "exl2");
+            qc.put("version", EXLLAMAV2_VERSION);
+            qc.put("bits", s.bits());
+            qc.put("head_bits", s.headBits());
+            qc.put("calibration", cal);
+            config.put("quantization_config", qc);
+            Json.writeFile(tmp.resolve("config.json"), config);
+            copyNonWeightFiles(model.dir, tmp);
+            deleteTree(out);
+            JobDir.moveAtomically(tmp, out);
+            if (s.compileFull() != null) copyInto(out, s.compileFull());
+        } catch (IOException e) {
+            throw new QtoolException(out + ": " + e.getMessage());
+        }
+        return s.compileFull() != null ? s.compileFull() : out;
+    }
+
+    private static void copy(SafetensorsWriter w, Path file, Arena arena) {
+        for (var e : SafetensorsFile.open(file, arena).tensors().entrySet()) {
+            w.add(e.getKey(), e.getValue().dtype(), e.getValue().shape(), e.getValue().data());
+        }
+    }
+
+    private static void half(SafetensorsWriter w, LlamaModel model, String name) {
+        Tensor t = model.weights.get(name);
+        int n = Math.toIntExact(t.numel());
+        short[] h = new short[n];
+        for (int k = 0; k < n; k++) {
+            float v = t.getFloat(k);
+            h[k] = Float.floatToFloat16(v);
+            if (Float.isFinite(v) && Float.isInfinite(Float.float16ToFloat(h[k]))) {
+                throw new QtoolException(model.dir + ": " + name + " holds " + v + ", beyond fp16's range");
+            }
+        }
+        w.add(name, DType.F16, t.shape(), GptqCheckpoint.littleEndian(h));
+    }
+
+    /**
+     * Every input file but weights and config.json, as ExLlamaV2's -cf copies them; the input's safetensors index
+     * is weights too (it would name the input's shards), and so are .bin/.pt/.pth checkpoints.
+     */
+    private static void copyNonWeightFiles(Path from, Path to) throws IOException {
+        try (Stream<Path> s = Files.list(from)) {
+            for (Path p : s.toList()) {
+                String n = p.getFileName().toString();
+                if (!Files.isRegularFile(p) || n.endsWith(".safetensors") || n.equals(Weights.INDEX) || n.equals("config.json")
+                        || n.endsWith(".bin") || n.endsWith(".pt") || n.endsWith(".pth")) {
+                    continue;
+                }
+                Files.copy(p, to.resolve(n), StandardCopyOption.REPLACE_EXISTING);
+            }
+        }
+    }
+
+    /** -cf: the finished model into DIR, refusing to mix with files this job did not write. */
+    private static void copyInto(Path out, Path dir) throws IOException {
+        List<String> ours;
+        try (Stream<Path> s = Files.list(out)) {
+            ours = s.map(p -> p.getFileName().toString()).toList();
+        }
+        if (Files.exists(dir) && !Files.isDirectory(dir)) throw new QtoolException(dir + ": exists and is not a directory (-cf)");
+        if (Files.isDirectory(dir)) {
+            try (Stream<Path> s = Files.list(dir)) {
+                for (Path p : s.toList()) {
+                    if (!ours.contains(p.getFileName().toString())) {
+                        throw new QtoolException(dir + ": holds " + p.getFileName() + ", which this job did not write; use an empty -cf directory");
+                    }
+                }
+            }
+        }
+        Files.createDirectories(dir);
+        for (String n : ours) Files.copy(out.resolve(n), dir.resolve(n), StandardCopyOption.REPLACE_EXISTING);
+    }
+
+    static void deleteTree(Path dir) throws IOException {
+        if (!Files.exists(dir)) return;
+        try (Stream<Path> s = Files.walk(dir)) {
+            for (Path p : s.sorted(java.util.Comparator.reverseOrder()).toList()) Files.delete(p);
+        }
+    }
+}
