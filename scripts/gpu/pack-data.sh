@@ -10,4 +10,5 @@ mkdir -p $D/models/smollm2-135m && cp $S/models/smollm2-135m/{tokenizer.json,tok
 cp -r $S/tokenizers/llama2 $D/tokenizers/
 cp $S/data/wiki.test.raw $D/data/
 mkdir -p .gpu/checks/qtool/backend && cp target/test-classes/qtool/backend/CudaBackendCheck*.class .gpu/checks/qtool/backend/
+(cd target/test-classes && cp --parents qtool/quantize/GptqTestData*.class qtool/quantize/Exl2GptqTest.class qtool/format/exl2/Exl2TensorDump.class ../../.gpu/checks/)
 du -sh .gpu/* | sed 's/^/pack-data: /'
