@@ -8,6 +8,9 @@ import java.util.List;
 import java.util.Random;
 import java.util.stream.IntStream;
 import qtool.load.DType;
+import qtool.quantize.Exl2Gptq;
+import qtool.quantize.Exl2Params;
+import qtool.quantize.Exl2Tensor;
 import qtool.quantize.Gptq;
 import qtool.quantize.GptqParams;
 import qtool.quantize.GptqResult;
@@ -78,6 +81,7 @@ public final class CudaBackendCheck {
         uploadFromNativeMemory();
         gram();
         gptqAgainstCpu();
+        exl2AgainstCpu();
         return results;
     }
 
@@ -472,6 +476,66 @@ public final class CudaBackendCheck {
         System.out.printf("    %s: codes %.4f%% same, proxy GPU %.6e CPU %.6e, loss GPU %.6e CPU %.6e, damp %g (%d retries)%n",
                 c.name(), 100.0 * same / (out * in), gpuProxy, cpuProxy, got.loss(), cpu.loss(), got.damp(), got.dampRetries());
         for (Tensor t : new Tensor[] {x, h, dw}) gpu.free(t);
+    }
+
+    /**
+     * EXL2 ({@link Exl2Gptq}, the CPU reference) against the GPU on one Hessian prepared once and several options,
+     * SmolLM2-135M shapes (576 inputs: a ragged last group of 64 rows; 1536 inputs for down_proj) and a 576-wide
+     * output that ExLlamaV2 pads: the order and damping exactly; codes, sub-scales and super-scales to 1 % (the
+     * SGEMM and the p-grid sums add in another order); the proxy error to 0.5 %; the result's own consistency
+     * exactly. Prints the time per option on the GPU.
+     */
+    private void exl2AgainstCpu() {
+        for (int[] shape : new int[][] {{1536, 576}, {576, 1536}}) {
+            int out = shape[0], in = shape[1];
+            Tensor x = correlatedInputsOnGpu(2048, in, 3);
+            Tensor h = gpu.upload(host(new float[in * in], in, in), DType.F32);
+            gpu.accumulateGram(h, x);
+            float[] hh = download(h);
+            float[] w = GptqTestData.weights(out, in, random.nextLong());
+            Tensor dw = gpu.upload(host(w, out, in), DType.F32);
+            Exl2Gptq.Prepared cpuFactor = Exl2Gptq.prepare(hh, in);
+            String n = "exl2 " + out + "x" + in + " ";
+            try (Exl2Gptq.Factor gpuFactor = gpu.exl2Prepare(h)) {
+                record(n + "perm", mismatches(gpuFactor.perm(), cpuFactor.perm()), 0);
+                record(n + "damp, attempts", Math.abs(gpuFactor.damp() - cpuFactor.damp()) + Math.abs(gpuFactor.attempts() - cpuFactor.attempts()), 0);
+                for (String option : new String[] {"0.05:8b_32g/0.1:4b_128g/0.85:3b_128g", "1:4b_128g", "0.1:3b_64g/0.9:2b_64g", "1:6b_32g",
+                        "0.15:8b_128g/0.85:6b_128g", "0.05:5b_32g/0.95:4b_32g"}) {
+                    Exl2Params params = Exl2Params.parse(option);
+                    Exl2Tensor cpu = Exl2Gptq.quantize(cpuFactor, w, out, params);
+                    long t = System.nanoTime();
+                    Exl2Tensor got = gpu.exl2Quantize(gpuFactor, dw, params);
+                    double ms = (System.nanoTime() - t) / 1e6;
+                    String m = n + option + " ";
+                    int same = 0, sameScale = 0, sameMax = 0;
+                    for (int k = 0; k < got.codes().length; k++) if (got.codes()[k] == cpu.codes()[k]) same++;
+                    for (int k = 0; k < got.qscale().length; k++) if (got.qscale()[k] == cpu.qscale()[k]) sameScale++;
+                    for (int g = 0; g < got.qscaleMax().length; g++) if (got.qscaleMax()[g] == cpu.qscaleMax()[g]) sameMax++;
+                    record(m + "codes differing", 1 - (double) same / got.codes().length, 0.01);
+                    record(m + "qscale differing", 1 - (double) sameScale / got.qscale().length, 0.01);
+                    record(m + "qscale_max differing", 1 - (double) sameMax / got.qscaleMax().length, 0.1);
+                    double inconsistent = 0;
+                    for (int g = 0; g < got.layout().count(); g++) {
+                        for (int j = 0; j < got.layout().rows()[g]; j++) {
+                            int k = got.layout().firstRow()[g] + j;
+                            for (int o = 0; o < out; o++) {
+                                float v = Exl2Tensor.dequantize(got.code(k, o), got.layout().bits()[g], got.scale(g, o));
+                                inconsistent = Math.max(inconsistent, Math.abs(v - got.dequantized()[o * in + got.perm()[k]]));
+                            }
+                        }
+                    }
+                    record(m + "dequantized = codes", inconsistent, 0);
+                    double gpuProxy = proxyError(w, got.dequantized(), x, out, in), cpuProxy = proxyError(w, cpu.dequantized(), x, out, in);
+                    record(m + "proxy error vs CPU", Math.abs(gpuProxy / cpuProxy - 1), 0.005);
+                    System.out.printf("    %s: codes %.4f%% same, proxy GPU %.6e CPU %.6e, %.2f ms on the GPU%n", m, 100.0 * same / got.codes().length,
+                            gpuProxy, cpuProxy, ms);
+                }
+            } catch (RuntimeException e) {
+                e.printStackTrace(System.out);
+                record(n + "threw " + e.getClass().getSimpleName(), Double.POSITIVE_INFINITY, 0);
+            }
+            for (Tensor t : new Tensor[] {x, h, dw}) gpu.free(t);
+        }
     }
 
     /**

@@ -8,7 +8,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 import java.util.Random;
 import org.junit.jupiter.api.Test;
 
-class Exl2GptqTest {
+public class Exl2GptqTest {
 
     /** A random weight [out, in] and a Hessian from correlated inputs with a few strong columns. */
     public static float[][] problem(int out, int in, long seed) {
