@@ -5,6 +5,9 @@
 #                                  call carries at most 64 MiB), import it to an fp16 HF dir once complete
 #   refs-smollm2.sh gptq           qtool GPTQ (3 settings) and IST-DASLab/gptq on the same calibration tokens: ppl ctx 2048
 #   refs-smollm2.sh exl2ref BPW... ExLlamaV2 0.3.2's own convert (one measurement, reused) and its ppl per bpw
+#   refs-smollm2.sh exl2 BPW...    qtool's EXL2 convert (the first BPW measures, the others reuse qtool's measurement.json),
+#                                  qtool ppl, and ExLlamaV2 0.3.2 loading qtool's output (its own ppl on the same ids)
+#   refs-smollm2.sh exl2x          measurement.json both ways: qtool -m ExLlamaV2's, ExLlamaV2 -m qtool's (4.0 bpw)
 #   refs-smollm2.sh fixture        golden EXL2 tensors from ExLlamaV2 for a small synth model (→ $OUT)
 # Needs .gpu from scripts/gpu-pack.sh + scripts/gpu/pack-data.sh copied to /tmp/k/gpu, and for exl2ref/fixture
 # scripts/gpu/exllamav2-setup.sh run once.
@@ -66,6 +69,26 @@ exl2ref)
     row "ExLlamaV2 EXL2 $b bpw (its own ppl)" "ppl $(jget $W/ex$b.ppl.json "round(d['ppl'],4)"), $(du -b $W/ex$b-out/*.safetensors | awk '{s+=$1} END {printf "%.1f MB", s/1e6}'), quantization $t s (+ measurement), cal ppl: $(grep -i 'calibration perplexity' $W/ex$b.log | tail -1)"
     cp $W/ex$b.log $OUT/ 2>/dev/null
   done ;;
+exl2)
+  shift; source scripts/gpu/exllamav2-setup.sh >/dev/null; text_ids
+  for b in "$@"; do
+    m=""; [ -f $W/q-measurement.json ] && m="-m $W/q-measurement.json"
+    t0=$(date +%s.%N)
+    Q convert -i $S -o $W/q$b -nr -c $cal -b $b $m --device cuda --json > $W/q$b.json 2> $W/q$b.err || tail -3 $W/q$b.err
+    t1=$(date +%s.%N)
+    [ -f $W/q-measurement.json ] || cp $W/q$b/measurement.json $W/q-measurement.json
+    cp $W/q$b.json $W/q$b.err $OUT/ 2>/dev/null
+    Q ppl -m $W/q$b/out -d $D/data/wikitext-2-raw-v1_test.parquet --ctx 2048 --json --device cuda > $W/q$b.ppl.json 2>/dev/null
+    python3 scripts/gpu/exl2_ppl.py $W/q$b/out $W/wt2.ids.json 2048 > $W/q$b.eppl.json 2> $W/q$b.eppl.err || tail -3 $W/q$b.eppl.err
+    row "qtool EXL2 $b bpw ${m:+(-m qtool's measurement)}" "ppl $(jget $W/q$b.ppl.json "round(d['ppl'],4)") (ExLlamaV2 reading it: $(jget $W/q$b.eppl.json "round(d['ppl'],4)")), $(du -b $W/q$b/out/*.safetensors | awk '{s+=$1} END {printf "%.1f MB", s/1e6}'), $(python3 -c "print(round($t1-$t0,1))") s wall, $(jget $W/q$b.json "'bpw %.4f, cal ppl %.4f, stages %s' % (d['bits_per_weight'], d['calibration_ppl'], {k: round(v,1) for k,v in d['seconds_per_stage'].items()})")"
+  done ;;
+exl2x)
+  source scripts/gpu/exllamav2-setup.sh >/dev/null; cal1
+  Q convert -i $S -o $W/qx -nr -c $cal -b 4.0 -m $K/smollm2-exllamav2-measurement.json --device cuda --json > $W/qx.json 2> $W/qx.err
+  row "qtool -m ExLlamaV2's measurement.json, 4.0 bpw" "exit $?, $(jget $W/qx.json "'bpw %.4f, cal ppl %.4f' % (d['bits_per_weight'], d['calibration_ppl'])" 2>/dev/null)"
+  python3 -m exllamav2.conversion.convert_exl2 -i $S -o $W/ex-qm -nr -m $W/q-measurement.json -b 4.0 -cf $W/ex-qm-out -c $W/cal-text.parquet > $W/ex-qm.log 2>&1
+  row "ExLlamaV2 -m qtool's measurement.json, 4.0 bpw" "exit $?, $(grep -i 'calibration perplexity' $W/ex-qm.log | tail -1)"
+  cp $W/ex-qm.log $W/qx.err $OUT/ ;;
 fixture)
   source scripts/gpu/exllamav2-setup.sh >/dev/null; cal1
   Q synth --out $W/tiny --hidden 128 --layers 2 --heads 2 --kv-heads 1 --intermediate 320 --vocab 32000 --dtype f16 --tokenizer $D/tokenizers/llama2 --seed 5 2>&1 | tail -1
