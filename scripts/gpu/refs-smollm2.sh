@@ -74,13 +74,13 @@ exl2)
   for b in "$@"; do
     m=""; [ -f $W/q-measurement.json ] && m="-m $W/q-measurement.json"
     t0=$(date +%s.%N)
-    Q convert -i $S -o $W/q$b -nr -c $cal -b $b $m --device cuda --json > $W/q$b.json 2> $W/q$b.err || tail -3 $W/q$b.err
+    [ -f $W/q$b/out/config.json ] || Q convert -i $S -o $W/q$b -nr -c $cal -b $b $m --device cuda --json > $W/q$b.json 2> $W/q$b.err || tail -3 $W/q$b.err
     t1=$(date +%s.%N)
     [ -f $W/q-measurement.json ] || cp $W/q$b/measurement.json $W/q-measurement.json
     cp $W/q$b.json $W/q$b.err $OUT/ 2>/dev/null
     Q ppl -m $W/q$b/out -d $D/data/wikitext-2-raw-v1_test.parquet --ctx 2048 --json --device cuda > $W/q$b.ppl.json 2>/dev/null
     python3 scripts/gpu/exl2_ppl.py $W/q$b/out $W/wt2.ids.json 2048 > $W/q$b.eppl.json 2> $W/q$b.eppl.err || tail -3 $W/q$b.eppl.err
-    row "qtool EXL2 $b bpw ${m:+(-m qtool's measurement)}" "ppl $(jget $W/q$b.ppl.json "round(d['ppl'],4)") (ExLlamaV2 reading it: $(jget $W/q$b.eppl.json "round(d['ppl'],4)")), $(du -b $W/q$b/out/*.safetensors | awk '{s+=$1} END {printf "%.1f MB", s/1e6}'), $(python3 -c "print(round($t1-$t0,1))") s wall, $(jget $W/q$b.json "'bpw %.4f, cal ppl %.4f, stages %s' % (d['bits_per_weight'], d['calibration_ppl'], {k: round(v,1) for k,v in d['seconds_per_stage'].items()})")"
+    row "qtool EXL2 $b bpw${m:+, reusing the measurement}" "ppl $(jget $W/q$b.ppl.json "round(d['ppl'],4)") (ExLlamaV2 reading it: $(jget $W/q$b.eppl.json "round(d['ppl'],4)")), $(du -b $W/q$b/out/*.safetensors | awk '{s+=$1} END {printf "%.1f MB", s/1e6}'), $(python3 -c "print(round($t1-$t0,1))") s wall, $(jget $W/q$b.json "'bpw %.4f, cal ppl %.4f, stages %s' % (d['bits_per_weight'], d['calibration_ppl'], {k: round(v,1) for k,v in d['seconds_per_stage'].items()})")"
   done ;;
 exl2x)
   source scripts/gpu/exllamav2-setup.sh >/dev/null; cal1

@@ -24,13 +24,11 @@ import qtool.tokenize.Tokenizer;
  * saved in the job directory so that a killed job resumes after its last saved layer.
  */
 public final class ResidualStream implements AutoCloseable {
-    /** The stream is saved after every layer while it is this small, else at most once a minute. */
-    private static final long SMALL_STATE_BYTES = 1L << 30;
 
     private final Backend backend;
     private final int rows, length, batch;
     private final Tensor states, work;
-    private long lastSave = System.nanoTime();
+    private final SaveSchedule schedule = new SaveSchedule();
 
     public ResidualStream(Backend backend, int rows, int length, int hidden, int batch) {
         this.backend = backend;
@@ -111,11 +109,12 @@ public final class ResidualStream implements AutoCloseable {
         return 0;
     }
 
-    /** Saves the stream after {@code layer} when it is the last, small, or a minute has passed since the last save. */
+    /** Saves the stream after {@code layer} when the {@link SaveSchedule} says so (always after the last). */
     public void saveIfDue(JobDir job, int layer, boolean last) {
-        if (last || states.byteSize() <= SMALL_STATE_BYTES || System.nanoTime() - lastSave > 60e9) {
+        if (schedule.due(last)) {
+            long t0 = System.nanoTime();
             save(job, layer);
-            lastSave = System.nanoTime();
+            schedule.saved(t0);
         }
     }
 

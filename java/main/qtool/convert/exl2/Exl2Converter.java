@@ -14,6 +14,7 @@ import qtool.QtoolException;
 import qtool.backend.Backend;
 import qtool.backend.Tensor;
 import qtool.calibrate.CalibrationSet;
+import qtool.convert.SaveSchedule;
 import qtool.load.DType;
 import qtool.load.Json;
 import qtool.model.Forward;
@@ -45,7 +46,6 @@ public final class Exl2Converter {
     /** ExLlamaV2's advice on the calibration perplexity of the quantized model. */
     static final double PPL_DOUBTFUL = 30, PPL_FAILED = 1000;
     /** The stream is checkpointed after every block while it is this small, else at most once a minute. */
-    private static final long SMALL_STATE_BYTES = 1L << 30;
 
     /** What the job did, for the summary. */
     public record Report(Path output, Path measurementFile, boolean measurementOnly, double bitsPerWeight, double targetBits, int headBits,
@@ -217,7 +217,7 @@ public final class Exl2Converter {
             List<Measurement.Block> blocks = new ArrayList<>(start == 0 ? List.of() : Measurement.read(job.file("measurement.json"), model, true).blocks());
             if (blocks.size() != start) throw new QtoolException(job.file("measurement.json") + ": corrupted job state (" + blocks.size() + " blocks, job.json says " + start + "); use -nr");
             MeasurementPass pass = new MeasurementPass(stream, linearType);
-            long lastSave = System.nanoTime();
+            SaveSchedule schedule = new SaveSchedule();
             try (Progress bar = new Progress("measure", 2L * layers, "blocks")) {
                 bar.step(start);
                 LlamaModel.Layer host = null, dev = null;
@@ -234,12 +234,13 @@ public final class Exl2Converter {
                         LlamaModel.release(host);
                         dev = null;
                     }
-                    if (k == 2 * layers - 1 || stream.states.byteSize() <= SMALL_STATE_BYTES || System.nanoTime() - lastSave > 60e9) {
+                    if (schedule.due(k == 2 * layers - 1)) {
+                        long t0 = System.nanoTime();
                         stream.save(job.dir(), "measure_states.f32");
                         new Measurement(List.copyOf(blocks), layers).write(job.file("measurement.json"));
                         commitTimes();
                         job.dir().commit("measured_blocks", k + 1);
-                        lastSave = System.nanoTime();
+                        schedule.saved(t0);
                     }
                     bar.step(1);
                 }
@@ -305,7 +306,7 @@ public final class Exl2Converter {
         try (Forward f = forward(s.length()); BlockStream stream = new BlockStream(f, s.rows(), s.length())) {
             int start = restore(stream, "quant_states.f32", "quantized_blocks", cal);
             Exl2Quantization pass = new Exl2Quantization(stream, linearType);
-            long lastSave = System.nanoTime();
+            SaveSchedule schedule = new SaveSchedule();
             try (Progress bar = new Progress("quantize", 2L * layers + 1, "blocks")) {
                 bar.step(start);
                 LlamaModel.Layer host = null, dev = null;
@@ -322,11 +323,12 @@ public final class Exl2Converter {
                         LlamaModel.release(host);
                         dev = null;
                     }
-                    if (k == 2 * layers - 1 || stream.states.byteSize() <= SMALL_STATE_BYTES || System.nanoTime() - lastSave > 60e9) {
+                    if (schedule.due(k == 2 * layers - 1)) {
+                        long t0 = System.nanoTime();
                         stream.save(job.dir(), "quant_states.f32");
                         commitTimes();
                         job.dir().commit("quantized_blocks", k + 1);
-                        lastSave = System.nanoTime();
+                        schedule.saved(t0);
                     }
                     bar.step(1);
                 }
