@@ -7,7 +7,9 @@
 #   refs-smollm2.sh exl2ref BPW... ExLlamaV2 0.3.2's own convert (one measurement, reused) and its ppl per bpw
 #   refs-smollm2.sh exl2 BPW...    qtool's EXL2 convert (the first BPW measures, the others reuse qtool's measurement.json),
 #                                  qtool ppl, and ExLlamaV2 0.3.2 loading qtool's output (its own ppl on the same ids)
-#   refs-smollm2.sh exl2x          measurement.json both ways: qtool -m ExLlamaV2's, ExLlamaV2 -m qtool's (4.0 bpw)
+#   refs-smollm2.sh exl2x BPW...   qtool's EXL2 convert from ExLlamaV2's measurement.json (-m), and its ppl
+#   refs-smollm2.sh exl2rt         ExLlamaV2 converting with qtool's measurement.json (-m) of a small synth model
+#   refs-smollm2.sh gptqlayers Q R per-linear relative error of qtool's GPTQ (flags Q) and IST-DASLab/gptq's (flags R)
 #   refs-smollm2.sh fixture        golden EXL2 tensors from ExLlamaV2 for a small synth model (→ $OUT)
 # Needs .gpu from scripts/gpu-pack.sh + scripts/gpu/pack-data.sh copied to /tmp/k/gpu, and for exl2ref/fixture
 # scripts/gpu/exllamav2-setup.sh run once.
@@ -83,12 +85,26 @@ exl2)
     row "qtool EXL2 $b bpw${m:+, reusing the measurement}" "ppl $(jget $W/q$b.ppl.json "round(d['ppl'],4)") (ExLlamaV2 reading it: $(jget $W/q$b.eppl.json "round(d['ppl'],4)")), $(du -b $W/q$b/out/*.safetensors | awk '{s+=$1} END {printf "%.1f MB", s/1e6}'), $(python3 -c "print(round($t1-$t0,1))") s wall, $(jget $W/q$b.json "'bpw %.4f, cal ppl %.4f, stages %s' % (d['bits_per_weight'], d['calibration_ppl'], {k: round(v,1) for k,v in d['seconds_per_stage'].items()})")"
   done ;;
 exl2x)
+  shift; text_ids
+  for b in "$@"; do
+    Q convert -i $S -o $W/qx$b -nr -c $cal -b $b -m $K/smollm2-exllamav2-measurement.json --device cuda --json > $W/qx$b.json 2> $W/qx$b.err || tail -3 $W/qx$b.err
+    Q ppl -m $W/qx$b/out -d $D/data/wikitext-2-raw-v1_test.parquet --ctx 2048 --json --device cuda > $W/qx$b.ppl.json 2>/dev/null
+    row "qtool EXL2 $b bpw from ExLlamaV2's measurement (-m)" "ppl $(jget $W/qx$b.ppl.json "round(d['ppl'],4)"), $(jget $W/qx$b.json "'bpw %.4f, cal ppl %.4f, predicted error %.4f, max block %.4f' % (d['bits_per_weight'], d['calibration_ppl'], d['predicted_error'], d['max_block_error'])")"
+  done ;;
+exl2rt)
   source scripts/gpu/exllamav2-setup.sh >/dev/null; cal1
-  Q convert -i $S -o $W/qx -nr -c $cal -b 4.0 -m $K/smollm2-exllamav2-measurement.json --device cuda --json > $W/qx.json 2> $W/qx.err
-  row "qtool -m ExLlamaV2's measurement.json, 4.0 bpw" "exit $?, $(jget $W/qx.json "'bpw %.4f, cal ppl %.4f' % (d['bits_per_weight'], d['calibration_ppl'])" 2>/dev/null)"
-  python3 -m exllamav2.conversion.convert_exl2 -i $S -o $W/ex-qm -nr -m $W/q-measurement.json -b 4.0 -cf $W/ex-qm-out -c $W/cal-text.parquet > $W/ex-qm.log 2>&1
-  row "ExLlamaV2 -m qtool's measurement.json, 4.0 bpw" "exit $?, $(grep -i 'calibration perplexity' $W/ex-qm.log | tail -1)"
-  cp $W/ex-qm.log $W/qx.err $OUT/ ;;
+  Q synth --out $W/tiny --hidden 128 --layers 2 --heads 2 --kv-heads 1 --intermediate 320 --vocab 32000 --dtype f16 --tokenizer $D/tokenizers/llama2 --seed 5 > /dev/null 2>&1
+  Q convert -i $W/tiny -o $W/tq -nr -om $W/tiny-q-measurement.json -c $cal -r 8 -l 512 -mr 4 -ml 512 --device cuda > /dev/null 2> $W/tq.err || tail -3 $W/tq.err
+  python3 -m exllamav2.conversion.convert_exl2 -i $W/tiny -o $W/tex -nr -m $W/tiny-q-measurement.json -b 4.0 -cf $W/tex-out -c $W/cal-text.parquet -r 8 -l 512 > $W/tex.log 2>&1
+  row "ExLlamaV2 -m qtool's measurement.json (synth), 4.0 bpw" "exit $?, $(grep -E 'max\(err\)' $W/tex.log | tail -1), $(grep -i 'calibration perplexity' $W/tex.log | tail -1)"
+  cp $W/tex.log $OUT/ ;;
+gptqlayers) # gptqlayers "QTOOL GPTQ FLAGS" "REFERENCE FLAGS": per-linear ‖WX − QX‖²/‖WX‖², qtool vs IST-DASLab/gptq on SmolLM2
+  text_ids
+  Q convert --format gptq -i $S -o $W/gl -nr -c $cal -r 128 -l 2048 --group-size 128 $2 --damp 0.01 --device cuda --json > $W/gl.json 2> $W/gl.err || tail -3 $W/gl.err
+  python3 scripts/gpu/gptq_pipeline_reference.py $K/gpu/ist $S $W/gl/calibration.i32 128 2048 $W/wt2.ids.json 2048 --group-size 128 $3 \
+    --damp 0.01 --windows 4 > $W/glref.json 2> $W/glref.err || tail -3 $W/glref.err
+  python3 scripts/gpu/compare_layer_errors.py $W/gl.json $W/glref.json > $OUT/gptq-layers-smollm2.txt; tail -12 $OUT/gptq-layers-smollm2.txt
+  cp $W/gl.json $W/glref.json $OUT/ ;;
 fixture)
   source scripts/gpu/exllamav2-setup.sh >/dev/null; cal1
   Q synth --out $W/tiny --hidden 128 --layers 2 --heads 2 --kv-heads 1 --intermediate 320 --vocab 32000 --dtype f16 --tokenizer $D/tokenizers/llama2 --seed 5 2>&1 | tail -1
