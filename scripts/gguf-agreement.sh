@@ -6,18 +6,20 @@
 #   llama  : llama-quantize --allow-requantize SRC llama-TYPE.gguf TYPE
 #   columns: whether the two files hold the same tensors (types, shapes and data bytes; metadata such as general.name
 #            differs, since qtool writes what convert_hf_to_gguf.py would from the imported directory); llama-perplexity
-#            on each (-c CTX --chunks N -t THREADS); `qtool ppl --protocol llama.cpp` (same windows, CPU) on qtool's file
-#            imported back (float32), and its gap to llama-perplexity on the same file.
+#            on each (-c CTX --chunks N -t THREADS; once when the tensors are the same); `qtool ppl --protocol
+#            llama.cpp` (same windows, CPU) on qtool's file imported back (float32), and its gap to llama-perplexity.
 # Prints a markdown table on stdout (progress on stderr). Run it niced on a shared machine:
 #   nice -n 15 scripts/gguf-agreement.sh [--types "q8_0 q4_0"] [--chunks 10] [--ctx 512] [--threads 2]
-#                                        [--src FILE.gguf] [--text FILE] [--work DIR] [--keep]
+#                                        [--src FILE.gguf] [--text FILE] [--work DIR] [--keep] [--imatrix FILE]
+# --imatrix FILE: both quantizers weight their errors with that llama.cpp importance matrix (e.g. one that
+# `qtool gguf export --imatrix-from-calibration ... --save-imatrix FILE` wrote).
 # Tools: llama.cpp's CPU builds from ../shared/peers/llama.cpp (unpacked into WORK/bin), or LLAMA_CPP_BIN=DIR.
 # The qtool jar is copied into WORK first, so a rebuild during the (long) run cannot break it.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 shared="${QTOOL_SHARED:-$root/../shared}"
 types="f32 f16 bf16 q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m q6_k"
-chunks=10 ctx=512 threads=2 keep=0
+chunks=10 ctx=512 threads=2 keep=0 imatrix=()
 src="$shared/models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf"
 text="$shared/data/wiki.test.raw"
 work="${TMPDIR:-/tmp}/qtool-gguf-agreement"
@@ -31,7 +33,8 @@ while [ $# -gt 0 ]; do
     --text) text="$2"; shift 2 ;;
     --work) work="$2"; shift 2 ;;
     --keep) keep=1; shift ;;
-    *) echo "usage: $0 [--types \"T ...\"] [--chunks N] [--ctx N] [--threads N] [--src F.gguf] [--text F] [--work DIR] [--keep]" >&2; exit 2 ;;
+    --imatrix) imatrix=(--imatrix "$(realpath "$2")"); shift 2 ;;
+    *) echo "usage: $0 [--types \"T ...\"] [--chunks N] [--ctx N] [--threads N] [--src F.gguf] [--text F] [--work DIR] [--keep] [--imatrix FILE]" >&2; exit 2 ;;
   esac
 done
 for f in "$src" "$text" "$root/target/qtool.jar"; do [ -f "$f" ] || { echo "$0: $f is missing" >&2; exit 2; }; done
@@ -97,25 +100,29 @@ mib() { python3 -c "import os,sys; print('%.1f' % (os.path.getsize(sys.argv[1])/
 
 log "importing $src (float32)"
 rm -rf "$work/src-f32"; qtool gguf import -i "$src" -o "$work/src-f32" --dtype float32 >/dev/null
-echo "Source: $(basename "$src"); $text, llama.cpp protocol, -c $ctx, $chunks chunks, $threads threads."
+echo "Source: $(basename "$src")${imatrix:+, importance ${imatrix[1]}}; $text, llama.cpp protocol, -c $ctx, $chunks chunks, $threads threads."
 echo
 echo "| type | MiB | tensors = llama-quantize's | llama-perplexity, qtool's file | llama-perplexity, llama-quantize's file | qtool vs llama-quantize | qtool ppl, imported | vs llama-perplexity (same file) |"
 echo "|---|---|---|---|---|---|---|---|"
 for t in $types; do
   q="$work/qtool-$t.gguf" l="$work/llama-$t.gguf" imp="$work/imported-$t"
   log "$t: export"
-  qtool gguf export -i "$work/src-f32" -o "$q" --type "$t" >/dev/null
+  qtool gguf export -i "$work/src-f32" -o "$q" --type "$t" "${imatrix[@]}" >/dev/null
   log "$t: llama-quantize"
-  "$bin/llama-quantize" --allow-requantize "$src" "$l" "$t" > "$work/quantize-$t.log" 2>&1 || { echo "llama-quantize failed on $t" >&2; tail -3 "$work/quantize-$t.log" >&2; }
+  "$bin/llama-quantize" --allow-requantize "${imatrix[@]}" "$src" "$l" "$t" > "$work/quantize-$t.log" 2>&1 || { echo "llama-quantize failed on $t" >&2; tail -3 "$work/quantize-$t.log" >&2; }
   same=$(same_tensors "$q" "$l")
   log "$t: llama-perplexity (qtool's file)"
   pq=$(llama_ppl "$q")
-  log "$t: llama-perplexity (llama-quantize's file)"
-  pl=$(llama_ppl "$l")
+  if [ "$same" = yes ]; then
+    pl=$pq  # only metadata such as general.name differs, which llama-perplexity does not read
+  else
+    log "$t: llama-perplexity (llama-quantize's file)"
+    pl=$(llama_ppl "$l")
+  fi
   log "$t: import and qtool ppl"
   rm -rf "$imp"; qtool gguf import -i "$q" -o "$imp" --dtype float32 >/dev/null
   pi=$(qtool_ppl "$imp")
-  echo "| $t | $(mib "$q") | $same | $pq | $pl | $(gap "$pq" "$pl") | $pi | $(gap "$pi" "$pq") |"
+  echo "| $t | $(mib "$q") | $same | $pq | $pl$([ "$same" = yes ] && echo " (same tensors)") | $(gap "$pq" "$pl") | $pi | $(gap "$pi" "$pq") |"
   rm -rf "$imp"
   [ $keep = 1 ] || rm -f "$q" "$l"
 done
