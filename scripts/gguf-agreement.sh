@@ -11,15 +11,18 @@
 # Prints a markdown table on stdout (progress on stderr). Run it niced on a shared machine:
 #   nice -n 15 scripts/gguf-agreement.sh [--types "q8_0 q4_0"] [--chunks 10] [--ctx 512] [--threads 2]
 #                                        [--src FILE.gguf] [--text FILE] [--work DIR] [--keep] [--imatrix FILE]
+#                                        [--dequantized]
 # --imatrix FILE: both quantizers weight their errors with that llama.cpp importance matrix (e.g. one that
 # `qtool gguf export --imatrix-from-calibration ... --save-imatrix FILE` wrote).
+# --dequantized: one more column, llama-perplexity on an F16 file of the weights qtool imported (llama.cpp's float
+# arithmetic on the same weights; its CPU dot products on quantized blocks quantize the activations to 8 bits).
 # Tools: llama.cpp's CPU builds from ../shared/peers/llama.cpp (unpacked into WORK/bin), or LLAMA_CPP_BIN=DIR.
 # The qtool jar is copied into WORK first, so a rebuild during the (long) run cannot break it.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 shared="${QTOOL_SHARED:-$root/../shared}"
 types="f32 f16 bf16 q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m q6_k"
-chunks=10 ctx=512 threads=2 keep=0 imatrix=()
+chunks=10 ctx=512 threads=2 keep=0 imatrix=() dequantized=0
 src="$shared/models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf"
 text="$shared/data/wiki.test.raw"
 work="${TMPDIR:-/tmp}/qtool-gguf-agreement"
@@ -33,8 +36,9 @@ while [ $# -gt 0 ]; do
     --text) text="$2"; shift 2 ;;
     --work) work="$2"; shift 2 ;;
     --keep) keep=1; shift ;;
+    --dequantized) dequantized=1; shift ;;
     --imatrix) imatrix=(--imatrix "$(realpath "$2")"); shift 2 ;;
-    *) echo "usage: $0 [--types \"T ...\"] [--chunks N] [--ctx N] [--threads N] [--src F.gguf] [--text F] [--work DIR] [--keep] [--imatrix FILE]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--types \"T ...\"] [--chunks N] [--ctx N] [--threads N] [--src F.gguf] [--text F] [--work DIR] [--keep] [--imatrix FILE] [--dequantized]" >&2; exit 2 ;;
   esac
 done
 for f in "$src" "$text" "$root/target/qtool.jar"; do [ -f "$f" ] || { echo "$0: $f is missing" >&2; exit 2; }; done
@@ -102,8 +106,9 @@ log "importing $src (float32)"
 rm -rf "$work/src-f32"; qtool gguf import -i "$src" -o "$work/src-f32" --dtype float32 >/dev/null
 echo "Source: $(basename "$src")${imatrix:+, importance ${imatrix[1]}}; $text, llama.cpp protocol, -c $ctx, $chunks chunks, $threads threads."
 echo
-echo "| type | MiB | tensors = llama-quantize's | llama-perplexity, qtool's file | llama-perplexity, llama-quantize's file | qtool vs llama-quantize | qtool ppl, imported | vs llama-perplexity (same file) |"
-echo "|---|---|---|---|---|---|---|---|"
+extra=; [ $dequantized = 1 ] && extra=" llama-perplexity, same weights as F16 |"
+echo "| type | MiB | tensors = llama-quantize's | llama-perplexity, qtool's file | llama-perplexity, llama-quantize's file | qtool vs llama-quantize | qtool ppl, imported | vs llama-perplexity (same file) |$extra"
+echo "|---|---|---|---|---|---|---|---|${extra:+---|}"
 for t in $types; do
   q="$work/qtool-$t.gguf" l="$work/llama-$t.gguf" imp="$work/imported-$t"
   log "$t: export"
@@ -122,7 +127,13 @@ for t in $types; do
   log "$t: import and qtool ppl"
   rm -rf "$imp"; qtool gguf import -i "$q" -o "$imp" --dtype float32 >/dev/null
   pi=$(qtool_ppl "$imp")
-  echo "| $t | $(mib "$q") | $same | $pq | $pl$([ "$same" = yes ] && echo " (same tensors)") | $(gap "$pq" "$pl") | $pi | $(gap "$pi" "$pq") |"
+  pf=
+  if [ $dequantized = 1 ]; then
+    log "$t: llama-perplexity on the imported weights as F16"
+    qtool gguf export -i "$imp" -o "$work/dequantized.gguf" --type f16 >/dev/null
+    pf=" $(llama_ppl "$work/dequantized.gguf") |"; rm -f "$work/dequantized.gguf"
+  fi
+  echo "| $t | $(mib "$q") | $same | $pq | $pl$([ "$same" = yes ] && echo " (same tensors)") | $(gap "$pq" "$pl") | $pi | $(gap "$pi" "$pq") |$pf"
   rm -rf "$imp"
   [ $keep = 1 ] || rm -f "$q" "$l"
 done
