@@ -3,8 +3,9 @@
 #   1. the importance (diag(XᵀX)/n per linear, ROWS x LEN calibration-mix tokens) computed with --device cuda and with
 #      --device cpu, both saved with --save-imatrix; the two files must agree up to float rounding (CUDA runs the
 #      model in fp16, the CPU in fp32): per entry relative L2 difference < 1e-2, printed with the worst entry;
-#   2. Q4_0 --pure exports without importance, with CUDA's and with the CPU's: qtool ppl (--protocol llama.cpp, ctx 512,
-#      10 windows of wiki.test.raw, CUDA) must be lower with importance than without.
+#   2. Q4_0 exports without importance, with CUDA's and with the CPU's: qtool ppl (--protocol llama.cpp, ctx 512, 10
+#      windows of wiki.test.raw, CUDA) must be lower with importance than without. On SmolLM2, expect about 32.9
+#      without and 29.8 with (measured on the CPU here; llama-perplexity: 33.01 and 29.93, see the README).
 # The model: SmolLM2-135M as `scripts/gpu/refs-smollm2.sh gguf PART...` leaves it imported in /tmp/k/smol (the qtool
 # pack in /tmp/k/gpu), else stories260K from .gpu/data (after scripts/gpu-pack.sh and scripts/gpu/pack-data.sh).
 # The two imatrix files come back in $OUT: on the machine without a GPU, llama-perplexity then measures what they do,
@@ -26,11 +27,11 @@ jget() { python3 -c "import json;d=json.loads(open('$1').read().strip().splitlin
 
 row "model" "$S"
 for dev in ${DEVICES:-cuda cpu}; do
-  Q gguf export -i $S -o $W/$dev.gguf -t q4_0 --pure --imatrix-from-calibration $cal -r $R -l $L --device $dev \
+  Q gguf export -i $S -o $W/$dev.gguf -t q4_0 --imatrix-from-calibration $cal -r $R -l $L --device $dev \
     --save-imatrix $OUT/imatrix-$name-$dev.dat > $W/$dev.out 2> $W/$dev.err || tail -3 $W/$dev.err
   row "importance on $dev" "$(grep -o 'importance of .*' $W/$dev.err)"
 done
-Q gguf export -i $S -o $W/none.gguf -t q4_0 --pure > /dev/null 2>&1
+Q gguf export -i $S -o $W/none.gguf -t q4_0 > /dev/null 2>&1
 
 # 1. the two imatrix files (legacy .dat: i32 n; per entry i32 len, name, i32 ncall, i32 nval, floats; a trailer)
 devs=(${DEVICES:-cuda cpu})
@@ -65,4 +66,4 @@ for f in none cuda cpu; do
 done
 p() { jget $W/$1.ppl "round(d['ppl'],4)" 2>/dev/null || echo "-"; }
 verdict=$(python3 -c "import sys;n,a,b=map(float,sys.argv[1:]);print('PASS' if a<n and b<n else 'FAIL')" "$(p none)" "$(p cuda)" "$(p cpu)" 2>/dev/null || echo FAIL)
-row "Q4_0 --pure ppl (llama.cpp protocol, 10 x 512): none / cuda / cpu" "$verdict $(p none) / $(p cuda) / $(p cpu)"
+row "Q4_0 ppl (llama.cpp protocol, 10 x 512): none / cuda / cpu" "$verdict $(p none) / $(p cuda) / $(p cpu)"
