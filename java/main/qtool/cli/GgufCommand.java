@@ -151,6 +151,11 @@ public final class GgufCommand implements Runnable {
                         + "column or raw text) and each linear's importance is the mean squared input per column, diag(XᵀX)/n.")
         Path calibration;
 
+        @Option(names = "--save-imatrix", paramLabel = "FILE",
+                description = "Also write the importance computed by --imatrix-from-calibration as a llama.cpp imatrix (legacy "
+                        + ".dat; llama-quantize --imatrix and --imatrix read it).")
+        Path saveImatrix;
+
         @Option(names = {"-r", "--dataset-rows"}, defaultValue = "64", description = "Calibration rows for --calibration (default ${DEFAULT-VALUE}).")
         int rows;
 
@@ -188,8 +193,16 @@ public final class GgufCommand implements Runnable {
             if (calibration != null && (rows < 1 || length < 2)) {
                 throw new CommandLine.ParameterException(spec.commandLine(), "-r must be >= 1 and -l >= 2");
             }
+            if (saveImatrix != null && calibration == null) {
+                throw new CommandLine.ParameterException(spec.commandLine(), "--save-imatrix needs --imatrix-from-calibration");
+            }
             Map<String, float[]> importance = imatrix == null ? null : Imatrix.read(imatrix);
             if (calibration != null) importance = calibrationImportance(input, calibration, rows, length, batch, device);
+            if (saveImatrix != null) {
+                Map<String, float[]> byGgufName = new LinkedHashMap<>();
+                importance.forEach((hf, v) -> byGgufName.put(HfToGguf.ggufName(hf), v));
+                Imatrix.writeLegacy(saveImatrix, byGgufName, rows, calibration.getFileName().toString());
+            }
             HfToGguf.Options o = new HfToGguf.Options(t, pure, ggmlType(outputTensorType, "--output-tensor-type"),
                     ggmlType(tokenEmbeddingType, "--token-embedding-type"), importance, name, tokenizerPre);
             HfToGguf.Result r = HfToGguf.convert(input, output, o, System.err);

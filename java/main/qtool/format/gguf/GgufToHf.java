@@ -186,6 +186,10 @@ public final class GgufToHf {
                 tensors.add(t);
             }
             TokenizerSpec tok = g.has(GgufTokenizer.MODEL) ? GgufTokenizer.spec(g) : null;
+            if (tok != null && tok.tokens().length != h.vocabSize()) { // llama.cpp refuses such a file too
+                throw new QtoolException(gguf + ": " + GgufTokenizer.TOKENS + " has " + tok.tokens().length
+                        + " tokens, but token_embd.weight has " + h.vocabSize() + " rows (one per token)");
+            }
             Files.createDirectories(tmp);
             long total = 0;
             for (GgufTensor t : tensors) total += t.elementCount();

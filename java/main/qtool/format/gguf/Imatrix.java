@@ -18,8 +18,10 @@ import qtool.QtoolException;
  * <li>GGUF ({@code general.type} "imatrix"): tensors {@code NAME.in_sum2} [columns, matrices] and {@code NAME.counts}
  *     [1, matrices]; importance = in_sum2 / count per matrix (1 where count is 0).</li>
  * <li>The legacy .dat: i32 entry count; per entry i32 name length, name, i32 ncall, i32 n, n floats (importance =
- *     value / ncall); a trailer (chunk count, dataset name) that is not needed.</li>
+ *     value / ncall); a trailer (i32 chunk count, i32 length and the dataset's name) that is not needed.</li>
  * </ul>
+ * {@link #writeLegacy} writes the .dat form, as llama-imatrix's legacy output: ncall 1 and the means themselves, so
+ * that reading it back gives the same floats.
  */
 public final class Imatrix {
     private Imatrix() {}
@@ -27,6 +29,38 @@ public final class Imatrix {
     public static Map<String, float[]> read(Path file) {
         if (GgufFile.looksLikeGguf(file)) return readGguf(file);
         return readLegacy(file);
+    }
+
+    /**
+     * Writes {@code importance} (keyed by GGUF tensor name) as a legacy .dat file; {@code chunks} and {@code dataset}
+     * fill the trailer. Written to a temporary sibling and moved into place.
+     */
+    public static void writeLegacy(Path file, Map<String, float[]> importance, int chunks, String dataset) {
+        byte[] ds = dataset.getBytes(StandardCharsets.UTF_8);
+        long size = 4 + 8 + ds.length;
+        for (Map.Entry<String, float[]> e : importance.entrySet()) {
+            size += 12 + e.getKey().getBytes(StandardCharsets.UTF_8).length + 4L * e.getValue().length;
+        }
+        ByteBuffer b = ByteBuffer.allocate(Math.toIntExact(size)).order(ByteOrder.LITTLE_ENDIAN);
+        b.putInt(importance.size());
+        importance.forEach((name, values) -> {
+            byte[] n = name.getBytes(StandardCharsets.UTF_8);
+            b.putInt(n.length).put(n).putInt(1).putInt(values.length);
+            for (float v : values) b.putFloat(v);
+        });
+        b.putInt(chunks).putInt(ds.length).put(ds);
+        Path tmp = file.resolveSibling(file.getFileName() + ".tmp");
+        try {
+            Files.write(tmp, b.array());
+            Files.move(tmp, file, java.nio.file.StandardCopyOption.REPLACE_EXISTING, java.nio.file.StandardCopyOption.ATOMIC_MOVE);
+        } catch (IOException e) {
+            try {
+                Files.deleteIfExists(tmp);
+            } catch (IOException ignored) {
+                // the error below is the one to report
+            }
+            throw new QtoolException(file + ": cannot write: " + e.getMessage());
+        }
     }
 
     static Map<String, float[]> readGguf(Path file) {

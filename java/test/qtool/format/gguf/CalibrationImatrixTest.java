@@ -94,6 +94,34 @@ class CalibrationImatrixTest {
                 ppl(model, data), ppl(plain, data), ppl(weighted, data));
     }
 
+    @Test
+    void savedImportanceIsReadBackExactlyByQtoolAndLlamaQuantize() throws Exception {
+        Path model = Shared.require("models/stories260K");
+        String cal = Files.writeString(dir.resolve("cal.txt"), STORY.repeat(4)).toString(); // small: quick to tokenize
+        Path direct = dir.resolve("direct.gguf"), saved = dir.resolve("imp.dat");
+        CliRun a = CliRun.of("gguf", "export", "-i", model.toString(), "-o", direct.toString(), "-t", "q4_k_m",
+                "--imatrix-from-calibration", cal, "-r", "4", "-l", "64", "--device", "cpu", "--save-imatrix", saved.toString());
+        assertEquals(0, a.exitCode(), a.err());
+        Map<String, float[]> read = Imatrix.read(saved);
+        assertEquals(5 * 7, read.size());
+        assertTrue(read.containsKey("blk.4.ffn_down.weight"), read.keySet().toString());
+        // the saved file gives the same tensors as the importance it was saved from
+        Path viaFile = dir.resolve("via-file.gguf");
+        CliRun b = CliRun.of("gguf", "export", "-i", model.toString(), "-o", viaFile.toString(), "-t", "q4_k_m", "--imatrix", saved.toString());
+        assertEquals(0, b.exitCode(), b.err());
+        HfToGgufTest.assertSameTensors(direct, viaFile);
+        // and llama-quantize, given qtool's F32 file and the saved importance, writes them too
+        Path f32 = dir.resolve("f32.gguf"), theirs = dir.resolve("llama-quantize.gguf");
+        assertEquals(0, CliRun.of("gguf", "export", "-i", model.toString(), "-o", f32.toString(), "-t", "f32").exitCode());
+        LlamaCppTools.run("llama-quantize", "--imatrix", saved.toString(), f32.toString(), theirs.toString(), "Q4_K_M");
+        HfToGgufTest.assertSameTensors(theirs, direct);
+
+        CliRun c = CliRun.of("gguf", "export", "-i", model.toString(), "-o", dir.resolve("x.gguf").toString(), "-t", "q4_0",
+                "--save-imatrix", dir.resolve("x.dat").toString());
+        assertEquals(2, c.exitCode());
+        assertTrue(c.err().contains("--save-imatrix needs --imatrix-from-calibration"), c.err());
+    }
+
     private static double weightedError(float[] ref, float[] got, float[] importance) {
         double e = 0;
         int n = importance.length;
