@@ -92,13 +92,7 @@ public final class ResidualStream implements AutoCloseable {
     public int restore(JobDir job, Forward f, CalibrationSet cal) {
         Path file = job.file("states.f32");
         if (job.progress().get("states_after_layer") instanceof Number n && Files.isRegularFile(file)) {
-            try (Arena arena = Arena.ofConfined(); FileChannel ch = FileChannel.open(file, StandardOpenOption.READ)) {
-                if (ch.size() != states.byteSize()) throw new QtoolException(file + ": corrupted job state (size); use -nr");
-                backend.copyFromHost(ch.map(FileChannel.MapMode.READ_ONLY, 0, ch.size(), arena), states);
-                backend.synchronize();
-            } catch (IOException e) {
-                throw new QtoolException(file + ": " + e.getMessage());
-            }
+            read(backend, states, file);
             System.err.printf("convert: resuming %s after layer %d%n", job.dir(), n.intValue());
             return n.intValue() + 1;
         }
@@ -118,13 +112,18 @@ public final class ResidualStream implements AutoCloseable {
         }
     }
 
-    /** The stream to WORK/states.f32, through a host buffer of at most 64 MiB (no larger than the stream). */
     private void save(JobDir job, int layer) {
+        write(backend, states, job, "states.f32");
+        job.commit("states_after_layer", layer);
+    }
+
+    /** Writes a stream (any F32 device tensor) to WORK/name atomically, through a host buffer of at most 64 MiB. */
+    public static void write(Backend backend, Tensor states, JobDir job, String name) {
         long rowBytes = (long) states.cols() * Float.BYTES;
         long rowsPerChunk = Math.max(1, Math.min(states.rows(), (64L << 20) / rowBytes));
         try (Arena arena = Arena.ofConfined()) {
             MemorySegment host = arena.allocate(rowsPerChunk * rowBytes, 64);
-            job.writeAtomically("states.f32", ch -> {
+            job.writeAtomically(name, ch -> {
                 for (long r = 0; r < states.rows(); r += rowsPerChunk) {
                     long n = Math.min(rowsPerChunk, states.rows() - r);
                     backend.copyToHost(states.rowSlice(r, n), host);
@@ -132,7 +131,25 @@ public final class ResidualStream implements AutoCloseable {
                 }
             });
         }
-        job.commit("states_after_layer", layer);
+    }
+
+    /** Loads a stream written by {@link #write} back into {@code states} (same size, else a corrupted-state error). */
+    public static void read(Backend backend, Tensor states, Path file) {
+        try (Arena arena = Arena.ofConfined(); FileChannel ch = FileChannel.open(file, StandardOpenOption.READ)) {
+            if (ch.size() != states.byteSize()) throw new QtoolException(file + ": corrupted job state (size); use -nr");
+            backend.copyFromHost(ch.map(FileChannel.MapMode.READ_ONLY, 0, ch.size(), arena), states);
+            backend.synchronize();
+        } catch (IOException e) {
+            throw new QtoolException(file + ": " + e.getMessage());
+        }
+    }
+
+    /** Whether the first {@code length} rows of a stream (its first calibration row) are all finite. */
+    public static boolean firstRowFinite(Backend backend, Tensor states, int length) {
+        float[] row = new float[(int) Math.min(states.numel(), (long) length * states.cols())];
+        backend.copyToHost(states.rowSlice(0, row.length / states.cols()), MemorySegment.ofArray(row));
+        for (float v : row) if (!Float.isFinite(v)) return false;
+        return true;
     }
 
     /** Sees each batch's rows as a layer runs: {@code first} is the index of the batch's first calibration row. */
@@ -160,11 +177,7 @@ public final class ResidualStream implements AutoCloseable {
 
     /** A clear error when the first row of the stream holds NaN or Inf after {@code layer}. */
     public void checkFinite(Path modelDir, int layer) {
-        float[] row = new float[(int) Math.min(states.numel(), (long) length * states.cols())];
-        backend.copyToHost(states.rowSlice(0, row.length / states.cols()), MemorySegment.ofArray(row));
-        for (float v : row) {
-            if (!Float.isFinite(v)) throw new QtoolException(modelDir + ": NaN or Inf in the hidden states after layer " + layer);
-        }
+        if (!firstRowFinite(backend, states, length)) throw new QtoolException(modelDir + ": NaN or Inf in the hidden states after layer " + layer);
     }
 
     /** Perplexity of the calibration rows from the stream after the last layer (no extra pass). */

@@ -1,17 +1,14 @@
 package qtool.convert.exl2;
 
-import java.io.IOException;
-import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
-import java.nio.channels.FileChannel;
 import java.nio.file.Files;
 import java.nio.file.Path;
-import java.nio.file.StandardOpenOption;
 import java.util.Arrays;
 import qtool.QtoolException;
 import qtool.backend.Backend;
 import qtool.backend.Tensor;
 import qtool.convert.JobDir;
+import qtool.convert.ResidualStream;
 import qtool.load.DType;
 import qtool.model.Forward;
 import qtool.model.LlamaModel;
@@ -118,36 +115,17 @@ final class BlockStream implements AutoCloseable {
     }
 
     void checkFinite(String after) {
-        float[] row = new float[length * states.cols()];
-        backend.copyToHost(states.rowSlice(0, length), MemorySegment.ofArray(row));
-        for (float v : row) if (!Float.isFinite(v)) throw new QtoolException("NaN or Inf in the hidden states after " + after);
+        if (!ResidualStream.firstRowFinite(backend, states, length)) throw new QtoolException("NaN or Inf in the hidden states after " + after);
     }
 
-    /** Saves the stream to WORK/name atomically, through a host buffer of at most 256 MiB. */
+    /** Saves the stream to WORK/name atomically. */
     void save(JobDir job, String name) {
-        long rowBytes = (long) states.cols() * Float.BYTES;
-        long rowsPerChunk = Math.max(1, (256L << 20) / rowBytes);
-        try (Arena arena = Arena.ofConfined()) {
-            MemorySegment host = arena.allocate(rowsPerChunk * rowBytes, 64);
-            job.writeAtomically(name, ch -> {
-                for (long r = 0; r < states.rows(); r += rowsPerChunk) {
-                    long n = Math.min(rowsPerChunk, states.rows() - r);
-                    backend.copyToHost(states.rowSlice(r, n), host);
-                    JobDir.write(ch, host.asSlice(0, n * rowBytes));
-                }
-            });
-        }
+        ResidualStream.write(backend, states, job, name);
     }
 
     /** Loads WORK/name into the stream. */
     void load(Path file) {
-        try (Arena arena = Arena.ofConfined(); FileChannel ch = FileChannel.open(file, StandardOpenOption.READ)) {
-            if (ch.size() != states.byteSize()) throw new QtoolException(file + ": corrupted job state (size); use -nr");
-            backend.copyFromHost(ch.map(FileChannel.MapMode.READ_ONLY, 0, ch.size(), arena), states);
-            backend.synchronize();
-        } catch (IOException e) {
-            throw new QtoolException(file + ": " + e.getMessage());
-        }
+        ResidualStream.read(backend, states, file);
     }
 
     static boolean exists(JobDir job, String name) {
