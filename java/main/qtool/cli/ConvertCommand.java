@@ -12,9 +12,9 @@ import qtool.QtoolException;
 import qtool.backend.Backend;
 import qtool.convert.AwqConverter;
 import qtool.convert.GptqConverter;
-import qtool.convert.exl2.MixedGptq;
 import qtool.convert.exl2.Exl2Converter;
 import qtool.convert.exl2.Exl2Job;
+import qtool.convert.exl2.MixedGptq;
 import qtool.format.awq.AwqLayout;
 import qtool.quantize.Exl2Params;
 import qtool.format.gptq.GptqLayout.CheckpointFormat;
@@ -51,7 +51,7 @@ public final class ConvertCommand implements Callable<Integer> {
     @Option(names = {"-b", "--bits"}, description = "EXL2: target bits per weight (default 4.125); GPTQ: 2, 3, 4 or 8 (default 4), "
             + "with --candidate-bits the target bits per weight.") Double bitsOption;
     @Option(names = {"-hb", "--head_bits", "--head-bits"}, defaultValue = "6", description = "EXL2: lm_head bits, 2, 3, 4, 5, 6 or 8 (default ${DEFAULT-VALUE}).") int headBits;
-    @Option(names = {"-mr", "--measurement_rows", "--measurement-rows"}, defaultValue = "16", description = "EXL2: calibration rows when measuring (default ${DEFAULT-VALUE}).") int measurementRows;
+    @Option(names = {"-mr", "--measurement_rows", "--measurement-rows"}, defaultValue = "16", description = "EXL2 and --candidate-bits: calibration rows when measuring (default ${DEFAULT-VALUE}).") int measurementRows;
     @Option(names = {"-ml", "--measurement_length", "--measurement-length"}, defaultValue = "2048", description = "EXL2: tokens per row when measuring (default ${DEFAULT-VALUE}).") int measurementLength;
     @Option(names = {"-om", "--output_measurement", "--output-measurement"}, description = "EXL2: measure only, write measurement.json here (a file or directory) and stop.") Path outputMeasurement;
     @Option(names = {"-m", "--measurement"}, description = "EXL2: reuse this measurement.json (ExLlamaV2's or qtool's) instead of measuring.") Path measurement;

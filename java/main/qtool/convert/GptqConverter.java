@@ -42,6 +42,10 @@ import qtool.write.SafetensorsWriter;
  * <p>GPTQ's H is 2/n·XᵀX; the factor changes no quantized weight (damping is relative to the mean diagonal and
  * every update is a ratio of H⁻¹ entries), so the plain sum is used.
  *
+ * <p>With {@link #withMixedBits} ({@code --candidate-bits}) each linear gets its own width, planned before the first
+ * layer by {@link MixedGptq} (measurement and optimizer of the EXL2 conversion), and the checkpoint's config gives
+ * the most common width as {@code bits} and every other linear's in a {@code dynamic} rule.
+ *
  * <p>Job state in WORK (see {@link JobDir}): the calibration tokens, each finished layer's quantized tensors, and
  * the residual stream after the last saved layer. A rerun resumes after that layer and, the computation being
  * deterministic, writes the same bytes an uninterrupted run would.

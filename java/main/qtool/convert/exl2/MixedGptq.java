@@ -50,11 +50,11 @@ public final class MixedGptq {
      */
     public record Settings(List<Integer> candidateBits, Double targetBpw, int measurementRows) {
         public Settings {
-            if (candidateBits.size() < 2) throw new QtoolException("--candidate-bits needs two or more widths, not " + candidateBits);
             for (int b : candidateBits) {
                 if (b != 2 && b != 3 && b != 4 && b != 8) throw new QtoolException("--candidate-bits takes widths 2, 3, 4 and 8 (what GPTQ packs), not " + b);
             }
             candidateBits = candidateBits.stream().distinct().sorted().toList();
+            if (candidateBits.size() < 2) throw new QtoolException("--candidate-bits needs two or more different widths, not " + candidateBits);
             if (measurementRows < 1) throw new QtoolException("-mr must be ≥ 1");
         }
 
