@@ -2,6 +2,7 @@ package qtool.cli;
 
 import java.nio.file.Path;
 import java.util.LinkedHashMap;
+import java.util.List;
 import java.util.Map;
 import java.util.concurrent.Callable;
 import picocli.CommandLine.Command;
@@ -13,6 +14,7 @@ import qtool.convert.AwqConverter;
 import qtool.convert.GptqConverter;
 import qtool.convert.exl2.Exl2Converter;
 import qtool.convert.exl2.Exl2Job;
+import qtool.convert.exl2.MixedGptq;
 import qtool.format.awq.AwqLayout;
 import qtool.quantize.Exl2Params;
 import qtool.format.gptq.GptqLayout.CheckpointFormat;
@@ -46,9 +48,10 @@ public final class ConvertCommand implements Callable<Integer> {
     @Option(names = {"-r", "--dataset-rows", "--dataset_rows"}, description = "Calibration rows (default: EXL2 100, GPTQ and AWQ 128).") Integer rows;
     @Option(names = {"-l", "--length"}, defaultValue = "2048", description = "Tokens per calibration row (default ${DEFAULT-VALUE}).") int length;
     @Option(names = "--seed", defaultValue = "0", description = "Seed of the generated calibration set.") long seed;
-    @Option(names = {"-b", "--bits"}, description = "EXL2: target bits per weight (default 4.125); GPTQ: 2, 3, 4 or 8 (default 4).") Double bitsOption;
+    @Option(names = {"-b", "--bits"}, description = "EXL2: target bits per weight (default 4.125); GPTQ: 2, 3, 4 or 8 (default 4), "
+            + "with --candidate-bits the target bits per weight.") Double bitsOption;
     @Option(names = {"-hb", "--head_bits", "--head-bits"}, defaultValue = "6", description = "EXL2: lm_head bits, 2, 3, 4, 5, 6 or 8 (default ${DEFAULT-VALUE}).") int headBits;
-    @Option(names = {"-mr", "--measurement_rows", "--measurement-rows"}, defaultValue = "16", description = "EXL2: calibration rows when measuring (default ${DEFAULT-VALUE}).") int measurementRows;
+    @Option(names = {"-mr", "--measurement_rows", "--measurement-rows"}, defaultValue = "16", description = "EXL2 and --candidate-bits: calibration rows when measuring (default ${DEFAULT-VALUE}).") int measurementRows;
     @Option(names = {"-ml", "--measurement_length", "--measurement-length"}, defaultValue = "2048", description = "EXL2: tokens per row when measuring (default ${DEFAULT-VALUE}).") int measurementLength;
     @Option(names = {"-om", "--output_measurement", "--output-measurement"}, description = "EXL2: measure only, write measurement.json here (a file or directory) and stop.") Path outputMeasurement;
     @Option(names = {"-m", "--measurement"}, description = "EXL2: reuse this measurement.json (ExLlamaV2's or qtool's) instead of measuring.") Path measurement;
@@ -71,6 +74,8 @@ public final class ConvertCommand implements Callable<Integer> {
             description = "AWQ: asymmetric grid with zero points (default) or --no-zero-point (symmetric).") boolean zeroPoint;
     @Option(names = "--awq-scale", description = "GPTQ: AWQ's scale search and folding on each layer first; also converts without it "
             + "(in WORK/without-awq) and reports both calibration perplexities.") boolean awqScale;
+    @Option(names = "--candidate-bits", arity = "2..*", description = "GPTQ: give each linear one of these widths (2, 3, 4, 8), chosen by "
+            + "measuring each block on -mr rows, for -b bits per weight (default: the middle width's).") List<Integer> candidateBits;
     @Option(names = "--json", description = "Print the summary as one JSON object.") boolean json;
     @Mixin DeviceOption device;
 
@@ -80,8 +85,13 @@ public final class ConvertCommand implements Callable<Integer> {
         if (!format.equals("gptq") && !format.equals("awq")) throw new QtoolException("--format must be exl2, gptq or awq, not " + format);
         if (input == null) throw new QtoolException("-i is required");
         int rows = this.rows == null ? 128 : this.rows;
-        if (bitsOption != null && bitsOption != Math.rint(bitsOption)) throw new QtoolException("--format " + format + " takes whole --bits (2, 3, 4 or 8), not " + bitsOption);
-        int bits = bitsOption == null ? 4 : bitsOption.intValue();
+        if (candidateBits != null && format.equals("awq")) throw new QtoolException("--candidate-bits goes with --format gptq");
+        MixedGptq.Settings mixed = candidateBits == null ? null : new MixedGptq.Settings(candidateBits, bitsOption, measurementRows);
+        if (mixed == null && bitsOption != null && bitsOption != Math.rint(bitsOption)) {
+            throw new QtoolException("--format " + format + " takes whole --bits (2, 3, 4 or 8), not " + bitsOption);
+        }
+        // with --candidate-bits, -b is the target bits per weight and each linear's width comes from the plan
+        int bits = mixed != null ? mixed.candidateBits().getFirst() : bitsOption == null ? 4 : bitsOption.intValue();
         if (rows < 1 || length < 2) throw new QtoolException("-r must be ≥ 1 and -l ≥ 2");
         if (format.equals("awq")) return awq(rows, bits);
         if (groupSize != -1 && groupSize != 32 && groupSize != 64 && groupSize != 128) {
@@ -100,6 +110,7 @@ public final class ConvertCommand implements Callable<Integer> {
         try (LlamaModel model = LlamaModel.open(input); Backend b = device.open()) {
             Tokenizer tok = Tokenizer.load(input);
             GptqConverter c = new GptqConverter(options, model, tok, b);
+            if (mixed != null) c.withMixedBits(mixed);
             r = (awqScale ? c.withAwqScale(AwqParams.of(params)) : c).run();
             if (awqScale) {
                 var plain = new GptqConverter.Options(input, work.resolve("without-awq"), null, params, trueSequential, cf, calibration, rows, length,
@@ -130,8 +141,14 @@ public final class ConvertCommand implements Callable<Integer> {
         Map<String, Object> s = new LinkedHashMap<>();
         s.put("output", r.output().toString());
         s.put("format", kind.toLowerCase(java.util.Locale.ROOT));
-        s.put("bits", bits);
+        MixedGptq.Plan mix = r.mixedBits();
+        s.put("bits", mix == null ? bits : mix.baseBits());
         s.put("group_size", groupSize);
+        if (mix != null) {
+            Map<String, Object> m = mix.toJson();
+            m.put("linears_per_width", mix.histogram());
+            s.put("mixed_bits", m);
+        }
         s.put("layers", r.layers());
         s.put("quantized_parameters", r.quantizedParams());
         s.put("bits_per_weight", r.bitsPerWeight());
@@ -144,8 +161,13 @@ public final class ConvertCommand implements Callable<Integer> {
         if (json) {
             out().println(Json.write(s));
         } else {
-            out().printf("convert: %s: %s %d-bit g%d, %,d weights at %.3f bits per weight (scales, zeros%s included)%n",
-                    r.output(), kind, bits, groupSize, r.quantizedParams(), r.bitsPerWeight(), kind.equals("GPTQ") ? " and g_idx" : "");
+            String widths = mix == null ? bits + "-bit" : "mixed-bit (linears per width " + mix.histogram() + ")";
+            out().printf("convert: %s: %s %s g%d, %,d weights at %.3f bits per weight (scales, zeros%s included)%n",
+                    r.output(), kind, widths, groupSize, r.quantizedParams(), r.bitsPerWeight(), kind.equals("GPTQ") ? " and g_idx" : "");
+            if (mix != null) {
+                out().printf("mixed bits: target %.4f bits per weight, %.4f planned; predicted error %.6f (largest block %.6f)%n",
+                        mix.targetBpw(), mix.bitsPerWeight(), mix.predictedError(), mix.maxError());
+            }
             out().printf("calibration ppl of the quantized model %.4f; %.1f s in all (", r.calibrationPpl(), total);
             r.secondsPerStage().forEach((k, v) -> out().printf("%s %.1f s; ", k, v));
             out().println(")");
@@ -162,6 +184,7 @@ public final class ConvertCommand implements Callable<Integer> {
 
     /** EXL2: ExLlamaV2's convert.py (measure, optimize, quantize, compile), resumable. */
     private Integer exl2() {
+        if (candidateBits != null) throw new QtoolException("--candidate-bits goes with --format gptq (EXL2 mixes widths within each linear anyway)");
         int rows = this.rows == null ? 100 : this.rows;
         double bits = bitsOption == null ? 4.125 : bitsOption;
         if (!Exl2Params.HEAD_OPTIONS.containsKey(headBits)) throw new QtoolException("-hb must be one of " + Exl2Params.HEAD_OPTIONS.keySet() + ", not " + headBits);

@@ -14,6 +14,7 @@ import qtool.QtoolException;
 import qtool.backend.Backend;
 import qtool.backend.Tensor;
 import qtool.calibrate.CalibrationSet;
+import qtool.convert.exl2.MixedGptq;
 import qtool.format.gptq.GptqCheckpoint;
 import qtool.format.gptq.GptqLayout.CheckpointFormat;
 import qtool.format.gptq.GptqPacker;
@@ -41,6 +42,10 @@ import qtool.write.SafetensorsWriter;
  * <p>GPTQ's H is 2/n·XᵀX; the factor changes no quantized weight (damping is relative to the mean diagonal and
  * every update is a ratio of H⁻¹ entries), so the plain sum is used.
  *
+ * <p>With {@link #withMixedBits} ({@code --candidate-bits}) each linear gets its own width, planned before the first
+ * layer by {@link MixedGptq} (measurement and optimizer of the EXL2 conversion), and the checkpoint's config gives
+ * the most common width as {@code bits} and every other linear's in a {@code dynamic} rule.
+ *
  * <p>Job state in WORK (see {@link JobDir}): the calibration tokens, each finished layer's quantized tensors, and
  * the residual stream after the last saved layer. A rerun resumes after that layer and, the computation being
  * deterministic, writes the same bytes an uninterrupted run would.
@@ -52,9 +57,16 @@ public final class GptqConverter {
     /**
      * What the job did, for the summary. {@code relativeErrors}: per linear, ‖WX − QX‖² / ‖WX‖² on its calibration
      * inputs X in the sequential pipeline (see {@link ReconstructionError}), in quantization order.
+     * {@code mixedBits}: each linear's width and the optimizer's figures, with {@code --candidate-bits}; else null.
      */
     public record Report(Path output, int layers, long quantizedParams, long quantizedBits, double calibrationPpl,
-                         Map<String, Double> secondsPerStage, List<String> warnings, Map<String, Double> relativeErrors) {
+                         Map<String, Double> secondsPerStage, List<String> warnings, Map<String, Double> relativeErrors, MixedGptq.Plan mixedBits) {
+        /** A job of one width (no {@code --candidate-bits}). */
+        public Report(Path output, int layers, long quantizedParams, long quantizedBits, double calibrationPpl,
+                      Map<String, Double> secondsPerStage, List<String> warnings, Map<String, Double> relativeErrors) {
+            this(output, layers, quantizedParams, quantizedBits, calibrationPpl, secondsPerStage, warnings, relativeErrors, null);
+        }
+
         public double bitsPerWeight() {
             return quantizedParams == 0 ? 0 : (double) quantizedBits / quantizedParams;
         }
@@ -69,6 +81,10 @@ public final class GptqConverter {
     private final List<String> warnings = new ArrayList<>();
     /** Non-null with --awq-scale: AWQ's scale search and folding run on each layer before GPTQ (see AwqScaling). */
     private AwqParams awqScale;
+    /** Non-null with --candidate-bits: each linear's width is chosen by measurement (see MixedGptq). */
+    private MixedGptq.Settings mixed;
+    /** The widths chosen for this job (null without --candidate-bits). */
+    private MixedGptq.Plan plan;
 
     public GptqConverter(Options o, LlamaModel model, Tokenizer tokenizer, Backend backend) {
         this.o = o;
@@ -109,9 +125,20 @@ public final class GptqConverter {
         return this;
     }
 
+    /** Gives each linear its own width, chosen by measurement among {@code m}'s candidates ({@code --candidate-bits}). */
+    public GptqConverter withMixedBits(MixedGptq.Settings m) {
+        this.mixed = m;
+        return this;
+    }
+
     public Report run() {
         Map<String, Object> settings = settings(o);
         if (awqScale != null) settings.put("awq_scale", true);
+        if (mixed != null) {
+            if (awqScale != null) throw new QtoolException("--candidate-bits and --awq-scale do not combine (the measurement runs on the unscaled model)");
+            settings.remove("bits");
+            settings.putAll(mixed.toJson());
+        }
         JobDir job = JobDir.open(o.work, settings, o.noResume);
         Path out = job.file("out");
         if (!Boolean.TRUE.equals(job.progress().get("finished")) || !Files.isDirectory(out)) {
@@ -130,6 +157,7 @@ public final class GptqConverter {
             long t0 = System.nanoTime();
             CalibrationSet cal = ResidualStream.calibration(job, model, tokenizer, backend, linearType, o.calibrationFile, o.rows, o.length, o.seed);
             seconds.put("calibration", (System.nanoTime() - t0) / 1e9);
+            if (mixed != null) plan = MixedGptq.plan(job, model, f, cal, o.params, mixed, seconds);
             try (ResidualStream stream = new ResidualStream(backend, o.rows, o.length, cfg.hiddenSize(), batch)) {
                 int start = stream.restore(job, f, cal);
                 try (Progress bar = new Progress("gptq", cfg.numLayers(), "layers")) {
@@ -206,7 +234,7 @@ public final class GptqConverter {
                     GptqResult r;
                     Tensor w = backend.upload(host.linear(l), DType.F32);
                     try {
-                        r = backend.gptq(w, grams.get(site(l)), o.params);
+                        r = backend.gptq(w, grams.get(site(l)), params(LlamaModel.prefix(i) + l));
                     } finally {
                         backend.free(w);
                     }
@@ -240,6 +268,11 @@ public final class GptqConverter {
         LlamaModel.release(host);
     }
 
+    /** The GPTQ settings of linear {@code name}: the job's, at the width the plan gives it with --candidate-bits. */
+    private GptqParams params(String name) {
+        return plan == null ? o.params : o.params.withBits(plan.bits().get(name));
+    }
+
     /** A fresh temporary directory for layer i's file (a killed run may have left one). */
     private static SafetensorsWriter newLayerFile(Path tmp) {
         try {
@@ -267,7 +300,7 @@ public final class GptqConverter {
         GptqCheckpoint.write(w, packed, b == null ? null : b.toFloatArray());
         if (packed.v1WrappedZeros() > 0) {
             warnings.add(prefix + ": " + packed.v1WrappedZeros() + " zero points of 0 cannot be stored in the v1 format (loaders read them as "
-                    + (1 << o.params.bits()) + "); use --checkpoint-format gptq_v2 or --sym"); // listed in the summary
+                    + (1 << r.params().bits()) + "); use --checkpoint-format gptq_v2 or --sym"); // listed in the summary
         }
     }
 
@@ -326,7 +359,10 @@ public final class GptqConverter {
             try (Weights layerFiles = Weights.open(job.file("layers"))) {
                 for (String n : layerFiles.all().keySet()) if (n.endsWith(".weight")) unquantized.add(n.substring(0, n.length() - ".weight".length()));
             }
-            GptqCheckpoint.writeConfigs(tmp, config, GptqCheckpoint.quantizationConfig(o.params, Map.of(), unquantized, o.format, o.trueSequential));
+            GptqParams base = plan == null ? o.params : o.params.withBits(plan.baseBits());
+            Map<String, GptqParams> perModule = new LinkedHashMap<>();
+            if (plan != null) plan.bits().keySet().forEach(name -> perModule.put(name, params(name)));
+            GptqCheckpoint.writeConfigs(tmp, config, GptqCheckpoint.quantizationConfig(base, perModule, unquantized, o.format, o.trueSequential));
             ConvertFiles.copyNonWeightFiles(model.dir, tmp);
             ConvertFiles.deleteTree(out);
             JobDir.moveAtomically(tmp, out);
@@ -367,6 +403,7 @@ public final class GptqConverter {
         double ppl = p.get("calibration_ppl") instanceof Number n ? n.doubleValue() : Double.NaN;
         Map<String, Double> errors = new LinkedHashMap<>();
         if (p.get("relative_errors") instanceof Map<?, ?> m) m.forEach((k, v) -> errors.put(String.valueOf(k), ((Number) v).doubleValue()));
-        return new Report(o.compileDir != null ? o.compileDir : out, model.config.numLayers(), params, bits, ppl, secs, warn, errors);
+        MixedGptq.Plan mixedBits = p.get("mixed_bits") == null ? null : MixedGptq.Plan.fromJson(p.get("mixed_bits"), job.file(JobDir.JOB) + ": mixed_bits");
+        return new Report(o.compileDir != null ? o.compileDir : out, model.config.numLayers(), params, bits, ppl, secs, warn, errors, mixedBits);
     }
 }

@@ -13,19 +13,21 @@ import qtool.model.Forward.Site;
 import qtool.model.LlamaModel;
 import qtool.quantize.Exl2Gptq;
 import qtool.quantize.Exl2Params;
-import qtool.quantize.Exl2Tensor;
 
 /**
  * Measures one block (ExLlamaV2's measure.py, measure_attn / measure_mlp): on the unquantized residual stream,
  * <ol>
  *   <li>the block runs once over all calibration rows on copies, summing the Gram matrix of each linear input
  *       (q/k/v share one, gate/up share one) and keeping −y, the negated reference output (residual included);</li>
- *   <li>each input is prepared once (act-order permutation, Cholesky factor of the damped H⁻¹) and every distinct
- *       option of each linear sharing it is quantized from that one factor (ExLlamaV2's {@code reuse_h});</li>
+ *   <li>every distinct option of each linear is quantized from its input's Gram matrix (for EXL2, each input is
+ *       prepared once — act-order permutation, Cholesky factor of the damped H⁻¹ — and every option of every
+ *       linear sharing it quantized from that one factor, ExLlamaV2's {@code reuse_h});</li>
  *   <li>for each row of the option grid the block runs with those quantized weights; its error is the mean over
  *       rows of ‖y_q − y‖_F / ‖y‖_F, and accuracy = max(1e-6, 1 − error);</li>
  *   <li>the stream moves on to y, the unquantized output.</li>
  * </ol>
+ * The option set is the caller's ({@link LinearOptions}, and rows of option indices): {@link #measure} uses
+ * ExLlamaV2's grid as above; {@link MixedGptq} uses plain GPTQ at each candidate width.
  */
 final class MeasurementPass {
     private final BlockStream s;
@@ -67,10 +69,75 @@ final class MeasurementPass {
         return grams;
     }
 
+    /**
+     * Makes a block's candidate weights: each linear at each of its options. The options of one linear are quantized
+     * together, from its input's Gram matrix, so that what they share (a factor, a permutation) is made once.
+     */
+    interface LinearOptions {
+        /**
+         * The dequantized weights [out, in] of linear {@code l}'s options, in option order.
+         *
+         * @param weight the linear's weight, F32 on the device
+         * @param site   the input it reads (linears of one site share {@code gram})
+         * @param gram   Σ XᵀX of that input over the calibration rows
+         */
+        List<float[]> quantize(String l, Tensor weight, Site site, Tensor gram);
+
+        /** Every linear is quantized: release what they shared, before the block runs. */
+        default void done() {}
+    }
+
+    /** One block under ExLlamaV2's option grid: every row's accuracy and total bits, in grid order. */
     Measurement.Block measure(int layer, boolean attention, LlamaModel.Layer host, LlamaModel.Layer dev, Map<String, Double> seconds) {
         List<String> linears = attention ? Measurement.ATTENTION : Measurement.MLP;
         List<List<Exl2Params>> grid = attention ? Exl2Params.ATTENTION_OPTIONS : Exl2Params.MLP_OPTIONS;
         Exl2Params.Reduced reduced = Exl2Params.reduced(grid, false);
+        // every distinct option of every linear, from one factor per input (ExLlamaV2's reuse_h)
+        EnumMap<Site, Exl2Gptq.Factor> factors = new EnumMap<>(Site.class);
+        double[] accuracy;
+        try {
+            accuracy = accuracies(layer, attention, host, dev, reduced.rows(), new LinearOptions() {
+                @Override
+                public List<float[]> quantize(String l, Tensor weight, Site site, Tensor gram) {
+                    Exl2Gptq.Factor f = factors.computeIfAbsent(site, k -> backend.exl2Prepare(gram));
+                    List<float[]> out = new ArrayList<>();
+                    for (Exl2Params p : reduced.perProjection().get(linears.indexOf(l))) out.add(backend.exl2Quantize(f, weight, p).dequantized());
+                    return out;
+                }
+
+                @Override
+                public void done() {
+                    factors.values().forEach(Exl2Gptq.Factor::close);
+                    factors.clear();
+                }
+            }, seconds);
+        } finally {
+            factors.values().forEach(Exl2Gptq.Factor::close);
+        }
+        List<Measurement.Entry> entries = new ArrayList<>();
+        for (int r = 0; r < accuracy.length; r++) {
+            int[] row = reduced.rows().get(r);
+            long bits = 0;
+            Map<String, Exl2Params> chosen = new LinkedHashMap<>();
+            for (int j = 0; j < linears.size(); j++) {
+                Exl2Params p = reduced.perProjection().get(j).get(row[j]);
+                Tensor w = host.linear(Measurement.hfLinear(linears.get(j)));
+                bits += p.totalBits(w.cols(), Exl2Params.paddedColumns(w.rows()), host.bias(Measurement.hfLinear(linears.get(j))) != null);
+                chosen.put(linears.get(j), p);
+            }
+            entries.add(new Measurement.Entry(accuracy[r], bits, chosen));
+        }
+        return new Measurement.Block(attention ? Measurement.attentionKey(layer) : Measurement.mlpKey(layer), List.copyOf(entries));
+    }
+
+    /**
+     * Measures one block of layer {@code layer} on the stream and moves the stream on (unquantized). {@code rows}:
+     * the option rows to run, row[j] the option of the block's j-th linear ({@link Measurement#ATTENTION} or
+     * {@link Measurement#MLP} order); returns each row's accuracy, max(1e-6, 1 − mean relative Frobenius error).
+     */
+    double[] accuracies(int layer, boolean attention, LlamaModel.Layer host, LlamaModel.Layer dev, List<int[]> rows,
+                        LinearOptions optionsOf, Map<String, Double> seconds) {
+        List<String> linears = attention ? Measurement.ATTENTION : Measurement.MLP;
         Tensor refNeg = backend.allocate(DType.F32, s.states.shape());
         try {
             long t0 = System.nanoTime();
@@ -81,57 +148,44 @@ final class MeasurementPass {
             float[] refSquares = s.squares();
             seconds.merge("measure: hessians", (System.nanoTime() - t0) / 1e9, Double::sum);
 
-            // every distinct option of every linear, from one factor per input
             t0 = System.nanoTime();
-            Map<String, List<Exl2Tensor>> options = new LinkedHashMap<>();
-            Map<String, long[]> optionBits = new LinkedHashMap<>();
-            EnumMap<Site, Exl2Gptq.Factor> factors = new EnumMap<>(Site.class);
+            List<List<float[]>> options = new ArrayList<>();
             try {
-                for (int j = 0; j < linears.size(); j++) {
-                    String l = linears.get(j);
-                    Exl2Gptq.Factor f = factors.computeIfAbsent(site(l), k -> backend.exl2Prepare(grams.get(k)));
+                for (String l : linears) {
                     Tensor w = backend.upload(host.linear(Measurement.hfLinear(l)), DType.F32);
-                    List<Exl2Tensor> list = new ArrayList<>();
-                    List<Exl2Params> ps = reduced.perProjection().get(j);
-                    long[] bits = new long[ps.size()];
-                    boolean bias = host.bias(Measurement.hfLinear(l)) != null;
                     try {
-                        for (int k = 0; k < ps.size(); k++) {
-                            list.add(backend.exl2Quantize(f, w, ps.get(k)));
-                            bits[k] = ps.get(k).totalBits(w.cols(), Exl2Params.paddedColumns(w.rows()), bias);
-                        }
+                        options.add(optionsOf.quantize(l, w, site(l), grams.get(site(l))));
                     } finally {
                         backend.free(w);
                     }
-                    options.put(l, list);
-                    optionBits.put(l, bits);
                 }
+                optionsOf.done();
             } finally {
-                factors.values().forEach(Exl2Gptq.Factor::close);
                 grams.values().forEach(backend::free);
             }
             seconds.merge("measure: quantize", (System.nanoTime() - t0) / 1e9, Double::sum);
 
-            // the block with each grid row's weights
+            // the block with each row's weights
             t0 = System.nanoTime();
-            List<Measurement.Entry> entries = new ArrayList<>();
+            double[] accuracy = new double[rows.size()];
             int[] current = new int[linears.size()];
             java.util.Arrays.fill(current, -1);
             LlamaModel.Layer q = dev;
             List<Tensor> uploaded = new ArrayList<>();
             try {
-                for (int[] row : reduced.rows()) {
+                for (int r = 0; r < rows.size(); r++) {
+                    int[] row = rows.get(r);
                     for (int j = 0; j < linears.size(); j++) {
                         if (current[j] == row[j]) continue;
-                        Exl2Tensor t = options.get(linears.get(j)).get(row[j]);
-                        Tensor w = backend.upload(new Tensor(MemorySegment.ofArray(t.dequantized()), DType.F32, new long[] {t.out(), t.in()}), linearType);
+                        String hf = Measurement.hfLinear(linears.get(j));
+                        Tensor old = q.linear(hf);
+                        Tensor w = backend.upload(new Tensor(MemorySegment.ofArray(options.get(j).get(row[j])), DType.F32, old.shape()), linearType);
                         uploaded.add(w);
-                        Tensor old = q.linear(Measurement.hfLinear(linears.get(j)));
                         if (uploaded.contains(old)) {
                             backend.free(old);
                             uploaded.remove(old);
                         }
-                        q = q.withLinear(Measurement.hfLinear(linears.get(j)), w);
+                        q = q.withLinear(hf, w);
                         current[j] = row[j];
                     }
                     s.onCopies(q, attention, null, (r0, nr, yq) -> {
@@ -140,15 +194,8 @@ final class MeasurementPass {
                     });
                     float[] diff = s.squares();
                     double sum = 0;
-                    for (int r = 0; r < s.rows; r++) sum += Math.sqrt(diff[r]) / Math.sqrt(refSquares[r]);
-                    double accuracy = Math.max(1e-6, 1 - sum / s.rows);
-                    long bits = 0;
-                    Map<String, Exl2Params> chosen = new LinkedHashMap<>();
-                    for (int j = 0; j < linears.size(); j++) {
-                        bits += optionBits.get(linears.get(j))[row[j]];
-                        chosen.put(linears.get(j), reduced.perProjection().get(j).get(row[j]));
-                    }
-                    entries.add(new Measurement.Entry(accuracy, bits, chosen));
+                    for (int k = 0; k < s.rows; k++) sum += Math.sqrt(diff[k]) / Math.sqrt(refSquares[k]);
+                    accuracy[r] = Math.max(1e-6, 1 - sum / s.rows);
                 }
             } finally {
                 uploaded.forEach(backend::free);
@@ -157,10 +204,12 @@ final class MeasurementPass {
 
             // the next block sees the unquantized output
             s.negate(s.states, refNeg);
-            String key = attention ? Measurement.attentionKey(layer) : Measurement.mlpKey(layer);
-            double best = entries.stream().mapToDouble(Measurement.Entry::accuracy).max().orElse(0);
-            if (best < 0.1) throw new qtool.QtoolException(key + ": every option's accuracy is below 0.1 (measurement error; inputs not finite?)");
-            return new Measurement.Block(key, List.copyOf(entries));
+            double best = java.util.Arrays.stream(accuracy).max().orElse(0);
+            if (best < 0.1) {
+                String key = attention ? Measurement.attentionKey(layer) : Measurement.mlpKey(layer);
+                throw new qtool.QtoolException(key + ": every option's accuracy is below 0.1 (measurement error; inputs not finite?)");
+            }
+            return accuracy;
         } finally {
             backend.free(refNeg);
         }

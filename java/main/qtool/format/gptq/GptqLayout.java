@@ -88,6 +88,20 @@ public final class GptqLayout {
         return (int) ((long) n * bits / 32);
     }
 
+    /** Whether a linear [out, in] packs at this width (in·bits and out·bits fill whole words). */
+    public static boolean packable(int in, int out, int bits) {
+        return (long) in * bits % 32 == 0 && (long) out * bits % 32 == 0;
+    }
+
+    /**
+     * Bits a linear [out, in] takes in a checkpoint at this width, bias aside: qweight, qzeros, scales and g_idx, or,
+     * where the shape does not pack, its fp16 weight (how the converters store such a linear).
+     */
+    public static long checkpointBits(int in, int out, int bits, int groups) {
+        if (!packable(in, out, bits)) return 16L * in * out;
+        return (long) in * out * bits + (long) groups * out * bits + 16L * groups * out + 32L * in;
+    }
+
     /** Shape of {@code qweight}: [in·bits/32, out]. */
     public static long[] qweightShape(int in, int out, int bits, String prefix) {
         return new long[] {packedWords(in, bits, prefix + "." + QWEIGHT, "in_features"), out};
