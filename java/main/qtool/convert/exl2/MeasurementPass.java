@@ -34,6 +34,18 @@ final class MeasurementPass {
     private final Backend backend;
     private final DType linearType;
 
+    /**
+     * Whether errors are relative to the block's own contribution y − x rather than to its output y (residual
+     * included, ExLlamaV2's rule). A residual stream dominated by a few huge channels makes every block look nearly
+     * lossless under the ExLlamaV2 rule; mixed-bit GPTQ measures against the contribution instead.
+     */
+    private boolean relativeToContribution;
+
+    MeasurementPass relativeToContribution() {
+        relativeToContribution = true;
+        return this;
+    }
+
     MeasurementPass(BlockStream stream, DType linearType) {
         this.s = stream;
         this.backend = stream.backend;
@@ -145,6 +157,15 @@ final class MeasurementPass {
                 s.negate(s.rowsOf(refNeg, r0, nr), y);
                 s.sumSquares(y, r0, nr);
             });
+            if (relativeToContribution) { // s.squares ← ‖x − y‖² per row: the stream before the block plus −y
+                for (int r0 = 0; r0 < s.rows; r0 += s.batch) {
+                    int nr = Math.min(s.batch, s.rows - r0);
+                    Tensor d = s.work.rowSlice(0, (long) nr * s.length);
+                    backend.copy(d, s.rowsOf(s.states, r0, nr));
+                    backend.add(d, s.rowsOf(refNeg, r0, nr));
+                    s.sumSquares(d, r0, nr);
+                }
+            }
             float[] refSquares = s.squares();
             seconds.merge("measure: hessians", (System.nanoTime() - t0) / 1e9, Double::sum);
 

@@ -24,7 +24,8 @@ import qtool.quantize.GptqParams;
  * the way ExLlamaV2 chooses EXL2 options. For each decoder layer's attention and MLP block, on the unquantized
  * residual stream ({@link MeasurementPass}): each linear is quantized by GPTQ at every candidate width from the
  * block's Gram matrices (the job's group size, sym and act-order), the block runs with each combination of widths,
- * and its accuracy is 1 − the mean relative Frobenius error of its output (residual included). A combination costs
+ * and its accuracy is 1 − the mean relative Frobenius error of its output relative to the block's own contribution
+ * (y − x, not y: {@link MeasurementPass#relativeToContribution}). A combination costs
  * what its linears take in the checkpoint (qweight, qzeros, scales, g_idx: {@link GptqLayout#checkpointBits}).
  * {@link Exl2Optimizer} then picks one combination per block, least Σ error², within decoder linear weights ×
  * target bits per weight (default: all linears at the middle candidate).
@@ -223,7 +224,7 @@ public final class MixedGptq {
             } else {
                 stream.embed(Arrays.copyOf(cal.tokens(), rows * length));
             }
-            MeasurementPass pass = new MeasurementPass(stream, f.linearType());
+            MeasurementPass pass = new MeasurementPass(stream, f.linearType()).relativeToContribution();
             SaveSchedule schedule = new SaveSchedule();
             MeasurementPass.LinearOptions gptqAtEachWidth = (l, w, site, gram) ->
                     s.candidateBits().stream().map(b -> backend.gptq(w, gram, params.withBits(b)).dequantized()).toList();
