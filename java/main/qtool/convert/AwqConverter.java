@@ -59,7 +59,7 @@ public final class AwqConverter {
         this.model = model;
         this.tokenizer = tokenizer;
         this.backend = backend;
-        this.linearType = backend.name().equals("cpu") ? DType.F32 : model.layer(0).q().dtype() == DType.BF16 ? DType.BF16 : DType.F16;
+        this.linearType = ResidualStream.linearType(backend, model);
     }
 
     /** Everything that determines the output: a job directory holding other settings is refused. */

@@ -41,7 +41,7 @@ public final class CalibrationImportance {
         var cfg = model.config;
         int len = cal.length();
         batch = Math.max(1, Math.min(batch, cal.rows()));
-        DType linearType = backend.name().equals("cpu") ? DType.F32 : model.layer(0).q().dtype() == DType.BF16 ? DType.BF16 : DType.F16;
+        DType linearType = ResidualStream.linearType(backend, model);
         Map<String, float[]> out = new LinkedHashMap<>();
         long tokens = (long) cal.rows() * len;
         try (Forward f = new Forward(model, backend, linearType, batch, len, true, false, 1.0, 1.0)) {

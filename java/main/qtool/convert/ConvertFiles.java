@@ -68,6 +68,7 @@ public final class ConvertFiles {
             try (Stream<Path> s = Files.list(out)) {
                 ours = s.map(p -> p.getFileName().toString()).toList();
             }
+            if (Files.exists(dir) && !Files.isDirectory(dir)) throw new QtoolException(dir + ": exists and is not a directory (-cf)");
             if (Files.isDirectory(dir)) {
                 try (Stream<Path> s = Files.list(dir)) {
                     for (Path p : s.toList()) {

@@ -91,8 +91,7 @@ public final class GptqConverter {
         this.model = model;
         this.tokenizer = tokenizer;
         this.backend = backend;
-        // the forward passes run in the stored half type on the GPU (as the reference implementations do); GPTQ in fp32
-        this.linearType = backend.name().equals("cpu") ? DType.F32 : model.layer(0).q().dtype() == DType.BF16 ? DType.BF16 : DType.F16;
+        this.linearType = ResidualStream.linearType(backend, model);
     }
 
     /** Everything that determines the output: a job directory holding other settings is refused. */

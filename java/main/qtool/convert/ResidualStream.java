@@ -47,6 +47,16 @@ public final class ResidualStream implements AutoCloseable {
     }
 
     /**
+     * The type linear weights take on the device during a conversion's forward passes: the stored half type on the
+     * GPU (as the reference implementations run), F32 on the CPU. Quantization itself always works in F32.
+     */
+    public static DType linearType(Backend backend, LlamaModel model) {
+        if (backend.name().equals("cpu")) return DType.F32;
+        Tensor q = model.weights.find(LlamaModel.prefix(0) + "self_attn.q_proj.weight"); // null when stored quantized
+        return q != null && q.dtype() == DType.BF16 ? DType.BF16 : DType.F16;
+    }
+
+    /**
      * The job's calibration tokens: read back from WORK/calibration.i32, or made (from {@code file}, else generated
      * by the model) and saved there.
      */

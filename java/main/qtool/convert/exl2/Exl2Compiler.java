@@ -4,19 +4,16 @@ import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.nio.file.Files;
 import java.nio.file.Path;
-import java.nio.file.StandardCopyOption;
 import java.util.LinkedHashMap;
-import java.util.List;
 import java.util.Map;
-import java.util.stream.Stream;
 import qtool.QtoolException;
 import qtool.backend.Tensor;
+import qtool.convert.ConvertFiles;
 import qtool.convert.JobDir;
 import qtool.format.gptq.GptqCheckpoint;
 import qtool.load.DType;
 import qtool.load.Json;
 import qtool.load.SafetensorsFile;
-import qtool.load.Weights;
 import qtool.model.LlamaModel;
 import qtool.write.SafetensorsWriter;
 
@@ -38,7 +35,7 @@ final class Exl2Compiler {
         Path out = job.file("out"), tmp = job.file(".out.tmp");
         long shardBytes = s.shardMb() <= 0 ? 0 : (long) (s.shardMb() * 1024 * 1024);
         try {
-            deleteTree(tmp);
+            ConvertFiles.deleteTree(tmp);
             Files.createDirectories(tmp);
             try (SafetensorsWriter w = new SafetensorsWriter(tmp, shardBytes); Arena arena = Arena.ofConfined()) {
                 half(w, model, "model.embed_tokens.weight");
@@ -66,10 +63,10 @@ final class Exl2Compiler {
             qc.put("calibration", cal);
             config.put("quantization_config", qc);
             Json.writeFile(tmp.resolve("config.json"), config);
-            copyNonWeightFiles(model.dir, tmp);
-            deleteTree(out);
+            ConvertFiles.copyNonWeightFiles(model.dir, tmp);
+            ConvertFiles.deleteTree(out);
             JobDir.moveAtomically(tmp, out);
-            if (s.compileFull() != null) copyInto(out, s.compileFull());
+            if (s.compileFull() != null) ConvertFiles.compileFull(out, s.compileFull());
         } catch (IOException e) {
             throw new QtoolException(out + ": " + e.getMessage());
         }
@@ -94,49 +91,5 @@ final class Exl2Compiler {
             }
         }
         w.add(name, DType.F16, t.shape(), GptqCheckpoint.littleEndian(h));
-    }
-
-    /**
-     * Every input file but weights and config.json, as ExLlamaV2's -cf copies them; the input's safetensors index
-     * is weights too (it would name the input's shards), and so are .bin/.pt/.pth checkpoints.
-     */
-    private static void copyNonWeightFiles(Path from, Path to) throws IOException {
-        try (Stream<Path> s = Files.list(from)) {
-            for (Path p : s.toList()) {
-                String n = p.getFileName().toString();
-                if (!Files.isRegularFile(p) || n.endsWith(".safetensors") || n.equals(Weights.INDEX) || n.equals("config.json")
-                        || n.endsWith(".bin") || n.endsWith(".pt") || n.endsWith(".pth")) {
-                    continue;
-                }
-                Files.copy(p, to.resolve(n), StandardCopyOption.REPLACE_EXISTING);
-            }
-        }
-    }
-
-    /** -cf: the finished model into DIR, refusing to mix with files this job did not write. */
-    private static void copyInto(Path out, Path dir) throws IOException {
-        List<String> ours;
-        try (Stream<Path> s = Files.list(out)) {
-            ours = s.map(p -> p.getFileName().toString()).toList();
-        }
-        if (Files.exists(dir) && !Files.isDirectory(dir)) throw new QtoolException(dir + ": exists and is not a directory (-cf)");
-        if (Files.isDirectory(dir)) {
-            try (Stream<Path> s = Files.list(dir)) {
-                for (Path p : s.toList()) {
-                    if (!ours.contains(p.getFileName().toString())) {
-                        throw new QtoolException(dir + ": holds " + p.getFileName() + ", which this job did not write; use an empty -cf directory");
-                    }
-                }
-            }
-        }
-        Files.createDirectories(dir);
-        for (String n : ours) Files.copy(out.resolve(n), dir.resolve(n), StandardCopyOption.REPLACE_EXISTING);
-    }
-
-    static void deleteTree(Path dir) throws IOException {
-        if (!Files.exists(dir)) return;
-        try (Stream<Path> s = Files.walk(dir)) {
-            for (Path p : s.sorted(java.util.Comparator.reverseOrder()).toList()) Files.delete(p);
-        }
     }
 }
