@@ -248,6 +248,25 @@ QT_API int qt_linear(void* out, int out_dtype, const void* x, int x_dtype, const
                      const void* bias, int bias_dtype, int rows, int in_features, int out_features, int accumulate,
                      void* scratch, size_t scratch_bytes, void* stream);
 
+/* ---- Kernels: quantized matrix products (GPTQ, straight from the packed tensors) ------------------- */
+
+/*
+ * The tensors of one GPTQ linear W [out, in] as qtool.format.gptq.GptqLayout writes them, on the device: qweight
+ * I32 [in·bits/32, out] (16-byte aligned), qzeros I32 [groups, out·bits/32], scales F16 [groups, out], g_idx I32 [in]
+ * or NULL (then input i is in group i / group_size, which must be -1 or a multiple of 32). checkpoint_format 1
+ * ("gptq", v1: zero = field + 1) or 2 ("gptq_v2": zero = field). w[o, i] = scale[g, o] · (q[i, o] − zero[g, o]),
+ * g = g_idx[i]. bits 2, 3, 4 or 8; in and out multiples of 32.
+ */
+/* y [rows, out] (F32 or F16, rounded once) = x [rows, in] (F16, 16-byte aligned) · Wᵀ, sums in F32; rows 0..8
+ * (decoding; more rows: qt_gptq_dequant and qt_linear). One pass over the packed weights, memory-bound. */
+QT_API int qt_gptq_gemv(void* y, int y_dtype, const void* x, const void* qweight, const void* qzeros, const void* scales,
+                        const int32_t* g_idx, int rows, int in, int out, int bits, int group_size, int checkpoint_format,
+                        void* stream);
+/* weight F16 [out, in] (16-byte aligned) = W, each value s · (q − z) computed in F32 and rounded once. */
+QT_API int qt_gptq_dequant(void* weight, const void* qweight, const void* qzeros, const void* scales,
+                           const int32_t* g_idx, int in, int out, int bits, int group_size, int checkpoint_format,
+                           void* stream);
+
 /* ---- Factorizations (cuSOLVER; need qt_init and cuSOLVER present) --------------------------------- */
 
 /*
