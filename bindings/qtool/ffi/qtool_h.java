@@ -2898,6 +2898,149 @@ public class qtool_h extends qtool_h$shared {
         }
     }
 
+    private static class qt_gptq_gemv {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            qtool_h.C_INT,
+            qtool_h.C_POINTER,
+            qtool_h.C_INT,
+            qtool_h.C_POINTER,
+            qtool_h.C_POINTER,
+            qtool_h.C_POINTER,
+            qtool_h.C_POINTER,
+            qtool_h.C_POINTER,
+            qtool_h.C_INT,
+            qtool_h.C_INT,
+            qtool_h.C_INT,
+            qtool_h.C_INT,
+            qtool_h.C_INT,
+            qtool_h.C_INT,
+            qtool_h.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("qt_gptq_gemv");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * int qt_gptq_gemv(void *y, int y_dtype, const void *x, const void *qweight, const void *qzeros, const void *scales, const int32_t *g_idx, int rows, int in, int out, int bits, int group_size, int checkpoint_format, void *stream)
+     * }
+     */
+    public static FunctionDescriptor qt_gptq_gemv$descriptor() {
+        return qt_gptq_gemv.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * int qt_gptq_gemv(void *y, int y_dtype, const void *x, const void *qweight, const void *qzeros, const void *scales, const int32_t *g_idx, int rows, int in, int out, int bits, int group_size, int checkpoint_format, void *stream)
+     * }
+     */
+    public static MethodHandle qt_gptq_gemv$handle() {
+        return qt_gptq_gemv.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * int qt_gptq_gemv(void *y, int y_dtype, const void *x, const void *qweight, const void *qzeros, const void *scales, const int32_t *g_idx, int rows, int in, int out, int bits, int group_size, int checkpoint_format, void *stream)
+     * }
+     */
+    public static MemorySegment qt_gptq_gemv$address() {
+        return qt_gptq_gemv.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * int qt_gptq_gemv(void *y, int y_dtype, const void *x, const void *qweight, const void *qzeros, const void *scales, const int32_t *g_idx, int rows, int in, int out, int bits, int group_size, int checkpoint_format, void *stream)
+     * }
+     */
+    public static int qt_gptq_gemv(MemorySegment y, int y_dtype, MemorySegment x, MemorySegment qweight, MemorySegment qzeros, MemorySegment scales, MemorySegment g_idx, int rows, int in, int out, int bits, int group_size, int checkpoint_format, MemorySegment stream) {
+        var mh$ = qt_gptq_gemv.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("qt_gptq_gemv", y, y_dtype, x, qweight, qzeros, scales, g_idx, rows, in, out, bits, group_size, checkpoint_format, stream);
+            }
+            return (int)mh$.invokeExact(y, y_dtype, x, qweight, qzeros, scales, g_idx, rows, in, out, bits, group_size, checkpoint_format, stream);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
+    private static class qt_gptq_dequant {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            qtool_h.C_INT,
+            qtool_h.C_POINTER,
+            qtool_h.C_POINTER,
+            qtool_h.C_POINTER,
+            qtool_h.C_POINTER,
+            qtool_h.C_POINTER,
+            qtool_h.C_INT,
+            qtool_h.C_INT,
+            qtool_h.C_INT,
+            qtool_h.C_INT,
+            qtool_h.C_INT,
+            qtool_h.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("qt_gptq_dequant");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * int qt_gptq_dequant(void *weight, const void *qweight, const void *qzeros, const void *scales, const int32_t *g_idx, int in, int out, int bits, int group_size, int checkpoint_format, void *stream)
+     * }
+     */
+    public static FunctionDescriptor qt_gptq_dequant$descriptor() {
+        return qt_gptq_dequant.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * int qt_gptq_dequant(void *weight, const void *qweight, const void *qzeros, const void *scales, const int32_t *g_idx, int in, int out, int bits, int group_size, int checkpoint_format, void *stream)
+     * }
+     */
+    public static MethodHandle qt_gptq_dequant$handle() {
+        return qt_gptq_dequant.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * int qt_gptq_dequant(void *weight, const void *qweight, const void *qzeros, const void *scales, const int32_t *g_idx, int in, int out, int bits, int group_size, int checkpoint_format, void *stream)
+     * }
+     */
+    public static MemorySegment qt_gptq_dequant$address() {
+        return qt_gptq_dequant.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * int qt_gptq_dequant(void *weight, const void *qweight, const void *qzeros, const void *scales, const int32_t *g_idx, int in, int out, int bits, int group_size, int checkpoint_format, void *stream)
+     * }
+     */
+    public static int qt_gptq_dequant(MemorySegment weight, MemorySegment qweight, MemorySegment qzeros, MemorySegment scales, MemorySegment g_idx, int in, int out, int bits, int group_size, int checkpoint_format, MemorySegment stream) {
+        var mh$ = qt_gptq_dequant.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("qt_gptq_dequant", weight, qweight, qzeros, scales, g_idx, in, out, bits, group_size, checkpoint_format, stream);
+            }
+            return (int)mh$.invokeExact(weight, qweight, qzeros, scales, g_idx, in, out, bits, group_size, checkpoint_format, stream);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
     private static class qt_cholesky {
         public static final FunctionDescriptor DESC = FunctionDescriptor.of(
             qtool_h.C_INT,

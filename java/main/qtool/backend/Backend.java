@@ -86,6 +86,13 @@ public interface Backend extends AutoCloseable {
     }
 
     /**
+     * out[r, o] = sum_i x[r, i] * w[o, i] for a GPTQ linear w (see {@link GptqLinear#upload}), x [rows, in] F32 or the
+     * activation type, out [rows, out] F32 or the activation type. The CPU backend dequantizes w and calls
+     * {@link #linear} (the reference); the CUDA backend multiplies from the packed tensors.
+     */
+    void gptqLinear(Tensor out, Tensor x, GptqLinear w);
+
+    /**
      * Rotary embedding in place, HF layout (rotate_half: dimension j pairs with j + headDim/2 inside each head).
      * x: [batch * seqLen, heads * headDim], F32 or the activation type; row r has position startPos + r % seqLen;
      * angle = position * invFreq[j].

@@ -164,6 +164,13 @@ public final class CpuBackend implements Backend {
      * {@link #L2_FLOATS}, so they stay in L2), then runs every block of 4 input rows across them; the 4 rows stay
      * in L1 while they meet each panel. Packing costs one pass over W per call, small next to rows × W multiply-adds.
      */
+    /** The reference: dequantize (in F32, from the fp16 scales) and multiply. */
+    @Override
+    public void gptqLinear(Tensor out, Tensor x, GptqLinear w) {
+        float[] weight = qtool.format.gptq.GptqPacker.dequantize(w.toHost(this));
+        linear(out, x, new Tensor(MemorySegment.ofArray(weight), DType.F32, new long[] {w.out(), w.in()}), null);
+    }
+
     @Override
     public void linear(Tensor out, Tensor x, Tensor weight, Tensor bias) {
         float[] o = f(out), xs = f(x), w = f(weight);

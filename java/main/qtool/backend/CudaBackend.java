@@ -587,6 +587,65 @@ public final class CudaBackend implements Backend {
                 rows, in, outF, accumulate ? 1 : 0, scratch, scratchBytes, stream), "qt_linear");
     }
 
+    /** Most rows qt_gptq_gemv takes; more rows dequantize into a scratch weight for one cuBLAS product. */
+    public static final int GPTQ_GEMV_MAX_ROWS = 8;
+
+    /**
+     * Up to {@link #GPTQ_GEMV_MAX_ROWS} rows: qt_gptq_gemv straight from the packed tensors (x rounded to F16 first
+     * when it is F32). More rows: qt_gptq_dequant into a scratch F16 weight, then {@link #linear}.
+     */
+    @Override
+    public void gptqLinear(Tensor out, Tensor x, GptqLinear w) {
+        int rows = x.rows();
+        if (x.cols() != w.in()) throw new IllegalArgumentException("gptqLinear: x " + x + " does not match in = " + w.in());
+        requireCount(out, (long) rows * w.out(), "gptqLinear out");
+        MemorySegment gIdx = w.gIdx() == null ? MemorySegment.NULL : w.gIdx().data();
+        int format = w.format() == qtool.format.gptq.GptqLayout.CheckpointFormat.GPTQ ? 1 : 2;
+        if (rows > GPTQ_GEMV_MAX_ROWS) {
+            Tensor weight = new Tensor(MemorySegment.ofAddress(gptqWeightScratch.ensure(2L * w.out() * w.in())), DType.F16,
+                    new long[] {w.out(), w.in()});
+            check(qt_gptq_dequant(weight.data(), w.qweight().data(), w.qzeros().data(), w.scales().data(), gIdx, w.in(),
+                    w.out(), w.bits(), w.groupSize(), format, stream), "qt_gptq_dequant");
+            linear(out, x, weight, null);
+            return;
+        }
+        if (out.dtype() != DType.F32 && out.dtype() != DType.F16) throw new IllegalArgumentException("gptqLinear out: expected F32 or F16, got " + out);
+        MemorySegment x16 = x.data();
+        if (x.dtype() == DType.F32) {
+            x16 = MemorySegment.ofAddress(linearScratch.ensure(2L * x.numel()));
+            check(qt_cast(x16, QT_F16(), x.data(), QT_F32(), x.numel(), stream), "qt_cast");
+        } else if (x.dtype() != DType.F16) {
+            throw new IllegalArgumentException("gptqLinear x: expected F32 or F16, got " + x);
+        }
+        check(qt_gptq_gemv(out.data(), code(out.dtype()), x16, w.qweight().data(), w.qzeros().data(), w.scales().data(),
+                gIdx, rows, w.in(), w.out(), w.bits(), w.groupSize(), format, stream), "qt_gptq_gemv");
+    }
+
+    private final DeviceScratch gptqWeightScratch = new DeviceScratch();
+
+    /** Device milliseconds per call of {@code work} (queued on this backend), timed with CUDA events after a warm-up. */
+    public double timeMs(Runnable work, int iterations) {
+        work.run();
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment a = arena.allocate(ValueLayout.ADDRESS), b = arena.allocate(ValueLayout.ADDRESS);
+            check(qt_event_create(a), "qt_event_create");
+            check(qt_event_create(b), "qt_event_create");
+            MemorySegment start = a.get(ValueLayout.ADDRESS, 0), end = b.get(ValueLayout.ADDRESS, 0);
+            try {
+                check(qt_event_record(start, stream), "qt_event_record");
+                for (int k = 0; k < iterations; k++) work.run();
+                check(qt_event_record(end, stream), "qt_event_record");
+                check(qt_event_synchronize(end), "qt_event_synchronize");
+                MemorySegment ms = arena.allocate(ValueLayout.JAVA_FLOAT);
+                check(qt_event_elapsed_ms(start, end, ms), "qt_event_elapsed_ms");
+                return ms.get(ValueLayout.JAVA_FLOAT, 0) / iterations;
+            } finally {
+                qt_event_destroy(start);
+                qt_event_destroy(end);
+            }
+        }
+    }
+
     @Override
     public void rope(Tensor x, int heads, int headDim, int seqLen, int startPos, Tensor invFreq) {
         requireFloat(x, "rope x");
@@ -668,6 +727,7 @@ public final class CudaBackend implements Backend {
         linearScratch.release();
         attentionScratch.release();
         uploadScratch.release();
+        gptqWeightScratch.release();
         if (!pinned.equals(MemorySegment.NULL)) qt_host_free_pinned(pinned);
         pinned = MemorySegment.NULL;
         qt_stream_destroy(stream);
