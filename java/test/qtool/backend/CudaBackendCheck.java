@@ -82,6 +82,7 @@ public final class CudaBackendCheck {
         gram();
         gptqAgainstCpu();
         exl2AgainstCpu();
+        gptqKernels();
         return results;
     }
 
@@ -576,6 +577,73 @@ public final class CudaBackendCheck {
         return total;
     }
 
+    /**
+     * qt_gptq_gemv (1 row with F32 x and out, 5 rows with F16 x and out) and qt_gptq_dequant + cuBLAS (16 rows) against
+     * the double product of the unpacked weights, for every width, with and without act-order, at LLM shapes; outputs
+     * are poisoned with NaN first, so an element a kernel skips fails.
+     */
+    private void gptqKernels() {
+        record Shape(int out, int in, int groupSize, boolean actOrder) {}
+        List<Shape> shapes = List.of(new Shape(4096, 4096, 128, false), new Shape(4096, 4096, 128, true),
+                new Shape(4096, 4096, -1, false), new Shape(11008, 4096, 128, true));
+        for (int bits : new int[] {2, 3, 4, 8}) {
+            for (Shape sh : shapes) {
+                var format = random.nextBoolean() ? qtool.format.gptq.GptqLayout.CheckpointFormat.GPTQ
+                        : qtool.format.gptq.GptqLayout.CheckpointFormat.GPTQ_V2;
+                RandomGptq q = RandomGptq.of(random, sh.out(), sh.in(), bits, sh.groupSize(), sh.actOrder(), format);
+                GptqLinear w = GptqLinear.upload(gpu, q.packed());
+                float[] x = roundAll(randn(22 * sh.in()), DType.F16);  // rows 0 | 1..5 | 6..21
+                double[] ref = q.reference(x, 22);
+                String name = String.format("gptq %db %dx%d g%d%s %s", bits, sh.out(), sh.in(), sh.groupSize(),
+                        sh.actOrder() ? " act" : "", format.configName);
+                int[][] parts = {{0, 1}, {1, 5}, {6, 16}};
+                String[] how = {"gemv 1 F32", "gemv 5 F16", "dequant+gemm 16"};
+                for (int k = 0; k < parts.length; k++) {
+                    int from = parts[k][0], rows = parts[k][1];
+                    DType type = k == 1 ? DType.F16 : DType.F32;
+                    float[] xs = java.util.Arrays.copyOfRange(x, from * sh.in(), (from + rows) * sh.in());
+                    Tensor dx = gpu.upload(host(xs, rows, sh.in()), type);
+                    Tensor out = gpu.upload(host(nans(rows * sh.out()), rows, sh.out()), type);
+                    gpu.gptqLinear(out, dx, w);
+                    double[] r = java.util.Arrays.copyOfRange(ref, from * sh.out(), (from + rows) * sh.out());
+                    record(name + " " + how[k], relL2(downloadAny(out), r), 1e-2);
+                    gpu.free(dx);
+                    gpu.free(out);
+                }
+                w.free(gpu);
+            }
+        }
+    }
+
+    /** GEMV device time (CUDA events) as GB/s of packed bytes read, beside the device copy bandwidth. */
+    private void gptqGemvTimings() {
+        double copy = gpu.copyBandwidthGBps();
+        record Case(int out, int in, int bits, boolean actOrder) {}
+        List<Case> cases = List.of(new Case(4096, 11008, 2, false), new Case(4096, 11008, 3, false),
+                new Case(4096, 11008, 4, false), new Case(4096, 11008, 8, false), new Case(11008, 4096, 4, false),
+                new Case(4096, 4096, 4, false), new Case(4096, 11008, 4, true));
+        for (Case c : cases) {
+            RandomGptq q = RandomGptq.of(random, c.out(), c.in(), c.bits(), 128, c.actOrder(),
+                    qtool.format.gptq.GptqLayout.CheckpointFormat.GPTQ_V2);
+            GptqLinear w = GptqLinear.upload(gpu, q.packed());
+            Tensor x = gpu.upload(host(randn(c.in()), 1, c.in()), DType.F16);
+            Tensor y = gpu.allocate(DType.F16, 1, c.out());
+            double ms = gpu.timeMs(() -> gpu.gptqLinear(y, x, w), 200);
+            double gbps = w.packedBytes() / (ms * 1e-3) / 1e9;
+            System.out.printf("timing gptq gemv %db %dx%d g128%s: %.1f us, %.0f GB/s of packed weights (%.0f%% of copy %.0f GB/s)%n",
+                    c.bits(), c.out(), c.in(), c.actOrder() ? " act" : "", ms * 1e3, gbps, 100 * gbps / copy, copy);
+            gpu.free(x);
+            gpu.free(y);
+            w.free(gpu);
+        }
+    }
+
+    private static float[] nans(int n) {
+        float[] a = new float[n];
+        java.util.Arrays.fill(a, Float.NaN);
+        return a;
+    }
+
     private static double mismatches(int[] a, int[] b) {
         if (a.length != b.length) return Double.POSITIVE_INFINITY;
         int n = 0;
@@ -585,6 +653,7 @@ public final class CudaBackendCheck {
 
     /** Timings at LLM sizes (printed; medians of several runs after a warm-up). */
     public void timings() {
+        gptqGemvTimings();
         int in = 4096;
         Tensor x = correlatedInputsOnGpu(2048, in, 0);
         Tensor h = gpu.upload(host(new float[in * in], in, in), DType.F32);

@@ -1,6 +1,7 @@
 package qtool.backend;
 
 import java.util.Random;
+import java.util.stream.IntStream;
 import qtool.format.gptq.GptqLayout.CheckpointFormat;
 import qtool.format.gptq.GptqPacker;
 import qtool.format.gptq.GptqPacker.PackedLinear;
@@ -43,8 +44,8 @@ record RandomGptq(int out, int in, byte[] codes, float[] scales, int[] zeros, in
     /** y [rows, out] = x [rows, in] · Wᵀ in double, W from the unpacked parts. */
     double[] reference(float[] x, int rows) {
         double[] y = new double[rows * out];
-        double[] w = new double[in];
-        for (int o = 0; o < out; o++) {
+        IntStream.range(0, out).parallel().forEach(o -> {
+            double[] w = new double[in];
             for (int i = 0; i < in; i++) {
                 int g = gIdx[i] * out + o;
                 w[i] = (double) scales[g] * ((codes[o * in + i] & 0xFF) - zeros[g]);
@@ -54,7 +55,7 @@ record RandomGptq(int out, int in, byte[] codes, float[] scales, int[] zeros, in
                 for (int i = 0; i < in; i++) acc += x[r * in + i] * w[i];
                 y[r * out + o] = acc;
             }
-        }
+        });
         return y;
     }
 }
