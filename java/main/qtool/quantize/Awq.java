@@ -201,29 +201,48 @@ public final class Awq {
      * for k = 0 … 9, that minimises the mean over sampled tokens of (x_g · (Q(clamp(w_g)) − w_g))². Returns [out,
      * groups].
      *
+     * <p>That mean is dᵀ·H_g·d / tokens with d = Q(clamp(w_g)) − w_g and H_g = X_gᵀX_g, the group's block of the
+     * sampled inputs' Gram matrix: each candidate then costs width² products instead of tokens × width (AutoAWQ's
+     * direct form), a quarter of the work for 512 tokens and groups of 128 — the direct form is kept where the
+     * sample is smaller than a group.
+     *
      * @param x sampled inputs [tokens, in] (already divided by the scale search's scales)
      */
     public static float[] searchClip(float[] w, int out, int in, float[] x, int tokens, AwqParams p) {
         int width = p.groupWidth(in), groups = p.numGroups(in);
         float[] best = new float[out * groups];
         int shrinks = (int) (CLIP_MAX_SHRINK * CLIP_GRID);
+        boolean gram = tokens > width;
+        double[][] h = gram ? groupGrams(x, tokens, in, width, groups) : null;
         IntStream.range(0, out).parallel().forEach(o -> {
-            float[] orgOut = new float[tokens], cur = new float[in], deq = new float[in];
+            float[] cur = new float[in], deq = new float[in];
+            double[] d = new double[width], hd = new double[width];
+            float[] orgOut = gram ? null : new float[tokens];
             for (int g = 0; g < groups; g++) {
-                int g0 = g * width, g1 = Math.min(in, g0 + width), row = o * in;
+                int g0 = g * width, g1 = Math.min(in, g0 + width), n = g1 - g0, row = o * in;
                 float orgMax = 0;
                 for (int i = g0; i < g1; i++) orgMax = Math.max(orgMax, Math.abs(w[row + i]));
-                for (int t = 0; t < tokens; t++) orgOut[t] = dot(x, t * in, w, row, g0, g1);
-                double minErr = 1e9;
+                if (!gram) for (int t = 0; t < tokens; t++) orgOut[t] = dot(x, t * in, w, row, g0, g1);
+                double minErr = Double.POSITIVE_INFINITY;
                 float bestMax = orgMax;
                 for (int k = 0; k < shrinks; k++) {
                     float maxVal = orgMax * (1 - (float) k / CLIP_GRID);
                     for (int i = g0; i < g1; i++) cur[i] = Math.min(Math.max(w[row + i], -maxVal), maxVal);
                     quantizeGroup(cur, g0, g1, p, deq, null);
                     double err = 0;
-                    for (int t = 0; t < tokens; t++) {
-                        double d = dot(x, t * in, deq, 0, g0, g1) - orgOut[t];
-                        err += d * d;
+                    if (gram) {
+                        for (int i = 0; i < n; i++) d[i] = (double) deq[g0 + i] - w[row + g0 + i];
+                        double[] hg = h[g];
+                        for (int i = 0; i < n; i++) {
+                            double sum = 0;
+                            for (int j = 0; j < n; j++) sum += hg[i * n + j] * d[j];
+                            err += d[i] * sum;
+                        }
+                    } else {
+                        for (int t = 0; t < tokens; t++) {
+                            double e = dot(x, t * in, deq, 0, g0, g1) - orgOut[t];
+                            err += e * e;
+                        }
                     }
                     err /= tokens;
                     if (err < minErr) {
@@ -235,6 +254,25 @@ public final class Awq {
             }
         });
         return best;
+    }
+
+    /** H_g = X_gᵀX_g of each group's columns of x [tokens, in], row-major [n_g, n_g], in double. */
+    private static double[][] groupGrams(float[] x, int tokens, int in, int width, int groups) {
+        double[][] h = new double[groups][];
+        IntStream.range(0, groups).parallel().forEach(g -> {
+            int g0 = g * width, n = Math.min(in, g0 + width) - g0;
+            double[] hg = new double[n * n];
+            for (int t = 0; t < tokens; t++) {
+                int r = t * in + g0;
+                for (int i = 0; i < n; i++) {
+                    double xi = x[r + i];
+                    if (xi == 0) continue;
+                    for (int j = 0; j < n; j++) hg[i * n + j] += xi * x[r + j];
+                }
+            }
+            h[g] = hg;
+        });
+        return h;
     }
 
     /** {@code apply_clip}: clamps every group of W to ±its max value, in place. */

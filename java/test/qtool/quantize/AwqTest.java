@@ -95,6 +95,42 @@ class AwqTest {
         assertTrue(maxVal[0] < 9, "the outlier's group is clipped: " + maxVal[0]);
     }
 
+    @Test
+    void clipSearchPicksTheLeastOutputErrorOfItsGrid() {
+        // the search works from the groups' Gram matrices when the sample outnumbers a group's columns: its choice
+        // must be the argmin of the direct objective, mean over tokens of (x_g·(Q(clamp(w_g)) − w_g))², per group
+        int out = 6, in = 96, tokens = 200;
+        AwqParams p = new AwqParams(4, 32, true);
+        float[] w = gaussian(out * in, 7), x = gaussian(tokens * in, 8);
+        float[] maxVal = Awq.searchClip(w, out, in, x, tokens, p);
+        int groups = p.numGroups(in), width = p.groupWidth(in), shrinks = (int) (Awq.CLIP_MAX_SHRINK * Awq.CLIP_GRID);
+        for (int o = 0; o < out; o++) {
+            for (int g = 0; g < groups; g++) {
+                float orgMax = 0;
+                for (int i = g * width; i < (g + 1) * width; i++) orgMax = Math.max(orgMax, Math.abs(w[o * in + i]));
+                double bestErr = Double.POSITIVE_INFINITY;
+                float best = orgMax;
+                for (int k = 0; k < shrinks; k++) {
+                    float m = orgMax * (1 - (float) k / Awq.CLIP_GRID);
+                    float[] row = java.util.Arrays.copyOfRange(w, o * in, o * in + in);
+                    for (int i = g * width; i < (g + 1) * width; i++) row[i] = Math.min(Math.max(row[i], -m), m);
+                    float[] q = Awq.pseudoQuantize(row, 1, in, p);
+                    double err = 0;
+                    for (int t = 0; t < tokens; t++) {
+                        double e = 0;
+                        for (int i = g * width; i < (g + 1) * width; i++) e += x[t * in + i] * ((double) q[i] - w[o * in + i]);
+                        err += e * e;
+                    }
+                    if (err < bestErr) {
+                        bestErr = err;
+                        best = m;
+                    }
+                }
+                assertEquals(best, maxVal[o * groups + g], "row " + o + ", group " + g);
+            }
+        }
+    }
+
     /** Σ over tokens and outputs of (x·wᵀ − x·qᵀ)². */
     private static double outputError(float[] w, float[] q, float[] x, int out, int in, int tokens) {
         double e = 0;
