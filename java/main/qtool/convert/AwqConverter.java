@@ -256,11 +256,9 @@ public final class AwqConverter {
             }
         }
         Map<String, Object> p = job.progress();
-        Map<String, Double> secs = new LinkedHashMap<>();
-        if (p.get("seconds") instanceof Map<?, ?> m) m.forEach((k, v) -> secs.put(String.valueOf(k), ((Number) v).doubleValue()));
-        List<String> warn = new ArrayList<>();
-        if (p.get("warnings") instanceof List<?> l) l.forEach(x -> warn.add(String.valueOf(x)));
-        double ppl = p.get("calibration_ppl") instanceof Number n ? n.doubleValue() : Double.NaN;
+        Map<String, Double> secs = JobDir.numbers(p.get("seconds"));
+        List<String> warn = JobDir.strings(p.get("warnings"));
+        double ppl = JobDir.number(p.get("calibration_ppl"));
         return new GptqConverter.Report(o.compileDir != null ? o.compileDir : out, model.config.numLayers(), params, bits, ppl, secs, warn, Map.of());
     }
 }

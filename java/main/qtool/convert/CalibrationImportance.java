@@ -27,14 +27,6 @@ import qtool.model.LlamaModel;
 public final class CalibrationImportance {
     private CalibrationImportance() {}
 
-    private static Site site(String linear) {
-        return switch (linear) {
-            case "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj" -> Site.ATTN_IN;
-            case "self_attn.o_proj" -> Site.O_IN;
-            case "mlp.gate_proj", "mlp.up_proj" -> Site.MLP_IN;
-            default -> Site.DOWN_IN;
-        };
-    }
 
     /** Importance per linear weight of {@code model} over {@code cal}, {@code batch} rows per forward pass. */
     public static Map<String, float[]> compute(LlamaModel model, Backend backend, CalibrationSet cal, int batch) {
@@ -59,10 +51,10 @@ public final class CalibrationImportance {
                     try {
                         for (String l : LlamaModel.Layer.LINEARS) {
                             int in = host.linear(l).cols();
-                            if (!grams.containsKey(site(l))) {
+                            if (!grams.containsKey(Site.of(l))) {
                                 Tensor h = backend.allocate(DType.F32, in, in);
                                 backend.copyFromHost(MemorySegment.ofArray(new float[in * in]), h);
-                                grams.put(site(l), h);
+                                grams.put(Site.of(l), h);
                             }
                         }
                         // observe on a copy of the stream, then advance it: the observer sees each site's input
@@ -85,7 +77,7 @@ public final class CalibrationImportance {
                             diagonals.put(s, d);
                         });
                         for (String l : LlamaModel.Layer.LINEARS) {
-                            out.put(LlamaModel.prefix(i) + l + ".weight", diagonals.get(site(l)).clone());
+                            out.put(LlamaModel.prefix(i) + l + ".weight", diagonals.get(Site.of(l)).clone());
                         }
                     } finally {
                         grams.values().forEach(backend::free);

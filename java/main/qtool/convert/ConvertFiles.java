@@ -15,6 +15,7 @@ import qtool.backend.Tensor;
 import qtool.format.gptq.GptqCheckpoint;
 import qtool.load.DType;
 import qtool.load.Weights;
+import qtool.model.LlamaModel;
 import qtool.write.SafetensorsWriter;
 
 /** File steps every conversion's output shares: fp16 copies of unquantized tensors, side files, -cf, job files. */
@@ -25,6 +26,11 @@ public final class ConvertFiles {
         short[] h = new short[v.length];
         for (int k = 0; k < v.length; k++) h[k] = Float.floatToFloat16(v[k]);
         return h;
+    }
+
+    /** The model's own tensor {@code name} in fp16. */
+    public static void half(SafetensorsWriter w, LlamaModel model, String name) {
+        half(w, name, model.weights.get(name), model.dir);
     }
 
     /** Writes {@code t} as {@code name} in fp16, refusing values beyond fp16's range ({@code where} names the source). */

@@ -183,14 +183,6 @@ public final class GptqConverter {
 
     // ---- one layer -----------------------------------------------------------------------------------------------
 
-    private static Site site(String linear) {
-        return switch (linear) {
-            case "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj" -> Site.ATTN_IN;
-            case "self_attn.o_proj" -> Site.O_IN;
-            case "mlp.gate_proj", "mlp.up_proj" -> Site.MLP_IN;
-            default -> Site.DOWN_IN;
-        };
-    }
 
     private void quantizeLayer(JobDir job, Forward f, int i, ResidualStream stream) {
         List<String> all = LlamaModel.Layer.LINEARS;
@@ -215,10 +207,10 @@ public final class GptqConverter {
                 EnumMap<Site, Tensor> grams = new EnumMap<>(Site.class);
                 for (String l : step) {
                     int in = host.linear(l).cols();
-                    if (!grams.containsKey(site(l))) {
+                    if (!grams.containsKey(Site.of(l))) {
                         Tensor h = backend.allocate(DType.F32, in, in);
                         backend.copyFromHost(MemorySegment.ofArray(new float[in * in]), h);
-                        grams.put(site(l), h);
+                        grams.put(Site.of(l), h);
                     }
                 }
                 long t0 = System.nanoTime();
@@ -233,7 +225,7 @@ public final class GptqConverter {
                     GptqResult r;
                     Tensor w = backend.upload(host.linear(l), DType.F32);
                     try {
-                        r = backend.gptq(w, grams.get(site(l)), params(LlamaModel.prefix(i) + l));
+                        r = backend.gptq(w, grams.get(Site.of(l)), params(LlamaModel.prefix(i) + l));
                     } finally {
                         backend.free(w);
                     }
@@ -246,7 +238,7 @@ public final class GptqConverter {
                         warnings.add(msg);
                         System.err.println("\nconvert: " + msg);
                     }
-                    errors.put(name, ReconstructionError.relative(backend, host.linear(l), r.dequantized(), grams.get(site(l))));
+                    errors.put(name, ReconstructionError.relative(backend, host.linear(l), r.dequantized(), grams.get(Site.of(l))));
                     writeLinear(layerFile, name, r, host.bias(l));
                     if (host.linear(l).data().isMapped()) host.linear(l).data().unload(); // read for the last time
                     Tensor q = backend.upload(new Tensor(MemorySegment.ofArray(r.dequantized()), DType.F32, new long[] {r.out(), r.in()}), linearType);
@@ -338,7 +330,7 @@ public final class GptqConverter {
             var cfg = model.config;
             try (SafetensorsWriter w = new SafetensorsWriter(tmp, o.shardBytes); Weights layerFiles = Weights.open(job.file("layers"));
                  Weights norms = awqScale == null ? null : Weights.open(job.file("norms"))) {
-                half(w, "model.embed_tokens.weight");
+                ConvertFiles.half(w, model, "model.embed_tokens.weight");
                 for (int i = 0; i < cfg.numLayers(); i++) {
                     String p = LlamaModel.prefix(i);
                     half(w, p + "input_layernorm.weight", norms);
@@ -349,8 +341,8 @@ public final class GptqConverter {
                     }
                     half(w, p + "post_attention_layernorm.weight", norms);
                 }
-                half(w, "model.norm.weight");
-                if (!model.headTied()) half(w, "lm_head.weight");
+                ConvertFiles.half(w, model, "model.norm.weight");
+                if (!model.headTied()) ConvertFiles.half(w, model, "lm_head.weight");
             }
             Map<String, Object> config = Json.readObject(model.dir.resolve("config.json"));
             config.put("torch_dtype", "float16");
@@ -368,10 +360,6 @@ public final class GptqConverter {
         } catch (IOException e) {
             throw new QtoolException(out + ": " + e.getMessage());
         }
-    }
-
-    private void half(SafetensorsWriter w, String name) {
-        half(w, name, null);
     }
 
     /** A tensor in fp16: from {@code scaled} (the norms AWQ scaling folded into) when it has it, else the model's. */
@@ -395,13 +383,10 @@ public final class GptqConverter {
             }
         }
         Map<String, Object> p = job.progress();
-        Map<String, Double> secs = new LinkedHashMap<>();
-        if (p.get("seconds") instanceof Map<?, ?> m) m.forEach((k, v) -> secs.put(String.valueOf(k), ((Number) v).doubleValue()));
-        List<String> warn = new ArrayList<>();
-        if (p.get("warnings") instanceof List<?> l) l.forEach(x -> warn.add(String.valueOf(x)));
-        double ppl = p.get("calibration_ppl") instanceof Number n ? n.doubleValue() : Double.NaN;
-        Map<String, Double> errors = new LinkedHashMap<>();
-        if (p.get("relative_errors") instanceof Map<?, ?> m) m.forEach((k, v) -> errors.put(String.valueOf(k), ((Number) v).doubleValue()));
+        Map<String, Double> secs = JobDir.numbers(p.get("seconds"));
+        List<String> warn = JobDir.strings(p.get("warnings"));
+        double ppl = JobDir.number(p.get("calibration_ppl"));
+        Map<String, Double> errors = JobDir.numbers(p.get("relative_errors"));
         MixedGptq.Plan mixedBits = p.get("mixed_bits") == null ? null : MixedGptq.Plan.fromJson(p.get("mixed_bits"), job.file(JobDir.JOB) + ": mixed_bits");
         return new Report(o.compileDir != null ? o.compileDir : out, model.config.numLayers(), params, bits, ppl, secs, warn, errors, mixedBits);
     }

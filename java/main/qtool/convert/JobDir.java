@@ -9,8 +9,10 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardCopyOption;
 import java.nio.file.StandardOpenOption;
+import java.util.ArrayList;
 import java.util.Comparator;
 import java.util.LinkedHashMap;
+import java.util.List;
 import java.util.Map;
 import java.util.stream.Stream;
 import qtool.QtoolException;
@@ -155,5 +157,24 @@ public final class JobDir {
         } catch (IOException e) {
             throw new QtoolException(to + ": cannot move into place: " + e.getMessage());
         }
+    }
+
+    /** A committed map of numbers (such as "seconds"), in its order; empty when absent. */
+    public static Map<String, Double> numbers(Object committed) {
+        Map<String, Double> m = new LinkedHashMap<>();
+        if (committed instanceof Map<?, ?> map) map.forEach((k, v) -> m.put(String.valueOf(k), ((Number) v).doubleValue()));
+        return m;
+    }
+
+    /** A committed list (such as "warnings") as strings; empty when absent. */
+    public static List<String> strings(Object committed) {
+        List<String> l = new ArrayList<>();
+        if (committed instanceof List<?> list) list.forEach(x -> l.add(String.valueOf(x)));
+        return l;
+    }
+
+    /** A committed number, NaN when absent. */
+    public static double number(Object committed) {
+        return committed instanceof Number n ? n.doubleValue() : Double.NaN;
     }
 }

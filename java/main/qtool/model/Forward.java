@@ -177,7 +177,20 @@ public final class Forward implements AutoCloseable {
     }
 
     /** Where a decoder layer's linears read their input; q/k/v share one, gate/up share one. */
-    public enum Site { ATTN_IN, O_IN, MLP_IN, DOWN_IN }
+    public enum Site {
+        ATTN_IN, O_IN, MLP_IN, DOWN_IN;
+
+        /** The site whose rows feed a decoder linear, named "self_attn.q_proj" or just "q_proj". */
+        public static Site of(String linear) {
+            return switch (linear.substring(linear.lastIndexOf('.') + 1)) {
+                case "q_proj", "k_proj", "v_proj" -> ATTN_IN;
+                case "o_proj" -> O_IN;
+                case "gate_proj", "up_proj" -> MLP_IN;
+                case "down_proj" -> DOWN_IN;
+                default -> throw new IllegalArgumentException("not a decoder linear: " + linear);
+            };
+        }
+    }
 
     /**
      * Sees the input of each linear site as the layer runs (calibration collects Hessians through it). The tensor is

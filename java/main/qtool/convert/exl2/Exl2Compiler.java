@@ -7,11 +7,8 @@ import java.nio.file.Path;
 import java.util.LinkedHashMap;
 import java.util.Map;
 import qtool.QtoolException;
-import qtool.backend.Tensor;
 import qtool.convert.ConvertFiles;
 import qtool.convert.JobDir;
-import qtool.format.gptq.GptqCheckpoint;
-import qtool.load.DType;
 import qtool.load.Json;
 import qtool.load.SafetensorsFile;
 import qtool.model.LlamaModel;
@@ -38,15 +35,15 @@ final class Exl2Compiler {
             ConvertFiles.deleteTree(tmp);
             Files.createDirectories(tmp);
             try (SafetensorsWriter w = new SafetensorsWriter(tmp, shardBytes); Arena arena = Arena.ofConfined()) {
-                half(w, model, "model.embed_tokens.weight");
+                ConvertFiles.half(w, model, "model.embed_tokens.weight");
                 for (int i = 0; i < model.config.numLayers(); i++) {
                     String p = LlamaModel.prefix(i);
-                    half(w, model, p + "input_layernorm.weight");
+                    ConvertFiles.half(w, model, p + "input_layernorm.weight");
                     copy(w, Exl2Quantization.file(job.dir(), Measurement.attentionKey(i)), arena);
-                    half(w, model, p + "post_attention_layernorm.weight");
+                    ConvertFiles.half(w, model, p + "post_attention_layernorm.weight");
                     copy(w, Exl2Quantization.file(job.dir(), Measurement.mlpKey(i)), arena);
                 }
-                half(w, model, "model.norm.weight");
+                ConvertFiles.half(w, model, "model.norm.weight");
                 copy(w, Exl2Quantization.file(job.dir(), "lm_head"), arena);
             }
             Map<String, Object> config = Json.readObject(model.dir.resolve("config.json"));
@@ -77,19 +74,5 @@ final class Exl2Compiler {
         for (var e : SafetensorsFile.open(file, arena).tensors().entrySet()) {
             w.add(e.getKey(), e.getValue().dtype(), e.getValue().shape(), e.getValue().data());
         }
-    }
-
-    private static void half(SafetensorsWriter w, LlamaModel model, String name) {
-        Tensor t = model.weights.get(name);
-        int n = Math.toIntExact(t.numel());
-        short[] h = new short[n];
-        for (int k = 0; k < n; k++) {
-            float v = t.getFloat(k);
-            h[k] = Float.floatToFloat16(v);
-            if (Float.isFinite(v) && Float.isInfinite(Float.float16ToFloat(h[k]))) {
-                throw new QtoolException(model.dir + ": " + name + " holds " + v + ", beyond fp16's range");
-            }
-        }
-        w.add(name, DType.F16, t.shape(), GptqCheckpoint.littleEndian(h));
     }
 }

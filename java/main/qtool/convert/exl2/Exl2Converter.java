@@ -13,6 +13,7 @@ import qtool.backend.Backend;
 import qtool.backend.Tensor;
 import qtool.calibrate.CalibrationSet;
 import qtool.convert.ConvertFiles;
+import qtool.convert.JobDir;
 import qtool.convert.ResidualStream;
 import qtool.convert.SaveSchedule;
 import qtool.load.DType;
@@ -67,8 +68,8 @@ public final class Exl2Converter {
         this.tokenizer = tokenizer;
         this.backend = backend;
         this.linearType = ResidualStream.linearType(backend, model);
-        if (job.progress().get("seconds") instanceof Map<?, ?> m) m.forEach((k, v) -> seconds.put(String.valueOf(k), ((Number) v).doubleValue()));
-        if (job.progress().get("warnings") instanceof List<?> l) l.forEach(w -> warnings.add(String.valueOf(w)));
+        seconds.putAll(JobDir.numbers(job.progress().get("seconds")));
+        warnings.addAll(JobDir.strings(job.progress().get("warnings")));
     }
 
     /** Refuses, before any work, a model whose linears the EXL2 layout cannot hold (the head at -hb included). */
@@ -400,10 +401,8 @@ public final class Exl2Converter {
     private Report report(Path output) {
         Map<String, Object> p = job.progress();
         Map<String, Object> opt = p.get("optimized") instanceof Map<?, ?> ? Json.object(p.get("optimized"), "optimized") : Map.of();
-        double bpw = opt.get("bits_per_weight") instanceof Number x ? x.doubleValue() : Double.NaN;
-        double pred = opt.get("predicted_error") instanceof Number x ? x.doubleValue() : Double.NaN;
-        double max = opt.get("max_error") instanceof Number x ? x.doubleValue() : Double.NaN;
-        double ppl = p.get("calibration_ppl") instanceof Number x ? x.doubleValue() : Double.NaN;
+        double bpw = JobDir.number(opt.get("bits_per_weight")), pred = JobDir.number(opt.get("predicted_error"));
+        double max = JobDir.number(opt.get("max_error")), ppl = JobDir.number(p.get("calibration_ppl"));
         return new Report(output, job.file("measurement.json"), s.outputMeasurement() != null, bpw, s.bits(), s.headBits(), pred, max, ppl,
                 new LinkedHashMap<>(seconds), List.copyOf(warnings));
     }

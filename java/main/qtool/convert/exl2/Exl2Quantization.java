@@ -51,7 +51,7 @@ final class Exl2Quantization {
         EnumMap<Site, Exl2Gptq.Factor> factors = new EnumMap<>(Site.class);
         try {
             for (String l : linears) {
-                Exl2Gptq.Factor f = factors.computeIfAbsent(MeasurementPass.site(l), k -> backend.exl2Prepare(grams.get(k)));
+                Exl2Gptq.Factor f = factors.computeIfAbsent(Site.of(l), k -> backend.exl2Prepare(grams.get(k)));
                 Tensor w = backend.upload(host.linear(Measurement.hfLinear(l)), DType.F32);
                 try {
                     results.put(l, backend.exl2Quantize(f, w, options.get(l)));

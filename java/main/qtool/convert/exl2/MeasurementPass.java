@@ -52,15 +52,6 @@ final class MeasurementPass {
         this.linearType = linearType;
     }
 
-    /** Site of a linear's input, by short name. */
-    static Site site(String l) {
-        return switch (l) {
-            case "q_proj", "k_proj", "v_proj" -> Site.ATTN_IN;
-            case "o_proj" -> Site.O_IN;
-            case "gate_proj", "up_proj" -> Site.MLP_IN;
-            default -> Site.DOWN_IN;
-        };
-    }
 
     /** Sums the Gram matrices of the block's inputs over all rows (on copies), calling {@code out} per batch output. */
     static EnumMap<Site, Tensor> grams(BlockStream s, LlamaModel.Layer dev, boolean attention, LlamaModel.Layer host,
@@ -68,7 +59,7 @@ final class MeasurementPass {
         EnumMap<Site, Tensor> grams = new EnumMap<>(Site.class);
         for (String l : linears) {
             int in = host.linear(Measurement.hfLinear(l)).cols();
-            grams.computeIfAbsent(site(l), k -> {
+            grams.computeIfAbsent(Site.of(l), k -> {
                 Tensor h = s.backend.allocate(DType.F32, in, in);
                 s.backend.copyFromHost(MemorySegment.ofArray(new float[in * in]), h);
                 return h;
@@ -175,7 +166,7 @@ final class MeasurementPass {
                 for (String l : linears) {
                     Tensor w = backend.upload(host.linear(Measurement.hfLinear(l)), DType.F32);
                     try {
-                        options.add(optionsOf.quantize(l, w, site(l), grams.get(site(l))));
+                        options.add(optionsOf.quantize(l, w, Site.of(l), grams.get(Site.of(l))));
                     } finally {
                         backend.free(w);
                     }
