@@ -248,24 +248,78 @@ QT_API int qt_linear(void* out, int out_dtype, const void* x, int x_dtype, const
                      const void* bias, int bias_dtype, int rows, int in_features, int out_features, int accumulate,
                      void* scratch, size_t scratch_bytes, void* stream);
 
-/* ---- Kernels: quantized matrix products (GPTQ, straight from the packed tensors) ------------------- */
+/* ---- Kernels: quantized matrix products (GPTQ and EXL2, straight from packed codes) ---------------- */
 
 /*
- * The tensors of one GPTQ linear W [out, in] as qtool.format.gptq.GptqLayout writes them, on the device: qweight
- * I32 [in·bits/32, out] (16-byte aligned), qzeros I32 [groups, out·bits/32], scales F16 [groups, out], g_idx I32 [in]
- * or NULL (then input i is in group i / group_size, which must be -1 or a multiple of 32). checkpoint_format 1
- * ("gptq", v1: zero = field + 1) or 2 ("gptq_v2": zero = field). w[o, i] = scale[g, o] · (q[i, o] − zero[g, o]),
- * g = g_idx[i]. bits 2, 3, 4 or 8; in and out multiples of 32.
+ * qt_qmatrix: one quantized linear W [out, in] in the kernels' layout, on the device. qtool.backend.QMatrix builds it
+ * at load (one-time reshuffles happen there): from a GPTQ checkpoint (act-order inputs sorted by group and their codes
+ * repacked; qzeros unpacked to fp16) or from an EXL2 tensor (its q_weight as stored; the per-group fp16 scales made
+ * from q_scale and q_scale_max; q_perm from q_invperm). The struct lives in host memory; its pointers are device memory.
+ *
+ * Inputs are processed in units of 32 rows: unit u covers processing rows 32u .. 32u + 31, which are the inputs
+ * perm[32u + j] (input 32u + j when perm is NULL). units[2u] is the first row of qweight holding the unit's codes and
+ * units[2u + 1] = group << 8 | bits (bits 2, 3, 4, 5, 6 or 8). The unit's codes take `bits` consecutive rows of
+ * qweight: for each output column o, those rows' words hold one little-endian stream of 32 fields of `bits` bits,
+ * field j (processing row 32u + j) at bit j * bits (GPTQ's and EXL2's packing alike). Then
+ *     W[o, perm[32u + j]] = scales[g, o] * (q - z),  z = zeros[g, o] if zeros != NULL, else 2^(bits - 1) (EXL2),
+ * with g the unit's group. Shapes: qweight U32 [qrows, out] (16-byte aligned), units I32 [in / 32, 2],
+ * scales F16 [groups, out], zeros F16 [groups, out] (integers) or NULL, perm I32 [in] or NULL.
+ * Requires in % 32 == 0 and out % 8 == 0.
  */
-/* y [rows, out] (F32 or F16, rounded once) = x [rows, in] (F16, 16-byte aligned) · Wᵀ, sums in F32; rows 0..8
- * (decoding; more rows: qt_gptq_dequant and qt_linear). One pass over the packed weights, memory-bound. */
-QT_API int qt_gptq_gemv(void* y, int y_dtype, const void* x, const void* qweight, const void* qzeros, const void* scales,
-                        const int32_t* g_idx, int rows, int in, int out, int bits, int group_size, int checkpoint_format,
-                        void* stream);
-/* weight F16 [out, in] (16-byte aligned) = W, each value s · (q − z) computed in F32 and rounded once. */
-QT_API int qt_gptq_dequant(void* weight, const void* qweight, const void* qzeros, const void* scales,
-                           const int32_t* g_idx, int in, int out, int bits, int group_size, int checkpoint_format,
-                           void* stream);
+typedef struct qt_qmatrix {
+    const void* qweight;
+    const void* units;
+    const void* scales;
+    const void* zeros;
+    const void* perm;
+    int in;
+    int out;
+    int groups;
+    int qrows;
+} qt_qmatrix;
+
+/* Scratch bytes qt_qmatrix_gemv needs for `rows` rows of x (0 when w has no perm: x is read in place). */
+QT_API int qt_qmatrix_gemv_scratch_bytes(const qt_qmatrix* w, int rows, size_t* bytes);
+/*
+ * y [rows, out] = x [rows, in] . W^T for rows 1..8 (decoding): one pass over the packed codes, sums in F32.
+ * x F16 (16-byte aligned). y F32 or F16 (rounded once); with accumulate != 0, y (F32 only) += the product (the
+ * residual add fused). With a perm, x's columns are first gathered into processing order in `scratch`.
+ */
+QT_API int qt_qmatrix_gemv(void* y, int y_dtype, int accumulate, const void* x, const qt_qmatrix* w, int rows,
+                           void* scratch, size_t scratch_bytes, void* stream);
+/* weight F16 [out, in] (16-byte aligned, inputs in their original order) = W, each value computed in F32 and rounded
+ * once: what qt_linear then multiplies for more rows than qt_qmatrix_gemv takes (prefill, perplexity). */
+QT_API int qt_qmatrix_dequant(void* weight, const qt_qmatrix* w, void* stream);
+
+/* ---- Decoding with the position on the device (CUDA graphs replay the same calls at every step) ---- */
+
+/*
+ * One decoding step of causal GQA attention, RoPE included, for `batch` sequences of one new token each, all at the
+ * position *pos (I32 on the device, read when the kernel runs, so a captured graph serves every step). q [batch,
+ * heads * head_dim], k, v [batch, kv_heads * head_dim] (this token's projections, before RoPE), caches [batch, max_seq,
+ * kv_heads * head_dim], out [batch, heads * head_dim]; all F16 (head_dim % 8 == 0, head_dim <= 256). RoPE as qt_rope
+ * (rotate_half, angle = pos * inv_freq[j], inv_freq F32 [head_dim / 2]) is applied to q and k; k (rotated) and v are
+ * stored at position *pos of each sequence's cache; then each query head attends over cache positions [0, *pos]
+ * with scale 1/sqrt(head_dim). q and k are modified (rotated in place). *pos must be < max_seq (a larger value
+ * writes nothing and leaves out as NaN). scratch: qt_decode_attention_scratch_bytes, enough for any *pos < max_seq.
+ */
+QT_API int qt_decode_attention_scratch_bytes(int batch, int max_seq, int heads, int kv_heads, int head_dim,
+                                             size_t* bytes);
+QT_API int qt_decode_attention(void* out, void* q, void* k, const void* v, void* k_cache, void* v_cache, int batch,
+                               int max_seq, int heads, int kv_heads, int head_dim, const int32_t* pos,
+                               const void* inv_freq, void* scratch, size_t scratch_bytes, void* stream);
+
+/*
+ * CUDA graphs: qt_graph_begin starts capturing `stream` (thread-local mode): qt_ calls queued on it until
+ * qt_graph_end are recorded, not run (only calls that neither wait nor allocate may be captured: kernels, qt_linear,
+ * async device copies). qt_graph_end stops the capture and instantiates it into *graph; qt_graph_launch replays it
+ * on a stream (asynchronously); qt_graph_destroy frees it. A failed call inside a capture leaves the capture to be
+ * ended by qt_graph_end, which then fails too.
+ */
+QT_API int qt_graph_begin(void* stream);
+QT_API int qt_graph_end(void* stream, void** graph);
+QT_API int qt_graph_launch(void* graph, void* stream);
+QT_API int qt_graph_destroy(void* graph);
 
 /* ---- Factorizations (cuSOLVER; need qt_init and cuSOLVER present) --------------------------------- */
 

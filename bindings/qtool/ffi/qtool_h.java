@@ -2898,26 +2898,15 @@ public class qtool_h extends qtool_h$shared {
         }
     }
 
-    private static class qt_gptq_gemv {
+    private static class qt_qmatrix_gemv_scratch_bytes {
         public static final FunctionDescriptor DESC = FunctionDescriptor.of(
             qtool_h.C_INT,
             qtool_h.C_POINTER,
             qtool_h.C_INT,
-            qtool_h.C_POINTER,
-            qtool_h.C_POINTER,
-            qtool_h.C_POINTER,
-            qtool_h.C_POINTER,
-            qtool_h.C_POINTER,
-            qtool_h.C_INT,
-            qtool_h.C_INT,
-            qtool_h.C_INT,
-            qtool_h.C_INT,
-            qtool_h.C_INT,
-            qtool_h.C_INT,
             qtool_h.C_POINTER
         );
 
-        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("qt_gptq_gemv");
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("qt_qmatrix_gemv_scratch_bytes");
 
         public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
     }
@@ -2925,45 +2914,45 @@ public class qtool_h extends qtool_h$shared {
     /**
      * Function descriptor for:
      * {@snippet lang=c :
-     * int qt_gptq_gemv(void *y, int y_dtype, const void *x, const void *qweight, const void *qzeros, const void *scales, const int32_t *g_idx, int rows, int in, int out, int bits, int group_size, int checkpoint_format, void *stream)
+     * int qt_qmatrix_gemv_scratch_bytes(const qt_qmatrix *w, int rows, size_t *bytes)
      * }
      */
-    public static FunctionDescriptor qt_gptq_gemv$descriptor() {
-        return qt_gptq_gemv.DESC;
+    public static FunctionDescriptor qt_qmatrix_gemv_scratch_bytes$descriptor() {
+        return qt_qmatrix_gemv_scratch_bytes.DESC;
     }
 
     /**
      * Downcall method handle for:
      * {@snippet lang=c :
-     * int qt_gptq_gemv(void *y, int y_dtype, const void *x, const void *qweight, const void *qzeros, const void *scales, const int32_t *g_idx, int rows, int in, int out, int bits, int group_size, int checkpoint_format, void *stream)
+     * int qt_qmatrix_gemv_scratch_bytes(const qt_qmatrix *w, int rows, size_t *bytes)
      * }
      */
-    public static MethodHandle qt_gptq_gemv$handle() {
-        return qt_gptq_gemv.HANDLE;
+    public static MethodHandle qt_qmatrix_gemv_scratch_bytes$handle() {
+        return qt_qmatrix_gemv_scratch_bytes.HANDLE;
     }
 
     /**
      * Address for:
      * {@snippet lang=c :
-     * int qt_gptq_gemv(void *y, int y_dtype, const void *x, const void *qweight, const void *qzeros, const void *scales, const int32_t *g_idx, int rows, int in, int out, int bits, int group_size, int checkpoint_format, void *stream)
+     * int qt_qmatrix_gemv_scratch_bytes(const qt_qmatrix *w, int rows, size_t *bytes)
      * }
      */
-    public static MemorySegment qt_gptq_gemv$address() {
-        return qt_gptq_gemv.ADDR;
+    public static MemorySegment qt_qmatrix_gemv_scratch_bytes$address() {
+        return qt_qmatrix_gemv_scratch_bytes.ADDR;
     }
 
     /**
      * {@snippet lang=c :
-     * int qt_gptq_gemv(void *y, int y_dtype, const void *x, const void *qweight, const void *qzeros, const void *scales, const int32_t *g_idx, int rows, int in, int out, int bits, int group_size, int checkpoint_format, void *stream)
+     * int qt_qmatrix_gemv_scratch_bytes(const qt_qmatrix *w, int rows, size_t *bytes)
      * }
      */
-    public static int qt_gptq_gemv(MemorySegment y, int y_dtype, MemorySegment x, MemorySegment qweight, MemorySegment qzeros, MemorySegment scales, MemorySegment g_idx, int rows, int in, int out, int bits, int group_size, int checkpoint_format, MemorySegment stream) {
-        var mh$ = qt_gptq_gemv.HANDLE;
+    public static int qt_qmatrix_gemv_scratch_bytes(MemorySegment w, int rows, MemorySegment bytes) {
+        var mh$ = qt_qmatrix_gemv_scratch_bytes.HANDLE;
         try {
             if (TRACE_DOWNCALLS) {
-                traceDowncall("qt_gptq_gemv", y, y_dtype, x, qweight, qzeros, scales, g_idx, rows, in, out, bits, group_size, checkpoint_format, stream);
+                traceDowncall("qt_qmatrix_gemv_scratch_bytes", w, rows, bytes);
             }
-            return (int)mh$.invokeExact(y, y_dtype, x, qweight, qzeros, scales, g_idx, rows, in, out, bits, group_size, checkpoint_format, stream);
+            return (int)mh$.invokeExact(w, rows, bytes);
         } catch (Error | RuntimeException ex) {
            throw ex;
         } catch (Throwable ex$) {
@@ -2971,14 +2960,139 @@ public class qtool_h extends qtool_h$shared {
         }
     }
 
-    private static class qt_gptq_dequant {
+    private static class qt_qmatrix_gemv {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            qtool_h.C_INT,
+            qtool_h.C_POINTER,
+            qtool_h.C_INT,
+            qtool_h.C_INT,
+            qtool_h.C_POINTER,
+            qtool_h.C_POINTER,
+            qtool_h.C_INT,
+            qtool_h.C_POINTER,
+            qtool_h.C_LONG,
+            qtool_h.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("qt_qmatrix_gemv");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * int qt_qmatrix_gemv(void *y, int y_dtype, int accumulate, const void *x, const qt_qmatrix *w, int rows, void *scratch, size_t scratch_bytes, void *stream)
+     * }
+     */
+    public static FunctionDescriptor qt_qmatrix_gemv$descriptor() {
+        return qt_qmatrix_gemv.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * int qt_qmatrix_gemv(void *y, int y_dtype, int accumulate, const void *x, const qt_qmatrix *w, int rows, void *scratch, size_t scratch_bytes, void *stream)
+     * }
+     */
+    public static MethodHandle qt_qmatrix_gemv$handle() {
+        return qt_qmatrix_gemv.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * int qt_qmatrix_gemv(void *y, int y_dtype, int accumulate, const void *x, const qt_qmatrix *w, int rows, void *scratch, size_t scratch_bytes, void *stream)
+     * }
+     */
+    public static MemorySegment qt_qmatrix_gemv$address() {
+        return qt_qmatrix_gemv.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * int qt_qmatrix_gemv(void *y, int y_dtype, int accumulate, const void *x, const qt_qmatrix *w, int rows, void *scratch, size_t scratch_bytes, void *stream)
+     * }
+     */
+    public static int qt_qmatrix_gemv(MemorySegment y, int y_dtype, int accumulate, MemorySegment x, MemorySegment w, int rows, MemorySegment scratch, long scratch_bytes, MemorySegment stream) {
+        var mh$ = qt_qmatrix_gemv.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("qt_qmatrix_gemv", y, y_dtype, accumulate, x, w, rows, scratch, scratch_bytes, stream);
+            }
+            return (int)mh$.invokeExact(y, y_dtype, accumulate, x, w, rows, scratch, scratch_bytes, stream);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
+    private static class qt_qmatrix_dequant {
         public static final FunctionDescriptor DESC = FunctionDescriptor.of(
             qtool_h.C_INT,
             qtool_h.C_POINTER,
             qtool_h.C_POINTER,
-            qtool_h.C_POINTER,
-            qtool_h.C_POINTER,
-            qtool_h.C_POINTER,
+            qtool_h.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("qt_qmatrix_dequant");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * int qt_qmatrix_dequant(void *weight, const qt_qmatrix *w, void *stream)
+     * }
+     */
+    public static FunctionDescriptor qt_qmatrix_dequant$descriptor() {
+        return qt_qmatrix_dequant.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * int qt_qmatrix_dequant(void *weight, const qt_qmatrix *w, void *stream)
+     * }
+     */
+    public static MethodHandle qt_qmatrix_dequant$handle() {
+        return qt_qmatrix_dequant.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * int qt_qmatrix_dequant(void *weight, const qt_qmatrix *w, void *stream)
+     * }
+     */
+    public static MemorySegment qt_qmatrix_dequant$address() {
+        return qt_qmatrix_dequant.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * int qt_qmatrix_dequant(void *weight, const qt_qmatrix *w, void *stream)
+     * }
+     */
+    public static int qt_qmatrix_dequant(MemorySegment weight, MemorySegment w, MemorySegment stream) {
+        var mh$ = qt_qmatrix_dequant.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("qt_qmatrix_dequant", weight, w, stream);
+            }
+            return (int)mh$.invokeExact(weight, w, stream);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
+    private static class qt_decode_attention_scratch_bytes {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            qtool_h.C_INT,
             qtool_h.C_INT,
             qtool_h.C_INT,
             qtool_h.C_INT,
@@ -2987,7 +3101,7 @@ public class qtool_h extends qtool_h$shared {
             qtool_h.C_POINTER
         );
 
-        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("qt_gptq_dequant");
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("qt_decode_attention_scratch_bytes");
 
         public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
     }
@@ -2995,45 +3109,362 @@ public class qtool_h extends qtool_h$shared {
     /**
      * Function descriptor for:
      * {@snippet lang=c :
-     * int qt_gptq_dequant(void *weight, const void *qweight, const void *qzeros, const void *scales, const int32_t *g_idx, int in, int out, int bits, int group_size, int checkpoint_format, void *stream)
+     * int qt_decode_attention_scratch_bytes(int batch, int max_seq, int heads, int kv_heads, int head_dim, size_t *bytes)
      * }
      */
-    public static FunctionDescriptor qt_gptq_dequant$descriptor() {
-        return qt_gptq_dequant.DESC;
+    public static FunctionDescriptor qt_decode_attention_scratch_bytes$descriptor() {
+        return qt_decode_attention_scratch_bytes.DESC;
     }
 
     /**
      * Downcall method handle for:
      * {@snippet lang=c :
-     * int qt_gptq_dequant(void *weight, const void *qweight, const void *qzeros, const void *scales, const int32_t *g_idx, int in, int out, int bits, int group_size, int checkpoint_format, void *stream)
+     * int qt_decode_attention_scratch_bytes(int batch, int max_seq, int heads, int kv_heads, int head_dim, size_t *bytes)
      * }
      */
-    public static MethodHandle qt_gptq_dequant$handle() {
-        return qt_gptq_dequant.HANDLE;
+    public static MethodHandle qt_decode_attention_scratch_bytes$handle() {
+        return qt_decode_attention_scratch_bytes.HANDLE;
     }
 
     /**
      * Address for:
      * {@snippet lang=c :
-     * int qt_gptq_dequant(void *weight, const void *qweight, const void *qzeros, const void *scales, const int32_t *g_idx, int in, int out, int bits, int group_size, int checkpoint_format, void *stream)
+     * int qt_decode_attention_scratch_bytes(int batch, int max_seq, int heads, int kv_heads, int head_dim, size_t *bytes)
      * }
      */
-    public static MemorySegment qt_gptq_dequant$address() {
-        return qt_gptq_dequant.ADDR;
+    public static MemorySegment qt_decode_attention_scratch_bytes$address() {
+        return qt_decode_attention_scratch_bytes.ADDR;
     }
 
     /**
      * {@snippet lang=c :
-     * int qt_gptq_dequant(void *weight, const void *qweight, const void *qzeros, const void *scales, const int32_t *g_idx, int in, int out, int bits, int group_size, int checkpoint_format, void *stream)
+     * int qt_decode_attention_scratch_bytes(int batch, int max_seq, int heads, int kv_heads, int head_dim, size_t *bytes)
      * }
      */
-    public static int qt_gptq_dequant(MemorySegment weight, MemorySegment qweight, MemorySegment qzeros, MemorySegment scales, MemorySegment g_idx, int in, int out, int bits, int group_size, int checkpoint_format, MemorySegment stream) {
-        var mh$ = qt_gptq_dequant.HANDLE;
+    public static int qt_decode_attention_scratch_bytes(int batch, int max_seq, int heads, int kv_heads, int head_dim, MemorySegment bytes) {
+        var mh$ = qt_decode_attention_scratch_bytes.HANDLE;
         try {
             if (TRACE_DOWNCALLS) {
-                traceDowncall("qt_gptq_dequant", weight, qweight, qzeros, scales, g_idx, in, out, bits, group_size, checkpoint_format, stream);
+                traceDowncall("qt_decode_attention_scratch_bytes", batch, max_seq, heads, kv_heads, head_dim, bytes);
             }
-            return (int)mh$.invokeExact(weight, qweight, qzeros, scales, g_idx, in, out, bits, group_size, checkpoint_format, stream);
+            return (int)mh$.invokeExact(batch, max_seq, heads, kv_heads, head_dim, bytes);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
+    private static class qt_decode_attention {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            qtool_h.C_INT,
+            qtool_h.C_POINTER,
+            qtool_h.C_POINTER,
+            qtool_h.C_POINTER,
+            qtool_h.C_POINTER,
+            qtool_h.C_POINTER,
+            qtool_h.C_POINTER,
+            qtool_h.C_INT,
+            qtool_h.C_INT,
+            qtool_h.C_INT,
+            qtool_h.C_INT,
+            qtool_h.C_INT,
+            qtool_h.C_POINTER,
+            qtool_h.C_POINTER,
+            qtool_h.C_POINTER,
+            qtool_h.C_LONG,
+            qtool_h.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("qt_decode_attention");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * int qt_decode_attention(void *out, void *q, void *k, const void *v, void *k_cache, void *v_cache, int batch, int max_seq, int heads, int kv_heads, int head_dim, const int32_t *pos, const void *inv_freq, void *scratch, size_t scratch_bytes, void *stream)
+     * }
+     */
+    public static FunctionDescriptor qt_decode_attention$descriptor() {
+        return qt_decode_attention.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * int qt_decode_attention(void *out, void *q, void *k, const void *v, void *k_cache, void *v_cache, int batch, int max_seq, int heads, int kv_heads, int head_dim, const int32_t *pos, const void *inv_freq, void *scratch, size_t scratch_bytes, void *stream)
+     * }
+     */
+    public static MethodHandle qt_decode_attention$handle() {
+        return qt_decode_attention.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * int qt_decode_attention(void *out, void *q, void *k, const void *v, void *k_cache, void *v_cache, int batch, int max_seq, int heads, int kv_heads, int head_dim, const int32_t *pos, const void *inv_freq, void *scratch, size_t scratch_bytes, void *stream)
+     * }
+     */
+    public static MemorySegment qt_decode_attention$address() {
+        return qt_decode_attention.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * int qt_decode_attention(void *out, void *q, void *k, const void *v, void *k_cache, void *v_cache, int batch, int max_seq, int heads, int kv_heads, int head_dim, const int32_t *pos, const void *inv_freq, void *scratch, size_t scratch_bytes, void *stream)
+     * }
+     */
+    public static int qt_decode_attention(MemorySegment out, MemorySegment q, MemorySegment k, MemorySegment v, MemorySegment k_cache, MemorySegment v_cache, int batch, int max_seq, int heads, int kv_heads, int head_dim, MemorySegment pos, MemorySegment inv_freq, MemorySegment scratch, long scratch_bytes, MemorySegment stream) {
+        var mh$ = qt_decode_attention.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("qt_decode_attention", out, q, k, v, k_cache, v_cache, batch, max_seq, heads, kv_heads, head_dim, pos, inv_freq, scratch, scratch_bytes, stream);
+            }
+            return (int)mh$.invokeExact(out, q, k, v, k_cache, v_cache, batch, max_seq, heads, kv_heads, head_dim, pos, inv_freq, scratch, scratch_bytes, stream);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
+    private static class qt_graph_begin {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            qtool_h.C_INT,
+            qtool_h.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("qt_graph_begin");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * int qt_graph_begin(void *stream)
+     * }
+     */
+    public static FunctionDescriptor qt_graph_begin$descriptor() {
+        return qt_graph_begin.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * int qt_graph_begin(void *stream)
+     * }
+     */
+    public static MethodHandle qt_graph_begin$handle() {
+        return qt_graph_begin.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * int qt_graph_begin(void *stream)
+     * }
+     */
+    public static MemorySegment qt_graph_begin$address() {
+        return qt_graph_begin.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * int qt_graph_begin(void *stream)
+     * }
+     */
+    public static int qt_graph_begin(MemorySegment stream) {
+        var mh$ = qt_graph_begin.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("qt_graph_begin", stream);
+            }
+            return (int)mh$.invokeExact(stream);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
+    private static class qt_graph_end {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            qtool_h.C_INT,
+            qtool_h.C_POINTER,
+            qtool_h.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("qt_graph_end");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * int qt_graph_end(void *stream, void **graph)
+     * }
+     */
+    public static FunctionDescriptor qt_graph_end$descriptor() {
+        return qt_graph_end.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * int qt_graph_end(void *stream, void **graph)
+     * }
+     */
+    public static MethodHandle qt_graph_end$handle() {
+        return qt_graph_end.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * int qt_graph_end(void *stream, void **graph)
+     * }
+     */
+    public static MemorySegment qt_graph_end$address() {
+        return qt_graph_end.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * int qt_graph_end(void *stream, void **graph)
+     * }
+     */
+    public static int qt_graph_end(MemorySegment stream, MemorySegment graph) {
+        var mh$ = qt_graph_end.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("qt_graph_end", stream, graph);
+            }
+            return (int)mh$.invokeExact(stream, graph);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
+    private static class qt_graph_launch {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            qtool_h.C_INT,
+            qtool_h.C_POINTER,
+            qtool_h.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("qt_graph_launch");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * int qt_graph_launch(void *graph, void *stream)
+     * }
+     */
+    public static FunctionDescriptor qt_graph_launch$descriptor() {
+        return qt_graph_launch.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * int qt_graph_launch(void *graph, void *stream)
+     * }
+     */
+    public static MethodHandle qt_graph_launch$handle() {
+        return qt_graph_launch.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * int qt_graph_launch(void *graph, void *stream)
+     * }
+     */
+    public static MemorySegment qt_graph_launch$address() {
+        return qt_graph_launch.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * int qt_graph_launch(void *graph, void *stream)
+     * }
+     */
+    public static int qt_graph_launch(MemorySegment graph, MemorySegment stream) {
+        var mh$ = qt_graph_launch.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("qt_graph_launch", graph, stream);
+            }
+            return (int)mh$.invokeExact(graph, stream);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
+    private static class qt_graph_destroy {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            qtool_h.C_INT,
+            qtool_h.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("qt_graph_destroy");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * int qt_graph_destroy(void *graph)
+     * }
+     */
+    public static FunctionDescriptor qt_graph_destroy$descriptor() {
+        return qt_graph_destroy.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * int qt_graph_destroy(void *graph)
+     * }
+     */
+    public static MethodHandle qt_graph_destroy$handle() {
+        return qt_graph_destroy.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * int qt_graph_destroy(void *graph)
+     * }
+     */
+    public static MemorySegment qt_graph_destroy$address() {
+        return qt_graph_destroy.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * int qt_graph_destroy(void *graph)
+     * }
+     */
+    public static int qt_graph_destroy(MemorySegment graph) {
+        var mh$ = qt_graph_destroy.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("qt_graph_destroy", graph);
+            }
+            return (int)mh$.invokeExact(graph);
         } catch (Error | RuntimeException ex) {
            throw ex;
         } catch (Throwable ex$) {
