@@ -1,7 +1,9 @@
 package qtool.cli;
 
 import java.util.ArrayList;
+import java.util.LinkedHashMap;
 import java.util.List;
+import java.util.Map;
 import java.util.concurrent.Callable;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Mixin;
@@ -9,6 +11,8 @@ import picocli.CommandLine.Option;
 import qtool.QtoolException;
 import qtool.backend.Backend;
 import qtool.evaluate.Sampler;
+import qtool.load.Json;
+import qtool.model.Decoder;
 import qtool.model.Forward;
 import qtool.model.LlamaModel;
 import qtool.tokenize.Tokenizer;
@@ -35,6 +39,7 @@ public final class GenerateCommand implements Callable<Integer> {
     @Option(names = "--no-bos", description = "Do not add BOS even where the tokenizer would.") boolean noBos;
     @Option(names = "--ids", description = "Also print the generated token ids as a JSON array.") boolean printIds;
     @Option(names = "--ignore-eos", description = "Keep generating past the end-of-sequence token.") boolean ignoreEos;
+    @Option(names = "--json", description = "Print one JSON object (text, ids, speeds) instead of streaming the text.") boolean json;
 
     @Override
     public Integer call() {
@@ -50,28 +55,46 @@ public final class GenerateCommand implements Callable<Integer> {
             Sampler sampler = greedy ? Sampler.greedy() : new Sampler(temperature, topP, seed);
             List<Integer> out = new ArrayList<>();
             String printed = "";
-            try (Forward f = new Forward(m, b, model.linearType(b, m), 1, maxSeq, false, true, model.ropeAlpha, model.ropeScale)) {
+            Forward.Placement placement = model.placement(b, m, 1, maxSeq);
+            try (Forward f = new Forward(m, b, model.linearType(b, m), 1, maxSeq, placement, true, model.ropeAlpha, model.ropeScale);
+                 Decoder decoder = new Decoder(f)) {
                 long t0 = System.nanoTime();
                 f.forward(promptIds, 1, promptIds.length, 0);
                 int next = sampler.sample(tokenizerLogits(f.logits(promptIds.length - 1), tok));
                 long t1 = System.nanoTime();
                 int pos = promptIds.length;
-                out().print(prompt);
+                if (!json) out().print(prompt);
                 while (true) {
                     out.add(next);
-                    printed = stream(tok, out, printed);
+                    if (!json) printed = stream(tok, out, printed);
                     if ((next == tok.eos() && !ignoreEos) || out.size() >= tokens || pos >= maxSeq) break;
-                    f.forward(new int[] {next}, 1, 1, pos);
-                    next = sampler.sample(tokenizerLogits(f.logits(0), tok));
+                    next = sampler.sample(tokenizerLogits(decoder.next(next, pos), tok));
                     pos++;
                 }
                 long t2 = System.nanoTime();
-                out().println();
-                if (printIds) out().println(out);
                 double prefill = promptIds.length / ((t1 - t0) / 1e9);
                 double decode = (out.size() - 1) / Math.max(1e-9, (t2 - t1) / 1e9);
-                System.err.printf("prefill %d tokens, %.1f tokens/s; decode %d tokens, %.1f tokens/s (%s)%n", promptIds.length, prefill,
-                        out.size() - 1, decode, b.name());
+                String mode = (placement.packed() ? "quantized kernels" : "dense weights")
+                        + (f.allResident() ? "" : ", " + Math.min(placement.residentLayers(), m.config.numLayers()) + " of "
+                                + m.config.numLayers() + " layers resident") + (decoder.graphs() ? ", CUDA graph" : "");
+                if (json) {
+                    Map<String, Object> o = new LinkedHashMap<>();
+                    o.put("model", model.model.toString());
+                    o.put("device", b.name());
+                    o.put("mode", mode);
+                    o.put("prompt_tokens", promptIds.length);
+                    o.put("prefill_tokens_per_second", prefill);
+                    o.put("generated_tokens", out.size());
+                    o.put("decode_tokens_per_second", decode);
+                    o.put("text", tok.decode(out.stream().mapToInt(Integer::intValue).toArray()));
+                    o.put("ids", out);
+                    out().println(Json.write(o));
+                } else {
+                    out().println();
+                    if (printIds) out().println(out);
+                }
+                System.err.printf("prefill %d tokens, %.1f tokens/s; decode %d tokens, %.1f tokens/s (%s; %s)%n", promptIds.length,
+                        prefill, out.size() - 1, decode, b.name(), mode);
             }
             return 0;
         }

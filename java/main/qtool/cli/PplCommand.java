@@ -65,7 +65,8 @@ public final class PplCommand implements Callable<Integer> {
             if (n == 0) throw new qtool.QtoolException(data + ": " + ids.length + " tokens, fewer than one window of --ctx " + ctx);
             int nb = Math.max(1, Math.min(batch, windows > 0 ? Math.min(windows, n) : n));
             Perplexity.Result r;
-            try (Forward f = new Forward(m, b, model.linearType(b, m), nb, ctx, false, false, model.ropeAlpha, model.ropeScale)) {
+            try (Forward f = new Forward(m, b, model.linearType(b, m), nb, ctx, model.placement(b, m, nb, ctx), false, model.ropeAlpha,
+                    model.ropeScale)) {
                 r = llamaCpp ? Perplexity.evaluateLlamaCpp(f, ids, ctx, windows, nb, tok.addBosByDefault() ? tok.bos() : -1)
                         : Perplexity.evaluate(f, ids, ctx, windows, nb);
             }

@@ -3,9 +3,11 @@ package qtool.model;
 import java.lang.foreign.MemorySegment;
 import java.util.ArrayList;
 import java.util.List;
+import qtool.QtoolException;
 import qtool.backend.Backend;
 import qtool.backend.Tensor;
 import qtool.load.DType;
+import qtool.ffi.qt_qmatrix;
 import qtool.load.ModelConfig;
 
 /**
@@ -15,9 +17,12 @@ import qtool.load.ModelConfig;
  * <p>Activations for up to {@code batch × maxSeq} rows are allocated once, in the backend's activation type for the
  * linear type ({@link Backend#activationType}: F16/BF16 on the GPU's fp16 path, else F32); the residual stream stays
  * F32, and the KV cache takes the activation type. Residual adds are fused into the o_proj and down_proj products
- * ({@link Backend#linearAdd}). Layers are either all resident on the
- * device, or streamed: uploaded for the one call that needs them and freed after, so that only one layer's weights
- * are on the device at a time (how calibration handles models larger than GPU memory).
+ * ({@link Backend#linearAdd}). Where the layers live is a {@link Placement}: resident on the device, streamed
+ * (uploaded for the one call that needs them and freed after, so that only one layer's weights are on the device at a
+ * time: how calibration and {@code --offload} handle models larger than GPU memory), or the first N resident and the
+ * rest streamed; and whether GPTQ/EXL2 linears stay packed for the quantized kernels ({@link qtool.load.DType#QMATRIX}).
+ * {@link #decodeStep} is one batch-1 decoding step whose token and position are read on the device, the form
+ * {@link Decoder} captures once as a CUDA graph and replays per token.
  */
 public final class Forward implements AutoCloseable {
     private static final int LOGIT_CHUNK_ROWS = 512;
@@ -27,10 +32,12 @@ public final class Forward implements AutoCloseable {
     public final Backend backend;
     private final DType linearType, actType;
     private final int batch, maxSeq;
-    private final boolean streamLayers;
+    private final Placement placement;
 
     private final Tensor embed, lmHead, finalNorm, invFreq;
     private final LlamaModel.Layer[] resident;
+    /** Host copies of streamed layers in packed form, made once (building them is Java work worth keeping). */
+    private final LlamaModel.Layer[] hostPacked;
     private final Tensor hidden, normed, q, k, v, attn, gate, up, ids, logits, nll, targets;
     private final Tensor[] kCache, vCache;
     private final List<Tensor> owned = new ArrayList<>();
@@ -42,18 +49,83 @@ public final class Forward implements AutoCloseable {
      */
     public Forward(LlamaModel model, Backend backend, DType linearType, int batch, int maxSeq, boolean streamLayers,
                    boolean cachePerLayer, double ntkAlpha, double ropeScale) {
+        this(model, backend, linearType, batch, maxSeq, streamLayers ? Placement.STREAMED : Placement.RESIDENT, cachePerLayer,
+                ntkAlpha, ropeScale);
+    }
+
+    /**
+     * Where the decoder layers live and in what form.
+     *
+     * @param residentLayers the first this many layers stay on the device; the others are streamed per call
+     * @param packed         GPTQ and EXL2 linears (and an EXL2 lm_head) stay quantized for the backend's quantized
+     *                       kernels instead of being dequantized on load
+     */
+    public record Placement(int residentLayers, boolean packed) {
+        public static final Placement RESIDENT = new Placement(Integer.MAX_VALUE, false);
+        public static final Placement STREAMED = new Placement(0, false);
+
+        public Placement {
+            if (residentLayers < 0) throw new IllegalArgumentException("resident layers " + residentLayers);
+        }
+    }
+
+    /** Device memory a forward needs besides its decoder layers: a margin for the CUDA context and cuBLAS workspaces. */
+    private static final long DEVICE_MARGIN_BYTES = 512L << 20;
+
+    /**
+     * The placement that keeps as many leading layers resident as fit in {@code capBytes} of device memory, after the
+     * embedding, lm_head, KV caches, activation buffers, the scratch weight of a packed product over many rows, a margin,
+     * and room for one streamed layer. Layer sizes come from layer 0 (Llama layers are alike).
+     */
+    public static Placement fit(LlamaModel model, DType linearType, boolean packed, int batch, int maxSeq, long capBytes) {
+        ModelConfig c = model.config;
+        long rows = (long) batch * maxSeq, act = linearType.bytes;
+        LlamaModel.Layer layer0 = packed ? model.layer(0, true) : model.layer(0);
+        long perLayer = 0, largestLinear = 0;
+        for (Tensor t : layer0.all()) {
+            if (t == null) continue;
+            perLayer += t.shape().length == 1 ? t.numel() * 4 : deviceBytes(t, linearType);
+            if (t.shape().length == 2) largestLinear = Math.max(largestLinear, t.numel() * 2);
+        }
+        long embed = (long) c.vocabSize() * c.hiddenSize() * act;
+        long head = model.headTied() ? 0 : deviceBytes(model.lmHead(packed), linearType);
+        long caches = 2L * c.numLayers() * rows * c.kvDim() * act;
+        long activations = rows * (c.hiddenSize() * (4 + act) + 2 * act * (c.qDim() + c.kvDim() + c.intermediateSize()))
+                + Math.min(rows, LOGIT_CHUNK_ROWS) * (long) c.vocabSize() * 4;
+        long fixed = embed + head + caches + activations + (packed ? largestLinear : 0) + DEVICE_MARGIN_BYTES;
+        long room = capBytes - fixed - perLayer;
+        if (room < 0) {
+            throw new QtoolException(String.format("%.2f GiB of GPU memory is less than this model needs with one layer on the device "
+                    + "(%.2f GiB: embedding, head, caches, buffers and one layer)", capBytes / GIB, (fixed + perLayer) / GIB));
+        }
+        return new Placement((int) Math.min(c.numLayers(), room / perLayer), packed);
+    }
+
+    private static final double GIB = 1L << 30;
+
+    /** Bytes a weight takes on the device as {@code linearType}: dense, or the arrays of a packed quantized matrix. */
+    static long deviceBytes(Tensor t, DType linearType) {
+        if (t.dtype() != DType.QMATRIX) return t.numel() * linearType.bytes;
+        MemorySegment m = t.data();
+        long in = qt_qmatrix.in(m), out = qt_qmatrix.out(m), groups = qt_qmatrix.groups(m);
+        boolean zeros = qt_qmatrix.zeros(m).address() != 0, perm = qt_qmatrix.perm(m).address() != 0;
+        return qt_qmatrix.qrows(m) * out * 4 + in / 32 * 8 + groups * out * 2 * (zeros ? 2 : 1) + (perm ? in * 4 : 0);
+    }
+
+    public Forward(LlamaModel model, Backend backend, DType linearType, int batch, int maxSeq, Placement placement,
+                   boolean cachePerLayer, double ntkAlpha, double ropeScale) {
         this.model = model;
         this.cfg = model.config;
         this.backend = backend;
         this.linearType = linearType;
         this.batch = batch;
         this.maxSeq = maxSeq;
-        this.streamLayers = streamLayers;
+        this.placement = placement;
         int rows = batch * maxSeq;
         this.actType = backend.activationType(linearType, cfg.headDim());
         try {
             embed = keep(backend.upload(model.embedTokens(), linearType));
-            lmHead = model.headTied() ? embed : keep(backend.upload(model.lmHead(), linearType));
+            lmHead = model.headTied() ? embed : keep(backend.upload(model.lmHead(placement.packed()), linearType));
             finalNorm = keep(backend.upload(model.finalNorm(), DType.F32));
             if (!backend.name().equals("cpu")) { // on the device now: their mapped pages need not stay resident
                 for (Tensor t : new Tensor[] {model.embedTokens(), model.lmHead()}) if (t.data().isMapped()) t.data().unload();
@@ -61,7 +133,8 @@ public final class Forward implements AutoCloseable {
             float[] inv = cfg.ropeInvFreq(ntkAlpha, ropeScale);
             invFreq = keep(backend.upload(new Tensor(MemorySegment.ofArray(inv), DType.F32, new long[] {inv.length}), DType.F32));
             resident = new LlamaModel.Layer[cfg.numLayers()];
-            if (!streamLayers) for (int i = 0; i < cfg.numLayers(); i++) resident[i] = uploadLayer(i);
+            hostPacked = new LlamaModel.Layer[cfg.numLayers()];
+            for (int i = 0; i < Math.min(placement.residentLayers(), cfg.numLayers()); i++) resident[i] = uploadLayer(i);
             hidden = alloc(DType.F32, rows, cfg.hiddenSize());
             normed = alloc(actType, rows, cfg.hiddenSize());
             q = alloc(actType, rows, cfg.qDim());
@@ -82,7 +155,7 @@ public final class Forward implements AutoCloseable {
                 kCache[i] = alloc(actType, batch, maxSeq, cfg.kvDim());
                 vCache[i] = alloc(actType, batch, maxSeq, cfg.kvDim());
             }
-            if (!streamLayers && !backend.name().equals("cpu")) warmUp();
+            if (allResident() && !backend.name().equals("cpu")) warmUp();
         } catch (RuntimeException e) {
             close();
             throw e;
@@ -117,10 +190,21 @@ public final class Forward implements AutoCloseable {
     }
 
     private LlamaModel.Layer uploadLayer(int i) {
+        boolean streamed = i >= placement.residentLayers();
+        if (placement.packed()) {
+            LlamaModel.Layer host = hostPacked[i] != null ? hostPacked[i] : model.layer(i, true);
+            if (streamed) hostPacked[i] = host;
+            return upload(host);
+        }
         LlamaModel.Layer host = model.layer(i);
         LlamaModel.Layer dev = upload(host);
-        if (streamLayers && !backend.name().equals("cpu")) LlamaModel.release(host); // the CPU backend may use them in place
+        if (streamed && !backend.name().equals("cpu")) LlamaModel.release(host); // the CPU backend may use them in place
         return dev;
+    }
+
+    /** Whether every decoder layer stays on the device (no layer is streamed). */
+    public boolean allResident() {
+        return placement.residentLayers() >= cfg.numLayers();
     }
 
     private void freeLayer(LlamaModel.Layer l) {
@@ -160,11 +244,12 @@ public final class Forward implements AutoCloseable {
 
     /** Runs decoder layer {@code i} in place on the residual stream of {@code batchRows × seqLen} rows. */
     public void layer(int i, int batchRows, int seqLen, int startPos) {
-        LlamaModel.Layer w = streamLayers ? uploadLayer(i) : resident[i];
+        boolean streamed = resident[i] == null;
+        LlamaModel.Layer w = streamed ? uploadLayer(i) : resident[i];
         try {
             layer(w, hidden.rowSlice(0, batchRows * seqLen), cacheK(i), cacheV(i), batchRows, seqLen, startPos, null);
         } finally {
-            if (streamLayers) freeLayer(w);
+            if (streamed) freeLayer(w);
         }
     }
 
@@ -290,6 +375,39 @@ public final class Forward implements AutoCloseable {
 
     public void free(LlamaModel.Layer deviceLayer) {
         freeLayer(deviceLayer);
+    }
+
+    /**
+     * One decoding step of one sequence with every layer resident: embeds the token id {@code step[0]}, runs every layer
+     * at position {@code step[1]} ({@code step}: I32 [2, 1] on this device, read when the kernels run) and writes the
+     * logits that {@link #stepLogits} reads. It neither waits nor allocates, so a CUDA graph can capture it once and
+     * replay it at every position (the backend's {@link Backend#decodeAttention} reads the position on the device).
+     * Needs a KV cache per layer holding positions [0, step[1]).
+     */
+    public void decodeStep(Tensor step) {
+        if (!allResident() || kCache.length < cfg.numLayers()) throw new IllegalStateException("decodeStep needs resident layers and a cache per layer");
+        Tensor x = hidden.rowSlice(0, 1), n = normed.rowSlice(0, 1), pos = step.rowSlice(1, 1);
+        backend.embedding(x, embed, step.rowSlice(0, 1));
+        Tensor qv = q.rowSlice(0, 1), kv = k.rowSlice(0, 1), vv = v.rowSlice(0, 1), a = attn.rowSlice(0, 1);
+        for (int i = 0; i < cfg.numLayers(); i++) {
+            LlamaModel.Layer w = resident[i];
+            backend.rmsNorm(n, x, w.inputNorm(), cfg.rmsNormEps());
+            backend.linear(qv, n, w.q(), w.qBias());
+            backend.linear(kv, n, w.k(), w.kBias());
+            backend.linear(vv, n, w.v(), w.vBias());
+            backend.decodeAttention(a, qv, kv, vv, kCache[i], vCache[i], 1, cfg.numHeads(), cfg.numKvHeads(), cfg.headDim(), pos, invFreq);
+            backend.linearAdd(x, a, w.o(), w.oBias());
+            mlpHalf(w, x, null);
+        }
+        backend.rmsNorm(n, x, finalNorm, cfg.rmsNormEps());
+        backend.linear(logits.rowSlice(0, 1), n, lmHead, null);
+    }
+
+    /** The logits {@link #decodeStep} wrote (waits for it). */
+    public float[] stepLogits() {
+        float[] out = new float[cfg.vocabSize()];
+        backend.copyToHost(logits.rowSlice(0, 1), MemorySegment.ofArray(out));
+        return out;
     }
 
     /** Embedding plus every layer. */
