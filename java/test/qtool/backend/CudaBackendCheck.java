@@ -82,7 +82,7 @@ public final class CudaBackendCheck {
         gram();
         gptqAgainstCpu();
         exl2AgainstCpu();
-        gptqKernels();
+        qmatrixKernels();
         return results;
     }
 
@@ -578,11 +578,12 @@ public final class CudaBackendCheck {
     }
 
     /**
-     * qt_gptq_gemv (1 row with F32 x and out, 5 rows with F16 x and out) and qt_gptq_dequant + cuBLAS (16 rows) against
-     * the double product of the unpacked weights, for every width, with and without act-order, at LLM shapes; outputs
-     * are poisoned with NaN first, so an element a kernel skips fails.
+     * Quantized linears through QMatrix against the double product of their weights: GPTQ (every width, with and
+     * without act-order, at LLM shapes) and EXL2 (mixed widths, act-order). Rows 1 (F32 x and out) and 5 (F16) take
+     * qt_qmatrix_gemv, 3 rows linearAdd with a bias the fused residual add, 16 rows qt_qmatrix_dequant + cuBLAS;
+     * outputs are poisoned with NaN first, so an element a kernel skips fails.
      */
-    private void gptqKernels() {
+    private void qmatrixKernels() {
         record Shape(int out, int in, int groupSize, boolean actOrder) {}
         List<Shape> shapes = List.of(new Shape(4096, 4096, 128, false), new Shape(4096, 4096, 128, true),
                 new Shape(4096, 4096, -1, false), new Shape(11008, 4096, 128, true));
@@ -591,50 +592,100 @@ public final class CudaBackendCheck {
                 var format = random.nextBoolean() ? qtool.format.gptq.GptqLayout.CheckpointFormat.GPTQ
                         : qtool.format.gptq.GptqLayout.CheckpointFormat.GPTQ_V2;
                 RandomGptq q = RandomGptq.of(random, sh.out(), sh.in(), bits, sh.groupSize(), sh.actOrder(), format);
-                GptqLinear w = GptqLinear.upload(gpu, q.packed());
-                float[] x = roundAll(randn(22 * sh.in()), DType.F16);  // rows 0 | 1..5 | 6..21
-                double[] ref = q.reference(x, 22);
                 String name = String.format("gptq %db %dx%d g%d%s %s", bits, sh.out(), sh.in(), sh.groupSize(),
                         sh.actOrder() ? " act" : "", format.configName);
-                int[][] parts = {{0, 1}, {1, 5}, {6, 16}};
-                String[] how = {"gemv 1 F32", "gemv 5 F16", "dequant+gemm 16"};
-                for (int k = 0; k < parts.length; k++) {
-                    int from = parts[k][0], rows = parts[k][1];
-                    DType type = k == 1 ? DType.F16 : DType.F32;
-                    float[] xs = java.util.Arrays.copyOfRange(x, from * sh.in(), (from + rows) * sh.in());
-                    Tensor dx = gpu.upload(host(xs, rows, sh.in()), type);
-                    Tensor out = gpu.upload(host(nans(rows * sh.out()), rows, sh.out()), type);
-                    gpu.gptqLinear(out, dx, w);
-                    double[] r = java.util.Arrays.copyOfRange(ref, from * sh.out(), (from + rows) * sh.out());
-                    record(name + " " + how[k], relL2(downloadAny(out), r), 1e-2);
-                    gpu.free(dx);
-                    gpu.free(out);
-                }
-                w.free(gpu);
+                QMatrix m = QMatrix.fromGptq(q.packed());
+                qmatrixCase(name, m, x -> q.reference(x, x.length / sh.in()));
+            }
+        }
+        for (String option : new String[] {"0.05:8b_32g/0.1:4b_128g/0.85:3b_128g", "0.1:6b_32g/0.9:5b_32g", "0.25:3b_64g/0.75:2b_64g",
+                "1:4b_128g"}) {
+            for (int[] shape : new int[][] {{4096, 4096}, {4096, 11008}}) {
+                int out = shape[0], in = shape[1];
+                qtool.format.exl2.Exl2Packer.PackedLinear p = RandomExl2.of(random, out, in, option);
+                float[] w = qtool.format.exl2.Exl2Packer.dequantize(p, out);
+                qmatrixCase(String.format("exl2 %dx%d %s", out, in, option), QMatrix.fromExl2(p, out), x -> product(x, w, out, in));
             }
         }
     }
 
+    private void qmatrixCase(String name, QMatrix m, java.util.function.Function<float[], double[]> reference) {
+        int in = m.in(), out = m.out();
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor w = gpu.upload(m.toTensor(arena), DType.QMATRIX);
+            float[] x = roundAll(randn(25 * in), DType.F16);  // rows 0 | 1..5 | 6..21 | 22..24
+            double[] ref = reference.apply(x);
+            float[] bias = randn(out), init = randn(3 * out);
+            Tensor dBias = gpu.upload(host(bias, out), DType.F32);
+            int[][] parts = {{0, 1}, {1, 5}, {6, 16}, {22, 3}};
+            String[] how = {"gemv 1 F32", "gemv 5 F16", "dequant+gemm 16", "gemv 3 linearAdd+bias"};
+            for (int k = 0; k < parts.length; k++) {
+                int from = parts[k][0], rows = parts[k][1];
+                DType type = k == 1 ? DType.F16 : DType.F32;
+                float[] xs = java.util.Arrays.copyOfRange(x, from * in, (from + rows) * in);
+                double[] r = java.util.Arrays.copyOfRange(ref, from * out, (from + rows) * out);
+                Tensor dx = gpu.upload(host(xs, rows, in), type);
+                Tensor y;
+                if (k == 3) {
+                    y = gpu.upload(host(init, rows, out), DType.F32);
+                    gpu.linearAdd(y, dx, w, dBias);
+                    for (int i = 0; i < r.length; i++) r[i] += init[i] + bias[i % out];
+                } else {
+                    y = gpu.upload(host(nans(rows * out), rows, out), type);
+                    gpu.linear(y, dx, w, null);
+                }
+                record(name + " " + how[k], relL2(downloadAny(y), r), 1e-2);
+                gpu.free(dx);
+                gpu.free(y);
+            }
+            gpu.free(dBias);
+            gpu.free(w);
+        } catch (RuntimeException e) {
+            e.printStackTrace(System.out);
+            record(name + " threw " + e.getClass().getSimpleName(), Double.POSITIVE_INFINITY, 0);
+        }
+    }
+
+    /** y [rows, out] = x [rows, in] · wᵀ in double. */
+    private static double[] product(float[] x, float[] w, int out, int in) {
+        int rows = x.length / in;
+        double[] y = new double[rows * out];
+        IntStream.range(0, out).parallel().forEach(o -> {
+            for (int r = 0; r < rows; r++) {
+                double acc = 0;
+                for (int i = 0; i < in; i++) acc += (double) x[r * in + i] * w[o * in + i];
+                y[r * out + o] = acc;
+            }
+        });
+        return y;
+    }
+
     /** GEMV device time (CUDA events) as GB/s of packed bytes read, beside the device copy bandwidth. */
-    private void gptqGemvTimings() {
+    private void qmatrixGemvTimings() {
         double copy = gpu.copyBandwidthGBps();
-        record Case(int out, int in, int bits, boolean actOrder) {}
-        List<Case> cases = List.of(new Case(4096, 11008, 2, false), new Case(4096, 11008, 3, false),
-                new Case(4096, 11008, 4, false), new Case(4096, 11008, 8, false), new Case(11008, 4096, 4, false),
-                new Case(4096, 4096, 4, false), new Case(4096, 11008, 4, true));
+        record Case(int out, int in, int bits, boolean actOrder, String exl2) {}
+        List<Case> cases = List.of(new Case(4096, 11008, 2, false, null), new Case(4096, 11008, 3, false, null),
+                new Case(4096, 11008, 4, false, null), new Case(4096, 11008, 8, false, null), new Case(11008, 4096, 4, false, null),
+                new Case(4096, 4096, 4, false, null), new Case(4096, 11008, 4, true, null),
+                new Case(4096, 11008, 0, true, "0.05:8b_32g/0.1:4b_128g/0.85:3b_128g"), new Case(4096, 11008, 0, true, "1:4b_128g"));
         for (Case c : cases) {
-            RandomGptq q = RandomGptq.of(random, c.out(), c.in(), c.bits(), 128, c.actOrder(),
-                    qtool.format.gptq.GptqLayout.CheckpointFormat.GPTQ_V2);
-            GptqLinear w = GptqLinear.upload(gpu, q.packed());
-            Tensor x = gpu.upload(host(randn(c.in()), 1, c.in()), DType.F16);
-            Tensor y = gpu.allocate(DType.F16, 1, c.out());
-            double ms = gpu.timeMs(() -> gpu.gptqLinear(y, x, w), 200);
-            double gbps = w.packedBytes() / (ms * 1e-3) / 1e9;
-            System.out.printf("timing gptq gemv %db %dx%d g128%s: %.1f us, %.0f GB/s of packed weights (%.0f%% of copy %.0f GB/s)%n",
-                    c.bits(), c.out(), c.in(), c.actOrder() ? " act" : "", ms * 1e3, gbps, 100 * gbps / copy, copy);
-            gpu.free(x);
-            gpu.free(y);
-            w.free(gpu);
+            QMatrix m = c.exl2() == null
+                    ? QMatrix.fromGptq(RandomGptq.of(random, c.out(), c.in(), c.bits(), 128, c.actOrder(),
+                            qtool.format.gptq.GptqLayout.CheckpointFormat.GPTQ_V2).packed())
+                    : QMatrix.fromExl2(RandomExl2.of(random, c.out(), c.in(), c.exl2()), c.out());
+            try (Arena arena = Arena.ofConfined()) {
+                Tensor w = gpu.upload(m.toTensor(arena), DType.QMATRIX);
+                Tensor x = gpu.upload(host(randn(c.in()), 1, c.in()), DType.F16);
+                Tensor y = gpu.allocate(DType.F16, 1, c.out());
+                double ms = gpu.timeMs(() -> gpu.linear(y, x, w, null), 200);
+                double gbps = m.bytes() / (ms * 1e-3) / 1e9;
+                String what = c.exl2() == null ? String.format("gptq %db g128%s", c.bits(), c.actOrder() ? " act" : "") : "exl2 " + c.exl2();
+                System.out.printf("timing qmatrix gemv %s %dx%d: %.1f us, %.0f GB/s of packed weights (%.0f%% of copy %.0f GB/s)%n",
+                        what, c.out(), c.in(), ms * 1e3, gbps, 100 * gbps / copy, copy);
+                gpu.free(x);
+                gpu.free(y);
+                gpu.free(w);
+            }
         }
     }
 
@@ -653,7 +704,7 @@ public final class CudaBackendCheck {
 
     /** Timings at LLM sizes (printed; medians of several runs after a warm-up). */
     public void timings() {
-        gptqGemvTimings();
+        qmatrixGemvTimings();
         int in = 4096;
         Tensor x = correlatedInputsOnGpu(2048, in, 0);
         Tensor h = gpu.upload(host(new float[in * in], in, in), DType.F32);
