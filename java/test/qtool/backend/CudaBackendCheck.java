@@ -23,7 +23,9 @@ import qtool.quantize.GptqTestData;
  *
  * <p>Runs from {@link CudaBackendTest} when a GPU answers, or standalone where JUnit is absent (the GPU host):
  * {@code java --enable-native-access=ALL-UNNAMED -cp target/classes:target/test-classes qtool.backend.CudaBackendCheck
- * [seed] [--no-bench | --bench-only]}; standalone it also prints timings of the Gram accumulation and of GPTQ at LLM sizes.
+ * [seed] [--no-bench | --bench-only | --quantized]}; standalone it also prints timings of the Gram accumulation and of
+ * GPTQ at LLM sizes. {@code --quantized} runs only the quantized linears (QMatrix) and decoding (decodeAttention, CUDA
+ * graph replay), with their GEMV timings unless {@code --no-bench}.
  *
  * <p>GPTQ is checked against {@link Gptq} (the CPU reference) on the same Hessian: the permutation, g_idx and damping
  * exactly, the codes to 99 %, the proxy error ‖(W − Q)Xᵀ‖² and the loss to 0.5 %, and the result's own consistency
@@ -47,6 +49,7 @@ public final class CudaBackendCheck {
 
     public static void main(String[] args) {
         boolean bench = !List.of(args).contains("--no-bench"), benchOnly = List.of(args).contains("--bench-only");
+        boolean quantized = List.of(args).contains("--quantized");
         long seed = args.length > 0 && !args[0].startsWith("--") ? Long.parseLong(args[0]) : System.nanoTime();
         try (Backend backend = Backends.open("cuda", System.out)) {
             CudaBackend gpu = (CudaBackend) backend;
@@ -55,14 +58,16 @@ public final class CudaBackendCheck {
                 return;
             }
             System.out.printf("seed %d; device copy %.1f GB/s%n", seed, gpu.copyBandwidthGBps());
-            List<Result> results = new CudaBackendCheck(gpu, seed).runAll();
+            CudaBackendCheck check = new CudaBackendCheck(gpu, seed);
+            List<Result> results = quantized ? check.runQuantized() : check.runAll();
             int failed = 0;
             for (Result r : results) {
                 System.out.printf("  %-44s %10.3e  limit %7.1e  %s%n", r.name(), r.error(), r.limit(), r.pass() ? "PASS" : "FAIL");
                 if (!r.pass()) failed++;
             }
             System.out.printf("java CudaBackend: %d checks, %d failed%n", results.size(), failed);
-            if (bench) new CudaBackendCheck(gpu, seed + 1).timings();
+            if (bench && quantized) new CudaBackendCheck(gpu, seed + 1).qmatrixGemvTimings();
+            else if (bench) new CudaBackendCheck(gpu, seed + 1).timings();
             System.exit(failed == 0 ? 0 : 1);
         }
     }
@@ -82,7 +87,13 @@ public final class CudaBackendCheck {
         gram();
         gptqAgainstCpu();
         exl2AgainstCpu();
+        return runQuantized();
+    }
+
+    /** Quantized linears and decoding only. */
+    public List<Result> runQuantized() {
         qmatrixKernels();
+        decodeAndGraph();
         return results;
     }
 
@@ -658,6 +669,92 @@ public final class CudaBackendCheck {
             }
         });
         return y;
+    }
+
+    /**
+     * Decoding: qt_decode_attention one token at a time (position in a device tensor) against qt_attention over the
+     * whole sequence, and a quantized GEMV (act-order, so its gather scratch, and F32 x, so its cast) beside it
+     * against the double product; from step 1 on both replay one CUDA graph captured at step 1, the step's inputs
+     * and position copied in before each launch.
+     */
+    private void decodeAndGraph() {
+        int batch = 2, len = 6, heads = 8, kvHeads = 2, headDim = 64, maxSeq = 16, qDim = heads * headDim, kvDim = kvHeads * headDim;
+        float[] q = roundAll(randn(batch * len * qDim), DType.F16), k = roundAll(randn(batch * len * kvDim), DType.F16);
+        float[] v = roundAll(randn(batch * len * kvDim), DType.F16);
+        float[] inv = new float[headDim / 2];
+        for (int j = 0; j < inv.length; j++) inv[j] = (float) Math.pow(10000, -2.0 * j / headDim);
+        RandomGptq g = RandomGptq.of(random, 1024, qDim, 4, 128, true, qtool.format.gptq.GptqLayout.CheckpointFormat.GPTQ_V2);
+        List<Tensor> all = new ArrayList<>();
+        MemorySegment graph = null;
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor invFreq = gpu.upload(host(inv, inv.length), DType.F32);
+            Tensor tq = gpu.upload(host(q, batch * len, qDim), DType.F16), tk = gpu.upload(host(k, batch * len, kvDim), DType.F16);
+            Tensor tv = gpu.upload(host(v, batch * len, kvDim), DType.F16), whole = gpu.allocate(DType.F16, batch * len, qDim);
+            Tensor kc = gpu.allocate(DType.F16, batch, maxSeq, kvDim), vc = gpu.allocate(DType.F16, batch, maxSeq, kvDim);
+            all.addAll(List.of(invFreq, tq, tk, tv, whole, kc, vc));
+            gpu.rope(tq, heads, headDim, len, 0, invFreq);
+            gpu.rope(tk, kvHeads, headDim, len, 0, invFreq);
+            gpu.attention(whole, tq, tk, tv, kc, vc, batch, len, 0, heads, kvHeads, headDim);
+            float[] expected = downloadAny(whole);
+
+            Tensor w = gpu.upload(QMatrix.fromGptq(g.packed()).toTensor(arena), DType.QMATRIX);
+            Tensor dq = gpu.allocate(DType.F16, batch, qDim), dk = gpu.allocate(DType.F16, batch, kvDim), dv = gpu.allocate(DType.F16, batch, kvDim);
+            Tensor out = gpu.allocate(DType.F16, batch, qDim), pos = gpu.allocate(DType.I32, 1);
+            Tensor x = gpu.allocate(DType.F32, batch, qDim), y = gpu.allocate(DType.F32, batch, 1024);
+            Tensor kc2 = gpu.allocate(DType.F16, batch, maxSeq, kvDim), vc2 = gpu.allocate(DType.F16, batch, maxSeq, kvDim);
+            all.addAll(List.of(w, dq, dk, dv, out, pos, x, y, kc2, vc2));
+            gpu.prepareDecode(batch, maxSeq, heads, kvHeads, headDim);
+            double attentionError = 0, gemvError = 0;
+            for (int t = 0; t < len; t++) {
+                float[] qt = new float[batch * qDim], kt = new float[batch * kvDim], vt = new float[batch * kvDim], want = new float[batch * qDim];
+                for (int b = 0; b < batch; b++) {
+                    System.arraycopy(q, (b * len + t) * qDim, qt, b * qDim, qDim);
+                    System.arraycopy(k, (b * len + t) * kvDim, kt, b * kvDim, kvDim);
+                    System.arraycopy(v, (b * len + t) * kvDim, vt, b * kvDim, kvDim);
+                    System.arraycopy(expected, (b * len + t) * qDim, want, b * qDim, qDim);
+                }
+                gpu.copyFromHost(MemorySegment.ofArray(half(qt)), dq);
+                gpu.copyFromHost(MemorySegment.ofArray(half(kt)), dk);
+                gpu.copyFromHost(MemorySegment.ofArray(half(vt)), dv);
+                gpu.copyFromHost(MemorySegment.ofArray(new int[] {t}), pos);
+                gpu.copyFromHost(MemorySegment.ofArray(qt), x);  // the GEMV reads this step's q as its input
+                Runnable step = () -> {
+                    gpu.decodeAttention(out, dq, dk, dv, kc2, vc2, batch, heads, kvHeads, headDim, pos, invFreq);
+                    gpu.linear(y, x, w, null);
+                };
+                if (t == 0) {
+                    step.run();
+                } else {
+                    if (graph == null) {
+                        gpu.graphBegin();
+                        try {
+                            step.run();
+                        } finally {
+                            graph = gpu.graphEnd();
+                        }
+                    }
+                    gpu.graphLaunch(graph);
+                }
+                double[] wantD = new double[want.length];
+                for (int i = 0; i < want.length; i++) wantD[i] = want[i];
+                attentionError = Math.max(attentionError, relL2(downloadAny(out), wantD));
+                gemvError = Math.max(gemvError, relL2(download(y), g.reference(qt, batch)));
+            }
+            record("decodeAttention steps vs whole sequence (graph from step 1)", attentionError, 2e-3);
+            record("qmatrix gemv in the graph, act-order F32 x", gemvError, 1e-2);
+        } catch (RuntimeException e) {
+            e.printStackTrace(System.out);
+            record("decode and graph threw " + e.getClass().getSimpleName(), Double.POSITIVE_INFINITY, 0);
+        } finally {
+            if (graph != null) gpu.graphDestroy(graph);
+            for (Tensor t : all) gpu.free(t);
+        }
+    }
+
+    private static short[] half(float[] a) {
+        short[] h = new short[a.length];
+        for (int i = 0; i < a.length; i++) h[i] = Float.floatToFloat16(a[i]);
+        return h;
     }
 
     /** GEMV device time (CUDA events) as GB/s of packed bytes read, beside the device copy bandwidth. */
