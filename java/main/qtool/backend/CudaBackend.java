@@ -210,6 +210,7 @@ public final class CudaBackend implements Backend {
      * of its products of up to {@link #QMATRIX_GEMV_MAX_ROWS} rows, so that decoding with it allocates nothing.
      */
     private Tensor uploadQMatrix(Tensor host) {
+        if (qmatrixArrays.containsKey(host.address())) throw new IllegalArgumentException("upload: " + host + " is on the device already");
         QMatrix m = QMatrix.read(host);
         List<Long> arrays = new ArrayList<>();
         Tensor t;
