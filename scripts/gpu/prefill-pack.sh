@@ -17,6 +17,6 @@ cp target/qtool.jar "$dest/qtool.jar"
 zip -q -d "$dest/qtool.jar" 'win/*' 'darwin/*' 'freebsd/*' 'aix/*' 'linux/aarch64/*' 'linux/arm*' 'linux/i386/*' 'linux/loongarch64/*' \
   'linux/mips64/*' 'linux/ppc64*' 'linux/riscv64/*' 'linux/s390x/*' 'org/xerial/snappy/native/[!L]*' \
   'org/xerial/snappy/native/Linux/[!x]*' >/dev/null 2>&1 || true
-(cd target/test-classes && cp --parents qtool/backend/CudaBackendCheck*.class qtool/backend/RandomGptq*.class qtool/model/PrefillTiming*.class "$dest/checks/")
+(cd target/test-classes && cp --parents qtool/backend/CudaBackendCheck*.class qtool/backend/RandomGptq*.class qtool/backend/RandomExl2*.class qtool/model/PrefillTiming*.class "$dest/checks/")
 cp scripts/gpu/prefill-bench.sh scripts/gpu/prefill_profile.py scripts/gpu/reference.py "$dest/"
 du -sh "$dest"/* | sed 's/^/prefill-pack: /'

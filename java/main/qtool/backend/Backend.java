@@ -38,6 +38,8 @@ public interface Backend extends AutoCloseable {
     /**
      * Puts a host tensor (e.g. a mapped weight) on this device as {@code as} (F32, F16 or BF16, converting when the
      * types differ). The CPU backend returns the host tensor itself when no conversion is needed: zero-copy.
+     * A {@link DType#QMATRIX} host tensor stays QMATRIX whatever {@code as}: the CPU backend returns it as it is,
+     * the CUDA backend copies its arrays to the device ({@link #free} frees them).
      */
     Tensor upload(Tensor host, DType as);
 
@@ -68,6 +70,10 @@ public interface Backend extends AutoCloseable {
     /**
      * out[r, o] = sum_i x[r, i] * weight[o, i] (+ bias[o] when bias is not null), [rows, outF]. x is F32 or the
      * activation type; out is F32 or the activation type (rounded once from the F32 sum).
+     *
+     * <p>weight may be a {@link DType#QMATRIX} tensor from {@link #upload} (a quantized linear; x and out then F32
+     * or F16): the CPU backend dequantizes it (the reference), the CUDA backend multiplies from the packed codes for
+     * up to 8 rows and otherwise dequantizes it to an F16 scratch weight for its dense product.
      */
     void linear(Tensor out, Tensor x, Tensor weight, Tensor bias);
 
@@ -84,13 +90,6 @@ public interface Backend extends AutoCloseable {
             free(t);
         }
     }
-
-    /**
-     * out[r, o] = sum_i x[r, i] * w[o, i] for a GPTQ linear w (see {@link GptqLinear#upload}), x [rows, in] F32 or the
-     * activation type, out [rows, out] F32 or the activation type. The CPU backend dequantizes w and calls
-     * {@link #linear} (the reference); the CUDA backend multiplies from the packed tensors.
-     */
-    void gptqLinear(Tensor out, Tensor x, GptqLinear w);
 
     /**
      * Rotary embedding in place, HF layout (rotate_half: dimension j pairs with j + headDim/2 inside each head).
@@ -111,6 +110,32 @@ public interface Backend extends AutoCloseable {
      */
     void attention(Tensor out, Tensor q, Tensor k, Tensor v, Tensor kCache, Tensor vCache,
                    int batch, int seqLen, int startPos, int heads, int kvHeads, int headDim);
+
+    /**
+     * One decoding step of {@link #attention} with the position on the device, RoPE included: {@code batch}
+     * sequences of one new token each, all at position {@code pos[0]} (I32 [1] on this device, read when the work
+     * runs, so that a captured CUDA graph serves every step). q [batch, heads * headDim] and k [batch, kvHeads *
+     * headDim] are this token's projections before RoPE and are rotated in place (angle = pos · invFreq[j]); k and
+     * v are stored at that position of the caches [batch, maxSeq, kvHeads * headDim]; out as {@link #attention}'s.
+     * All tensors F32, or all F16 on the CUDA backend. This default reads the position back (a wait) and runs
+     * {@link #rope} and {@link #attention}: the CPU backend's reference.
+     */
+    default void decodeAttention(Tensor out, Tensor q, Tensor k, Tensor v, Tensor kCache, Tensor vCache, int batch, int heads,
+                                 int kvHeads, int headDim, Tensor pos, Tensor invFreq) {
+        if (pos.dtype() != DType.I32 || pos.numel() != 1) throw new IllegalArgumentException("decodeAttention pos: expected I32[1], got " + pos);
+        int[] position = new int[1];
+        copyToHost(pos, MemorySegment.ofArray(position));
+        rope(q, heads, headDim, 1, position[0], invFreq);
+        rope(k, kvHeads, headDim, 1, position[0], invFreq);
+        attention(out, q, k, v, kCache, vCache, batch, 1, position[0], heads, kvHeads, headDim);
+    }
+
+    /**
+     * Sets aside what {@link #decodeAttention} needs for these sizes (caches of {@code maxSeq} positions), so that no
+     * decoding step allocates (a CUDA graph capture must not). Nothing to do on the CPU.
+     */
+    default void prepareDecode(int batch, int maxSeq, int heads, int kvHeads, int headDim) {
+    }
 
     /** out = silu(gate) * up, elementwise; all three F32 or all of the activation type. out may be gate. */
     void siluMul(Tensor out, Tensor gate, Tensor up);

@@ -3,6 +3,8 @@ package qtool.backend;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.util.Arrays;
+import java.util.LinkedHashMap;
+import java.util.List;
 import java.util.concurrent.ForkJoinPool;
 import java.util.concurrent.ForkJoinTask;
 import java.util.concurrent.atomic.AtomicInteger;
@@ -45,6 +47,10 @@ public final class CpuBackend implements Backend {
     private float[] vTransposed = new float[0];
     /** cos/sin of the last RoPE call, reused while positions and frequencies stay the same (q and k, every layer). */
     private RopeTable rope;
+    /** Dequantized QMATRIX weights by struct contents, least recently used first; see {@link #dequantized}. */
+    private final LinkedHashMap<List<Long>, float[]> qmatrixCache = new LinkedHashMap<>(16, 0.75f, true);
+    private long qmatrixCacheFloats;
+    private static final long QMATRIX_CACHE_FLOATS = Runtime.getRuntime().maxMemory() / 16;  // a quarter of the heap
 
     /** With the fastest kernels this JVM allows (see {@link CpuKernels#load}). */
     public CpuBackend() {
@@ -87,6 +93,7 @@ public final class CpuBackend implements Backend {
 
     @Override
     public Tensor upload(Tensor host, DType as) {
+        if (host.dtype() == DType.QMATRIX) return host;  // dequantized by linear, see dequantized()
         if (host.dtype() == DType.I32) {
             Tensor t = allocate(DType.I32, host.shape());
             MemorySegment.copy(host.data(), 0, t.data(), 0, host.byteSize());
@@ -164,15 +171,9 @@ public final class CpuBackend implements Backend {
      * {@link #L2_FLOATS}, so they stay in L2), then runs every block of 4 input rows across them; the 4 rows stay
      * in L1 while they meet each panel. Packing costs one pass over W per call, small next to rows × W multiply-adds.
      */
-    /** The reference: dequantize (in F32, from the fp16 scales) and multiply. */
-    @Override
-    public void gptqLinear(Tensor out, Tensor x, GptqLinear w) {
-        float[] weight = qtool.format.gptq.GptqPacker.dequantize(w.toHost(this));
-        linear(out, x, new Tensor(MemorySegment.ofArray(weight), DType.F32, new long[] {w.out(), w.in()}), null);
-    }
-
     @Override
     public void linear(Tensor out, Tensor x, Tensor weight, Tensor bias) {
+        if (weight.dtype() == DType.QMATRIX) weight = dequantized(weight);
         float[] o = f(out), xs = f(x), w = f(weight);
         int rows = x.rows(), in = x.cols(), outF = weight.rows();
         int oo = off(out), xo = off(x), wo = off(weight);
@@ -201,6 +202,34 @@ public final class CpuBackend implements Backend {
             int bo = off(bias);
             for (int r = 0; r < rows; r++) kernels.add(o, oo + r * outF, b, bo, outF);
         }
+    }
+
+    /**
+     * The F32 weight [out, in] of a QMATRIX tensor ({@link QMatrix#dequantize}, the reference of the kernels), kept
+     * while the dequantized weights of recent matrices fit in a quarter of the heap: decoding multiplies each
+     * weight once per token. Keyed by the whole struct (its array addresses and sizes), not by the tensor's
+     * address alone, so a struct reused for another matrix is not mistaken for the old one.
+     */
+    private Tensor dequantized(Tensor w) {
+        MemorySegment s = w.data().reinterpret(qtool.ffi.qt_qmatrix.sizeof());
+        List<Long> key = Arrays.stream(s.toArray(ValueLayout.JAVA_LONG)).boxed().toList();
+        float[] weight;
+        synchronized (qmatrixCache) {
+            weight = qmatrixCache.get(key);
+        }
+        if (weight == null) {
+            weight = QMatrix.read(w).dequantize();
+            synchronized (qmatrixCache) {
+                qmatrixCache.put(key, weight);
+                qmatrixCacheFloats += weight.length;
+                var eldest = qmatrixCache.entrySet().iterator();
+                while (qmatrixCacheFloats > QMATRIX_CACHE_FLOATS && qmatrixCache.size() > 1) {
+                    qmatrixCacheFloats -= eldest.next().getValue().length;
+                    eldest.remove();
+                }
+            }
+        }
+        return new Tensor(MemorySegment.ofArray(weight), DType.F32, w.shape());
     }
 
     /**

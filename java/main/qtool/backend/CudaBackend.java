@@ -5,7 +5,12 @@ import static qtool.ffi.qtool_h.*;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
+import java.util.ArrayDeque;
+import java.util.ArrayList;
+import java.util.HashMap;
 import java.util.HashSet;
+import java.util.List;
+import java.util.Map;
 import java.util.Set;
 import qtool.QtoolException;
 import qtool.ffi.qt_device_info;
@@ -17,8 +22,16 @@ import qtool.load.DType;
  * Device tensors are device pointers wrapped as zero-length segments. Not thread-safe: one thread drives a backend.
  *
  * <p>Scratch buffers (the 16-bit copy of F32 activations for {@link #linear}, partial results of {@link #attention},
- * staging for uploads that convert) belong to the backend and grow as needed. Host memory that is not native (heap
- * arrays) moves through a pinned staging buffer, since native calls cannot take heap segments.
+ * staging for uploads that convert, the F16 weight a quantized linear is dequantized into for many rows) belong to
+ * the backend and grow as needed. Host memory that is not native (heap arrays) moves through a pinned staging
+ * buffer, since native calls cannot take heap segments.
+ *
+ * <p>Quantized linears: {@link #upload} of a {@link DType#QMATRIX} host tensor copies its arrays to the device and
+ * returns a QMATRIX tensor whose struct (in the backend's memory) points at them; {@link #linear} and
+ * {@link #linearAdd} take it as the weight. Decoding can be recorded once as a CUDA graph and replayed
+ * ({@link #graphBegin}): nothing may allocate while a capture runs, so uploading a QMATRIX sets aside the scratch of
+ * its products of up to {@link #QMATRIX_GEMV_MAX_ROWS} rows, and {@link #prepareDecode} that of
+ * {@link #decodeAttention}; an allocation inside a capture throws an IllegalStateException.
  */
 public final class CudaBackend implements Backend {
 
@@ -40,7 +53,16 @@ public final class CudaBackend implements Backend {
     private final DeviceScratch linearScratch = new DeviceScratch();
     private final DeviceScratch attentionScratch = new DeviceScratch();
     private final DeviceScratch uploadScratch = new DeviceScratch();
+    private final DeviceScratch decodeScratch = new DeviceScratch();
+    private final DeviceScratch qmatrixScratch = new DeviceScratch();        // qt_qmatrix_gemv's gathered x
+    private final DeviceScratch qmatrixWeightScratch = new DeviceScratch();  // F16 [out, in] for many rows
+    /** Device arrays of each uploaded QMATRIX tensor, by its struct's address. */
+    private final Map<Long, List<Long>> qmatrixArrays = new HashMap<>();
+    /** QMATRIX structs (host memory) of this backend; freed ones are reused. */
+    private final Arena structArena = Arena.ofShared();
+    private final ArrayDeque<MemorySegment> freeStructs = new ArrayDeque<>();
     private MemorySegment pinned = MemorySegment.NULL;  // PINNED_STAGING_BYTES of page-locked host memory
+    private boolean capturing;
     private boolean closed;
 
     /** The first GPU. */
@@ -136,6 +158,7 @@ public final class CudaBackend implements Backend {
 
     @Override
     public Tensor allocate(DType dtype, long... shape) {
+        if (dtype == DType.QMATRIX) throw new IllegalArgumentException("a QMATRIX tensor comes from upload, not allocate");
         long n = 1;
         for (long d : shape) {
             if (d < 0) throw new IllegalArgumentException("negative dimension in " + java.util.Arrays.toString(shape));
@@ -147,11 +170,19 @@ public final class CudaBackend implements Backend {
 
     @Override
     public void free(Tensor t) {
+        if (t != null && t.dtype() == DType.QMATRIX) {
+            List<Long> arrays = qmatrixArrays.remove(t.address());
+            if (arrays == null) return;
+            for (long a : arrays) if (owned.remove(a)) check(qt_free(MemorySegment.ofAddress(a)), "qt_free");
+            freeStructs.push(t.data());
+            return;
+        }
         if (t != null && owned.remove(t.address())) check(qt_free(t.data()), "qt_free");
     }
 
     @Override
     public Tensor upload(Tensor host, DType as) {
+        if (host.dtype() == DType.QMATRIX) return uploadQMatrix(host);
         boolean onDevice = host.data().byteSize() == 0 && host.numel() > 0;
         if (host.dtype() == as) {
             Tensor t = allocate(as, host.shape());
@@ -172,6 +203,41 @@ public final class CudaBackend implements Backend {
         }
         check(qt_cast(t.data(), code(as), source, code(host.dtype()), host.numel(), stream), "qt_cast");
         return t;
+    }
+
+    /**
+     * A host QMATRIX tensor's arrays copied to the device, in a struct of this backend's; sets aside the scratch
+     * of its products of up to {@link #QMATRIX_GEMV_MAX_ROWS} rows, so that decoding with it allocates nothing.
+     */
+    private Tensor uploadQMatrix(Tensor host) {
+        if (qmatrixArrays.containsKey(host.address())) throw new IllegalArgumentException("upload: " + host + " is on the device already");
+        QMatrix m = QMatrix.read(host);
+        List<Long> arrays = new ArrayList<>();
+        Tensor t;
+        try {
+            t = m.toTensor((size, align) -> freeStructs.isEmpty() ? structArena.allocate(size, align) : freeStructs.pop(), array -> {
+                long address = malloc(array.byteSize());
+                arrays.add(address);
+                copyIn(array, address, array.byteSize());
+                return MemorySegment.ofAddress(address);
+            });
+        } catch (RuntimeException e) {
+            for (long a : arrays) if (owned.remove(a)) qt_free(MemorySegment.ofAddress(a));
+            throw e;
+        }
+        qmatrixArrays.put(t.address(), arrays);
+        long gemvScratch = qmatrixGemvScratchBytes(t, QMATRIX_GEMV_MAX_ROWS);
+        if (gemvScratch > 0) qmatrixScratch.ensure(gemvScratch);
+        linearScratch.ensure(2L * QMATRIX_GEMV_MAX_ROWS * m.in());
+        return t;
+    }
+
+    private static long qmatrixGemvScratchBytes(Tensor w, int rows) {
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment bytes = arena.allocate(ValueLayout.JAVA_LONG);
+            check(qt_qmatrix_gemv_scratch_bytes(w.data(), rows, bytes), "qt_qmatrix_gemv_scratch_bytes");
+            return bytes.get(ValueLayout.JAVA_LONG, 0);
+        }
     }
 
     @Override
@@ -565,6 +631,10 @@ public final class CudaBackend implements Backend {
     }
 
     private void linear(Tensor out, Tensor x, Tensor weight, Tensor bias, boolean accumulate) {
+        if (weight.dtype() == DType.QMATRIX) {
+            qmatrixLinear(out, x, weight, bias, accumulate);
+            return;
+        }
         requireFloat(weight, "linear weight");
         DType allowed = weight.dtype();  // besides F32, x and out may be of the weight's 16-bit type
         if (x.dtype() != DType.F32 && x.dtype() != allowed) throw new IllegalArgumentException("linear x: expected F32 or " + allowed + ", got " + x);
@@ -587,41 +657,119 @@ public final class CudaBackend implements Backend {
                 rows, in, outF, accumulate ? 1 : 0, scratch, scratchBytes, stream), "qt_linear");
     }
 
-    /** Most rows qt_gptq_gemv takes; more rows dequantize into a scratch weight for one cuBLAS product. */
-    public static final int GPTQ_GEMV_MAX_ROWS = 8;
+    /** Most rows qt_qmatrix_gemv takes; more rows dequantize into a scratch weight for one cuBLAS product. */
+    public static final int QMATRIX_GEMV_MAX_ROWS = 8;
 
     /**
-     * Up to {@link #GPTQ_GEMV_MAX_ROWS} rows: qt_gptq_gemv straight from the packed tensors (x rounded to F16 first
-     * when it is F32). More rows: qt_gptq_dequant into a scratch F16 weight, then {@link #linear}.
+     * A quantized linear (w a QMATRIX tensor of this backend). Up to {@link #QMATRIX_GEMV_MAX_ROWS} rows:
+     * qt_qmatrix_gemv straight from the packed codes (x rounded to F16 first when it is F32; the residual add fused
+     * for linearAdd), the bias added after as qt_linear adds it. More rows: qt_qmatrix_dequant into a scratch F16
+     * weight, then the dense product.
      */
-    @Override
-    public void gptqLinear(Tensor out, Tensor x, GptqLinear w) {
-        int rows = x.rows();
-        if (x.cols() != w.in()) throw new IllegalArgumentException("gptqLinear: x " + x + " does not match in = " + w.in());
-        requireCount(out, (long) rows * w.out(), "gptqLinear out");
-        MemorySegment gIdx = w.gIdx() == null ? MemorySegment.NULL : w.gIdx().data();
-        int format = w.format() == qtool.format.gptq.GptqLayout.CheckpointFormat.GPTQ ? 1 : 2;
-        if (rows > GPTQ_GEMV_MAX_ROWS) {
-            Tensor weight = new Tensor(MemorySegment.ofAddress(gptqWeightScratch.ensure(2L * w.out() * w.in())), DType.F16,
-                    new long[] {w.out(), w.in()});
-            check(qt_gptq_dequant(weight.data(), w.qweight().data(), w.qzeros().data(), w.scales().data(), gIdx, w.in(),
-                    w.out(), w.bits(), w.groupSize(), format, stream), "qt_gptq_dequant");
-            linear(out, x, weight, null);
+    private void qmatrixLinear(Tensor out, Tensor x, Tensor w, Tensor bias, boolean accumulate) {
+        if (!qmatrixArrays.containsKey(w.address())) throw new IllegalArgumentException("linear weight " + w + " is not a QMATRIX tensor of this backend (upload it)");
+        int rows = x.rows(), in = x.cols(), outF = w.rows();
+        if (w.cols() != in) throw new IllegalArgumentException("linear: x " + x + " does not match weight " + w);
+        if (x.dtype() != DType.F32 && x.dtype() != DType.F16) throw new IllegalArgumentException("linear x: expected F32 or F16 with a QMATRIX weight, got " + x);
+        if (out.dtype() != DType.F32 && out.dtype() != DType.F16) throw new IllegalArgumentException("linear out: expected F32 or F16 with a QMATRIX weight, got " + out);
+        requireCount(out, (long) rows * outF, "linear out");
+        if (bias != null) {
+            requireFloat(bias, "linear bias");
+            requireCount(bias, outF, "linear bias");
+        }
+        if (rows == 0) return;
+        if (rows > QMATRIX_GEMV_MAX_ROWS) {
+            Tensor weight = new Tensor(MemorySegment.ofAddress(qmatrixWeightScratch.ensure(2L * outF * in)), DType.F16, new long[] {outF, in});
+            check(qt_qmatrix_dequant(weight.data(), w.data(), stream), "qt_qmatrix_dequant");
+            linear(out, x, weight, bias, accumulate);
             return;
         }
-        if (out.dtype() != DType.F32 && out.dtype() != DType.F16) throw new IllegalArgumentException("gptqLinear out: expected F32 or F16, got " + out);
         MemorySegment x16 = x.data();
         if (x.dtype() == DType.F32) {
-            x16 = MemorySegment.ofAddress(linearScratch.ensure(2L * x.numel()));
+            x16 = MemorySegment.ofAddress(linearScratch.ensure(2L * rows * in));
             check(qt_cast(x16, QT_F16(), x.data(), QT_F32(), x.numel(), stream), "qt_cast");
-        } else if (x.dtype() != DType.F16) {
-            throw new IllegalArgumentException("gptqLinear x: expected F32 or F16, got " + x);
         }
-        check(qt_gptq_gemv(out.data(), code(out.dtype()), x16, w.qweight().data(), w.qzeros().data(), w.scales().data(),
-                gIdx, rows, w.in(), w.out(), w.bits(), w.groupSize(), format, stream), "qt_gptq_gemv");
+        long scratchBytes = qmatrixGemvScratchBytes(w, rows);
+        MemorySegment scratch = scratchBytes == 0 ? MemorySegment.NULL : MemorySegment.ofAddress(qmatrixScratch.ensure(scratchBytes));
+        check(qt_qmatrix_gemv(out.data(), code(out.dtype()), accumulate ? 1 : 0, x16, w.data(), rows, scratch, scratchBytes, stream),
+                "qt_qmatrix_gemv");
+        if (bias != null) {
+            // out += bias: qt_linear's empty product (in_features 0 reads neither x nor weight) plus its bias kernel
+            check(qt_linear(out.data(), code(out.dtype()), out.data(), QT_F16(), out.data(), QT_F16(), bias.data(), code(bias.dtype()),
+                    rows, 0, outF, 1, MemorySegment.NULL, 0, stream), "qt_linear (bias)");
+        }
     }
 
-    private final DeviceScratch gptqWeightScratch = new DeviceScratch();
+    // ---- decoding ------------------------------------------------------------------------------------------------
+
+    /** qt_decode_attention: the position read on the device, so that one captured graph serves every step. All F16. */
+    @Override
+    public void decodeAttention(Tensor out, Tensor q, Tensor k, Tensor v, Tensor kCache, Tensor vCache, int batch, int heads,
+                                int kvHeads, int headDim, Tensor pos, Tensor invFreq) {
+        for (Tensor t : new Tensor[] {out, q, k, v, kCache, vCache}) requireType(t, DType.F16, "decodeAttention (q, k, v, caches, out)");
+        requireType(pos, DType.I32, "decodeAttention pos");
+        requireCount(pos, 1, "decodeAttention pos");
+        requireType(invFreq, DType.F32, "decodeAttention invFreq");
+        long qCount = (long) batch * heads * headDim, kvCount = (long) batch * kvHeads * headDim;
+        requireCount(q, qCount, "decodeAttention q");
+        requireCount(out, qCount, "decodeAttention out");
+        requireCount(k, kvCount, "decodeAttention k");
+        requireCount(v, kvCount, "decodeAttention v");
+        if (kvCount == 0 || kCache.numel() % kvCount != 0 || vCache.numel() != kCache.numel()) {
+            throw new IllegalArgumentException("decodeAttention: caches " + kCache + ", " + vCache + " are not [batch, maxSeq, kvHeads * headDim]");
+        }
+        if (invFreq.numel() < headDim / 2) throw new IllegalArgumentException("decodeAttention: invFreq " + invFreq + " < headDim / 2");
+        int maxSeq = Math.toIntExact(kCache.numel() / kvCount);
+        long bytes = decodeScratchBytes(batch, maxSeq, heads, kvHeads, headDim);
+        MemorySegment scratch = bytes == 0 ? MemorySegment.NULL : MemorySegment.ofAddress(decodeScratch.ensure(bytes));
+        check(qt_decode_attention(out.data(), q.data(), k.data(), v.data(), kCache.data(), vCache.data(), batch, maxSeq, heads, kvHeads,
+                headDim, pos.data(), invFreq.data(), scratch, bytes, stream), "qt_decode_attention");
+    }
+
+    @Override
+    public void prepareDecode(int batch, int maxSeq, int heads, int kvHeads, int headDim) {
+        long bytes = decodeScratchBytes(batch, maxSeq, heads, kvHeads, headDim);
+        if (bytes > 0) decodeScratch.ensure(bytes);
+    }
+
+    private static long decodeScratchBytes(int batch, int maxSeq, int heads, int kvHeads, int headDim) {
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment bytes = arena.allocate(ValueLayout.JAVA_LONG);
+            check(qt_decode_attention_scratch_bytes(batch, maxSeq, heads, kvHeads, headDim, bytes), "qt_decode_attention_scratch_bytes");
+            return bytes.get(ValueLayout.JAVA_LONG, 0);
+        }
+    }
+
+    /**
+     * Starts recording this backend's calls into a CUDA graph instead of running them (qt_graph_begin on its
+     * stream), until {@link #graphEnd}. Only calls that neither wait nor allocate may be recorded: kernels and
+     * products whose scratch is already set aside (see the class comment); returns the captured stream's handle.
+     */
+    public long graphBegin() {
+        if (capturing) throw new IllegalStateException("graphBegin: a capture is already running");
+        check(qt_graph_begin(stream), "qt_graph_begin");
+        capturing = true;
+        return stream.address();
+    }
+
+    /** Ends the capture and returns the instantiated graph (for {@link #graphLaunch}; {@link #graphDestroy} frees it). */
+    public MemorySegment graphEnd() {
+        capturing = false;
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment graph = arena.allocate(ValueLayout.ADDRESS);
+            check(qt_graph_end(stream, graph), "qt_graph_end");
+            return graph.get(ValueLayout.ADDRESS, 0);
+        }
+    }
+
+    /** Queues one replay of {@code graph} on this backend's stream. */
+    public void graphLaunch(MemorySegment graph) {
+        check(qt_graph_launch(graph, stream), "qt_graph_launch");
+    }
+
+    public void graphDestroy(MemorySegment graph) {
+        check(qt_graph_destroy(graph), "qt_graph_destroy");
+    }
 
     /** Device milliseconds per call of {@code work} (queued on this backend), timed with CUDA events after a warm-up. */
     public double timeMs(Runnable work, int iterations) {
@@ -727,7 +875,11 @@ public final class CudaBackend implements Backend {
         linearScratch.release();
         attentionScratch.release();
         uploadScratch.release();
-        gptqWeightScratch.release();
+        decodeScratch.release();
+        qmatrixScratch.release();
+        qmatrixWeightScratch.release();
+        qmatrixArrays.clear();
+        structArena.close();
         if (!pinned.equals(MemorySegment.NULL)) qt_host_free_pinned(pinned);
         pinned = MemorySegment.NULL;
         qt_stream_destroy(stream);
@@ -737,6 +889,8 @@ public final class CudaBackend implements Backend {
     // ---- helpers -----------------------------------------------------------------------------------------------
 
     private long malloc(long bytes) {
+        if (capturing) throw new IllegalStateException("a device allocation of " + bytes + " bytes inside a CUDA graph capture: "
+                + "upload weights and call prepareDecode before graphBegin");
         try (Arena arena = Arena.ofConfined()) {
             MemorySegment out = arena.allocate(ValueLayout.ADDRESS);
             check(qt_malloc(out, bytes), "qt_malloc");
@@ -753,6 +907,8 @@ public final class CudaBackend implements Backend {
 
         long ensure(long need) {
             if (need <= bytes) return address;
+            if (capturing) throw new IllegalStateException("a CUDA graph capture needs " + need + " bytes of scratch (" + bytes
+                    + " set aside): upload weights and call prepareDecode before graphBegin");
             // The stream may still read the old buffer: finish that work before freeing it.
             synchronize();
             release();

@@ -9,6 +9,10 @@ import qtool.load.DType;
  * A dense row-major tensor: where its bytes are, their type, and the shape. On the CPU backend {@code data} is
  * readable host memory (often a slice of a memory-mapped weight file); on the CUDA backend it is a device pointer
  * wrapped as a zero-length segment, which Java passes to kernels but never dereferences.
+ *
+ * <p>A {@link DType#QMATRIX} tensor [out, in] is one quantized linear: {@code data} is a host segment holding a
+ * {@code qt_qmatrix} struct ({@link QMatrix}), whose pointers are host memory (a host tensor, the CPU backend) or
+ * device memory (the CUDA backend's). It is passed as a linear's weight; it has no elements to slice or read.
  */
 public record Tensor(MemorySegment data, DType dtype, long[] shape) {
 
@@ -54,6 +58,7 @@ public record Tensor(MemorySegment data, DType dtype, long[] shape) {
 
     /** Rows [from, from + count) of a 2-D view; zero-copy. Works for device pointers too. */
     public Tensor rowSlice(long from, long count) {
+        if (dtype == DType.QMATRIX) throw new IllegalArgumentException("a QMATRIX tensor has no rows to slice: " + this);
         long rowBytes = (long) cols() * dtype.bytes;
         MemorySegment sliced = data.byteSize() == 0
                 ? MemorySegment.ofAddress(data.address() + from * rowBytes)

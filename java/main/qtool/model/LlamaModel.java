@@ -1,10 +1,14 @@
 package qtool.model;
 
+import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.nio.file.Path;
 import java.util.Arrays;
+import java.util.HashMap;
+import java.util.Map;
 import java.util.function.UnaryOperator;
 import qtool.QtoolException;
+import qtool.backend.QMatrix;
 import qtool.backend.Tensor;
 import qtool.format.awq.AwqCheckpoint;
 import qtool.format.exl2.Exl2Checkpoint;
@@ -87,6 +91,10 @@ public final class LlamaModel implements AutoCloseable {
     public final AwqCheckpoint awq;
     /** Non-null for an EXL2 directory, whose quantized linears are dequantized to F32 when asked for. */
     public final Exl2Checkpoint exl2;
+    /** Host QMATRIX tensors by linear prefix, made once ({@link #layer(int, boolean)}); null: dequantized instead. */
+    private final Map<String, Tensor> packedLinears = new HashMap<>();
+    /** Holds the packed linears' structs and arrays until {@link #close}. */
+    private final Arena packedArena = Arena.ofShared();
 
     private LlamaModel(Path dir, ModelConfig config, Weights weights, GptqCheckpoint gptq, AwqCheckpoint awq, Exl2Checkpoint exl2) {
         this.dir = dir;
@@ -174,13 +182,45 @@ public final class LlamaModel implements AutoCloseable {
         return "model.layers." + layer + ".";
     }
 
+    /** Layer i with every quantized linear dequantized to F32 (host memory made per call). */
     public Layer layer(int i) {
+        return layer(i, false);
+    }
+
+    /**
+     * Layer i. With {@code packed}, GPTQ and EXL2 linears that fit the kernels' layout are host
+     * {@link qtool.load.DType#QMATRIX} tensors ({@link QMatrix}, made once and kept by the model until it closes)
+     * for a backend to multiply from their codes; the rest are dequantized to F32 as without, and each such linear is
+     * named once on stderr with the reason. AWQ linears are always dequantized.
+     */
+    public Layer layer(int i, boolean packed) {
         String p = prefix(i);
         return new Layer(weights.get(p + "input_layernorm.weight"),
-                linear(p + "self_attn.q_proj"), linear(p + "self_attn.k_proj"), linear(p + "self_attn.v_proj"), linear(p + "self_attn.o_proj"),
+                linear(p + "self_attn.q_proj", packed), linear(p + "self_attn.k_proj", packed), linear(p + "self_attn.v_proj", packed),
+                linear(p + "self_attn.o_proj", packed),
                 bias(p + "self_attn.q_proj"), bias(p + "self_attn.k_proj"), bias(p + "self_attn.v_proj"), bias(p + "self_attn.o_proj"),
                 weights.get(p + "post_attention_layernorm.weight"),
-                linear(p + "mlp.gate_proj"), linear(p + "mlp.up_proj"), linear(p + "mlp.down_proj"));
+                linear(p + "mlp.gate_proj", packed), linear(p + "mlp.up_proj", packed), linear(p + "mlp.down_proj", packed));
+    }
+
+    private Tensor linear(String prefix, boolean packed) {
+        Tensor q = packed ? packedLinear(prefix) : null;
+        return q != null ? q : linear(prefix);
+    }
+
+    /** The QMATRIX tensor of a GPTQ or EXL2 linear that fits the kernels' layout; null for any other linear. */
+    private synchronized Tensor packedLinear(String prefix) {
+        if (packedLinears.containsKey(prefix)) return packedLinears.get(prefix);
+        QMatrix m = null;
+        try {
+            if (isExl2(prefix)) m = QMatrix.fromExl2(exl2.read(prefix), outFeatures(prefix));
+            else if (gptq != null && gptq.isQuantized(prefix)) m = QMatrix.fromGptq(gptq.read(prefix));
+        } catch (IllegalArgumentException e) {
+            System.err.println("qtool: " + prefix + " is dequantized to F32 instead of multiplied packed: " + e.getMessage());
+        }
+        Tensor t = m == null ? null : m.toTensor(packedArena);
+        packedLinears.put(prefix, t);
+        return t;
     }
 
     /**
@@ -204,6 +244,12 @@ public final class LlamaModel implements AutoCloseable {
         if (isExl2("lm_head")) return linear("lm_head");
         Tensor head = weights.find("lm_head.weight");
         return head != null ? head : embedTokens();
+    }
+
+    /** {@link #lmHead()}, or with {@code packed} an EXL2 quantized head as a QMATRIX tensor where it fits (as {@link #layer(int, boolean)}). */
+    public Tensor lmHead(boolean packed) {
+        Tensor q = packed && isExl2("lm_head") ? packedLinear("lm_head") : null;
+        return q != null ? q : lmHead();
     }
 
     public boolean headTied() {
@@ -253,6 +299,7 @@ public final class LlamaModel implements AutoCloseable {
 
     @Override
     public void close() {
+        packedArena.close();
         if (gptq != null) gptq.close();
         else if (awq != null) awq.close();
         else if (exl2 != null) exl2.close();

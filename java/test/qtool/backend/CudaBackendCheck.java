@@ -23,7 +23,9 @@ import qtool.quantize.GptqTestData;
  *
  * <p>Runs from {@link CudaBackendTest} when a GPU answers, or standalone where JUnit is absent (the GPU host):
  * {@code java --enable-native-access=ALL-UNNAMED -cp target/classes:target/test-classes qtool.backend.CudaBackendCheck
- * [seed] [--no-bench | --bench-only]}; standalone it also prints timings of the Gram accumulation and of GPTQ at LLM sizes.
+ * [seed] [--no-bench | --bench-only | --quantized]}; standalone it also prints timings of the Gram accumulation and of
+ * GPTQ at LLM sizes. {@code --quantized} runs only the quantized linears (QMatrix) and decoding (decodeAttention, CUDA
+ * graph replay), with their GEMV timings unless {@code --no-bench}.
  *
  * <p>GPTQ is checked against {@link Gptq} (the CPU reference) on the same Hessian: the permutation, g_idx and damping
  * exactly, the codes to 99 %, the proxy error ‖(W − Q)Xᵀ‖² and the loss to 0.5 %, and the result's own consistency
@@ -47,6 +49,7 @@ public final class CudaBackendCheck {
 
     public static void main(String[] args) {
         boolean bench = !List.of(args).contains("--no-bench"), benchOnly = List.of(args).contains("--bench-only");
+        boolean quantized = List.of(args).contains("--quantized");
         long seed = args.length > 0 && !args[0].startsWith("--") ? Long.parseLong(args[0]) : System.nanoTime();
         try (Backend backend = Backends.open("cuda", System.out)) {
             CudaBackend gpu = (CudaBackend) backend;
@@ -55,14 +58,16 @@ public final class CudaBackendCheck {
                 return;
             }
             System.out.printf("seed %d; device copy %.1f GB/s%n", seed, gpu.copyBandwidthGBps());
-            List<Result> results = new CudaBackendCheck(gpu, seed).runAll();
+            CudaBackendCheck check = new CudaBackendCheck(gpu, seed);
+            List<Result> results = quantized ? check.runQuantized() : check.runAll();
             int failed = 0;
             for (Result r : results) {
                 System.out.printf("  %-44s %10.3e  limit %7.1e  %s%n", r.name(), r.error(), r.limit(), r.pass() ? "PASS" : "FAIL");
                 if (!r.pass()) failed++;
             }
             System.out.printf("java CudaBackend: %d checks, %d failed%n", results.size(), failed);
-            if (bench) new CudaBackendCheck(gpu, seed + 1).timings();
+            if (bench && quantized) new CudaBackendCheck(gpu, seed + 1).qmatrixGemvTimings();
+            else if (bench) new CudaBackendCheck(gpu, seed + 1).timings();
             System.exit(failed == 0 ? 0 : 1);
         }
     }
@@ -82,7 +87,13 @@ public final class CudaBackendCheck {
         gram();
         gptqAgainstCpu();
         exl2AgainstCpu();
-        gptqKernels();
+        return runQuantized();
+    }
+
+    /** Quantized linears and decoding only. */
+    public List<Result> runQuantized() {
+        qmatrixKernels();
+        decodeAndGraph();
         return results;
     }
 
@@ -578,11 +589,12 @@ public final class CudaBackendCheck {
     }
 
     /**
-     * qt_gptq_gemv (1 row with F32 x and out, 5 rows with F16 x and out) and qt_gptq_dequant + cuBLAS (16 rows) against
-     * the double product of the unpacked weights, for every width, with and without act-order, at LLM shapes; outputs
-     * are poisoned with NaN first, so an element a kernel skips fails.
+     * Quantized linears through QMatrix against the double product of their weights: GPTQ (every width, with and
+     * without act-order, at LLM shapes) and EXL2 (mixed widths, act-order). Rows 1 (F32 x and out) and 5 (F16) take
+     * qt_qmatrix_gemv, 3 rows linearAdd with a bias the fused residual add, 16 rows qt_qmatrix_dequant + cuBLAS;
+     * outputs are poisoned with NaN first, so an element a kernel skips fails.
      */
-    private void gptqKernels() {
+    private void qmatrixKernels() {
         record Shape(int out, int in, int groupSize, boolean actOrder) {}
         List<Shape> shapes = List.of(new Shape(4096, 4096, 128, false), new Shape(4096, 4096, 128, true),
                 new Shape(4096, 4096, -1, false), new Shape(11008, 4096, 128, true));
@@ -591,50 +603,186 @@ public final class CudaBackendCheck {
                 var format = random.nextBoolean() ? qtool.format.gptq.GptqLayout.CheckpointFormat.GPTQ
                         : qtool.format.gptq.GptqLayout.CheckpointFormat.GPTQ_V2;
                 RandomGptq q = RandomGptq.of(random, sh.out(), sh.in(), bits, sh.groupSize(), sh.actOrder(), format);
-                GptqLinear w = GptqLinear.upload(gpu, q.packed());
-                float[] x = roundAll(randn(22 * sh.in()), DType.F16);  // rows 0 | 1..5 | 6..21
-                double[] ref = q.reference(x, 22);
                 String name = String.format("gptq %db %dx%d g%d%s %s", bits, sh.out(), sh.in(), sh.groupSize(),
                         sh.actOrder() ? " act" : "", format.configName);
-                int[][] parts = {{0, 1}, {1, 5}, {6, 16}};
-                String[] how = {"gemv 1 F32", "gemv 5 F16", "dequant+gemm 16"};
-                for (int k = 0; k < parts.length; k++) {
-                    int from = parts[k][0], rows = parts[k][1];
-                    DType type = k == 1 ? DType.F16 : DType.F32;
-                    float[] xs = java.util.Arrays.copyOfRange(x, from * sh.in(), (from + rows) * sh.in());
-                    Tensor dx = gpu.upload(host(xs, rows, sh.in()), type);
-                    Tensor out = gpu.upload(host(nans(rows * sh.out()), rows, sh.out()), type);
-                    gpu.gptqLinear(out, dx, w);
-                    double[] r = java.util.Arrays.copyOfRange(ref, from * sh.out(), (from + rows) * sh.out());
-                    record(name + " " + how[k], relL2(downloadAny(out), r), 1e-2);
-                    gpu.free(dx);
-                    gpu.free(out);
-                }
-                w.free(gpu);
+                QMatrix m = QMatrix.fromGptq(q.packed());
+                qmatrixCase(name, m, x -> q.reference(x, x.length / sh.in()));
+            }
+        }
+        for (String option : new String[] {"0.05:8b_32g/0.1:4b_128g/0.85:3b_128g", "0.1:6b_32g/0.9:5b_32g", "0.25:3b_64g/0.75:2b_64g",
+                "1:4b_128g"}) {
+            for (int[] shape : new int[][] {{4096, 4096}, {4096, 11008}}) {
+                int out = shape[0], in = shape[1];
+                qtool.format.exl2.Exl2Packer.PackedLinear p = RandomExl2.of(random, out, in, option);
+                float[] w = qtool.format.exl2.Exl2Packer.dequantize(p, out);
+                qmatrixCase(String.format("exl2 %dx%d %s", out, in, option), QMatrix.fromExl2(p, out), x -> product(x, w, out, in));
             }
         }
     }
 
+    private void qmatrixCase(String name, QMatrix m, java.util.function.Function<float[], double[]> reference) {
+        int in = m.in(), out = m.out();
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor w = gpu.upload(m.toTensor(arena), DType.QMATRIX);
+            float[] x = roundAll(randn(25 * in), DType.F16);  // rows 0 | 1..5 | 6..21 | 22..24
+            double[] ref = reference.apply(x);
+            float[] bias = randn(out), init = randn(3 * out);
+            Tensor dBias = gpu.upload(host(bias, out), DType.F32);
+            int[][] parts = {{0, 1}, {1, 5}, {6, 16}, {22, 3}};
+            String[] how = {"gemv 1 F32", "gemv 5 F16", "dequant+gemm 16", "gemv 3 linearAdd+bias"};
+            for (int k = 0; k < parts.length; k++) {
+                int from = parts[k][0], rows = parts[k][1];
+                DType type = k == 1 ? DType.F16 : DType.F32;
+                float[] xs = java.util.Arrays.copyOfRange(x, from * in, (from + rows) * in);
+                double[] r = java.util.Arrays.copyOfRange(ref, from * out, (from + rows) * out);
+                Tensor dx = gpu.upload(host(xs, rows, in), type);
+                Tensor y;
+                if (k == 3) {
+                    y = gpu.upload(host(init, rows, out), DType.F32);
+                    gpu.linearAdd(y, dx, w, dBias);
+                    for (int i = 0; i < r.length; i++) r[i] += init[i] + bias[i % out];
+                } else {
+                    y = gpu.upload(host(nans(rows * out), rows, out), type);
+                    gpu.linear(y, dx, w, null);
+                }
+                record(name + " " + how[k], relL2(downloadAny(y), r), 1e-2);
+                gpu.free(dx);
+                gpu.free(y);
+            }
+            gpu.free(dBias);
+            gpu.free(w);
+        } catch (RuntimeException e) {
+            e.printStackTrace(System.out);
+            record(name + " threw " + e.getClass().getSimpleName(), Double.POSITIVE_INFINITY, 0);
+        }
+    }
+
+    /** y [rows, out] = x [rows, in] · wᵀ in double. */
+    private static double[] product(float[] x, float[] w, int out, int in) {
+        int rows = x.length / in;
+        double[] y = new double[rows * out];
+        IntStream.range(0, out).parallel().forEach(o -> {
+            for (int r = 0; r < rows; r++) {
+                double acc = 0;
+                for (int i = 0; i < in; i++) acc += (double) x[r * in + i] * w[o * in + i];
+                y[r * out + o] = acc;
+            }
+        });
+        return y;
+    }
+
+    /**
+     * Decoding: qt_decode_attention one token at a time (position in a device tensor) against qt_attention over the
+     * whole sequence, and a quantized GEMV (act-order, so its gather scratch, and F32 x, so its cast) beside it
+     * against the double product; from step 1 on both replay one CUDA graph captured at step 1, the step's inputs
+     * and position copied in before each launch.
+     */
+    private void decodeAndGraph() {
+        int batch = 2, len = 6, heads = 8, kvHeads = 2, headDim = 64, maxSeq = 16, qDim = heads * headDim, kvDim = kvHeads * headDim;
+        float[] q = roundAll(randn(batch * len * qDim), DType.F16), k = roundAll(randn(batch * len * kvDim), DType.F16);
+        float[] v = roundAll(randn(batch * len * kvDim), DType.F16);
+        float[] inv = new float[headDim / 2];
+        for (int j = 0; j < inv.length; j++) inv[j] = (float) Math.pow(10000, -2.0 * j / headDim);
+        RandomGptq g = RandomGptq.of(random, 1024, qDim, 4, 128, true, qtool.format.gptq.GptqLayout.CheckpointFormat.GPTQ_V2);
+        List<Tensor> all = new ArrayList<>();
+        MemorySegment graph = null;
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor invFreq = gpu.upload(host(inv, inv.length), DType.F32);
+            Tensor tq = gpu.upload(host(q, batch * len, qDim), DType.F16), tk = gpu.upload(host(k, batch * len, kvDim), DType.F16);
+            Tensor tv = gpu.upload(host(v, batch * len, kvDim), DType.F16), whole = gpu.allocate(DType.F16, batch * len, qDim);
+            Tensor kc = gpu.allocate(DType.F16, batch, maxSeq, kvDim), vc = gpu.allocate(DType.F16, batch, maxSeq, kvDim);
+            all.addAll(List.of(invFreq, tq, tk, tv, whole, kc, vc));
+            gpu.rope(tq, heads, headDim, len, 0, invFreq);
+            gpu.rope(tk, kvHeads, headDim, len, 0, invFreq);
+            gpu.attention(whole, tq, tk, tv, kc, vc, batch, len, 0, heads, kvHeads, headDim);
+            float[] expected = downloadAny(whole);
+
+            Tensor w = gpu.upload(QMatrix.fromGptq(g.packed()).toTensor(arena), DType.QMATRIX);
+            Tensor dq = gpu.allocate(DType.F16, batch, qDim), dk = gpu.allocate(DType.F16, batch, kvDim), dv = gpu.allocate(DType.F16, batch, kvDim);
+            Tensor out = gpu.allocate(DType.F16, batch, qDim), pos = gpu.allocate(DType.I32, 1);
+            Tensor x = gpu.allocate(DType.F32, batch, qDim), y = gpu.allocate(DType.F32, batch, 1024);
+            Tensor kc2 = gpu.allocate(DType.F16, batch, maxSeq, kvDim), vc2 = gpu.allocate(DType.F16, batch, maxSeq, kvDim);
+            all.addAll(List.of(w, dq, dk, dv, out, pos, x, y, kc2, vc2));
+            gpu.prepareDecode(batch, maxSeq, heads, kvHeads, headDim);
+            double attentionError = 0, gemvError = 0;
+            for (int t = 0; t < len; t++) {
+                float[] qt = new float[batch * qDim], kt = new float[batch * kvDim], vt = new float[batch * kvDim], want = new float[batch * qDim];
+                for (int b = 0; b < batch; b++) {
+                    System.arraycopy(q, (b * len + t) * qDim, qt, b * qDim, qDim);
+                    System.arraycopy(k, (b * len + t) * kvDim, kt, b * kvDim, kvDim);
+                    System.arraycopy(v, (b * len + t) * kvDim, vt, b * kvDim, kvDim);
+                    System.arraycopy(expected, (b * len + t) * qDim, want, b * qDim, qDim);
+                }
+                gpu.copyFromHost(MemorySegment.ofArray(half(qt)), dq);
+                gpu.copyFromHost(MemorySegment.ofArray(half(kt)), dk);
+                gpu.copyFromHost(MemorySegment.ofArray(half(vt)), dv);
+                gpu.copyFromHost(MemorySegment.ofArray(new int[] {t}), pos);
+                gpu.copyFromHost(MemorySegment.ofArray(qt), x);  // the GEMV reads this step's q as its input
+                Runnable step = () -> {
+                    gpu.decodeAttention(out, dq, dk, dv, kc2, vc2, batch, heads, kvHeads, headDim, pos, invFreq);
+                    gpu.linear(y, x, w, null);
+                };
+                if (t == 0) {
+                    step.run();
+                } else {
+                    if (graph == null) {
+                        gpu.graphBegin();
+                        try {
+                            step.run();
+                        } finally {
+                            graph = gpu.graphEnd();
+                        }
+                    }
+                    gpu.graphLaunch(graph);
+                }
+                double[] wantD = new double[want.length];
+                for (int i = 0; i < want.length; i++) wantD[i] = want[i];
+                attentionError = Math.max(attentionError, relL2(downloadAny(out), wantD));
+                gemvError = Math.max(gemvError, relL2(download(y), g.reference(qt, batch)));
+            }
+            record("decodeAttention steps vs whole sequence (graph from step 1)", attentionError, 2e-3);
+            record("qmatrix gemv in the graph, act-order F32 x", gemvError, 1e-2);
+        } catch (RuntimeException e) {
+            e.printStackTrace(System.out);
+            record("decode and graph threw " + e.getClass().getSimpleName(), Double.POSITIVE_INFINITY, 0);
+        } finally {
+            if (graph != null) gpu.graphDestroy(graph);
+            for (Tensor t : all) gpu.free(t);
+        }
+    }
+
+    private static short[] half(float[] a) {
+        short[] h = new short[a.length];
+        for (int i = 0; i < a.length; i++) h[i] = Float.floatToFloat16(a[i]);
+        return h;
+    }
+
     /** GEMV device time (CUDA events) as GB/s of packed bytes read, beside the device copy bandwidth. */
-    private void gptqGemvTimings() {
+    private void qmatrixGemvTimings() {
         double copy = gpu.copyBandwidthGBps();
-        record Case(int out, int in, int bits, boolean actOrder) {}
-        List<Case> cases = List.of(new Case(4096, 11008, 2, false), new Case(4096, 11008, 3, false),
-                new Case(4096, 11008, 4, false), new Case(4096, 11008, 8, false), new Case(11008, 4096, 4, false),
-                new Case(4096, 4096, 4, false), new Case(4096, 11008, 4, true));
+        record Case(int out, int in, int bits, boolean actOrder, String exl2) {}
+        List<Case> cases = List.of(new Case(4096, 11008, 2, false, null), new Case(4096, 11008, 3, false, null),
+                new Case(4096, 11008, 4, false, null), new Case(4096, 11008, 8, false, null), new Case(11008, 4096, 4, false, null),
+                new Case(4096, 4096, 4, false, null), new Case(4096, 11008, 4, true, null),
+                new Case(4096, 11008, 0, true, "0.05:8b_32g/0.1:4b_128g/0.85:3b_128g"), new Case(4096, 11008, 0, true, "1:4b_128g"));
         for (Case c : cases) {
-            RandomGptq q = RandomGptq.of(random, c.out(), c.in(), c.bits(), 128, c.actOrder(),
-                    qtool.format.gptq.GptqLayout.CheckpointFormat.GPTQ_V2);
-            GptqLinear w = GptqLinear.upload(gpu, q.packed());
-            Tensor x = gpu.upload(host(randn(c.in()), 1, c.in()), DType.F16);
-            Tensor y = gpu.allocate(DType.F16, 1, c.out());
-            double ms = gpu.timeMs(() -> gpu.gptqLinear(y, x, w), 200);
-            double gbps = w.packedBytes() / (ms * 1e-3) / 1e9;
-            System.out.printf("timing gptq gemv %db %dx%d g128%s: %.1f us, %.0f GB/s of packed weights (%.0f%% of copy %.0f GB/s)%n",
-                    c.bits(), c.out(), c.in(), c.actOrder() ? " act" : "", ms * 1e3, gbps, 100 * gbps / copy, copy);
-            gpu.free(x);
-            gpu.free(y);
-            w.free(gpu);
+            QMatrix m = c.exl2() == null
+                    ? QMatrix.fromGptq(RandomGptq.of(random, c.out(), c.in(), c.bits(), 128, c.actOrder(),
+                            qtool.format.gptq.GptqLayout.CheckpointFormat.GPTQ_V2).packed())
+                    : QMatrix.fromExl2(RandomExl2.of(random, c.out(), c.in(), c.exl2()), c.out());
+            try (Arena arena = Arena.ofConfined()) {
+                Tensor w = gpu.upload(m.toTensor(arena), DType.QMATRIX);
+                Tensor x = gpu.upload(host(randn(c.in()), 1, c.in()), DType.F16);
+                Tensor y = gpu.allocate(DType.F16, 1, c.out());
+                double ms = gpu.timeMs(() -> gpu.linear(y, x, w, null), 200);
+                double gbps = m.bytes() / (ms * 1e-3) / 1e9;
+                String what = c.exl2() == null ? String.format("gptq %db g128%s", c.bits(), c.actOrder() ? " act" : "") : "exl2 " + c.exl2();
+                System.out.printf("timing qmatrix gemv %s %dx%d: %.1f us, %.0f GB/s of packed weights (%.0f%% of copy %.0f GB/s)%n",
+                        what, c.out(), c.in(), ms * 1e3, gbps, 100 * gbps / copy, copy);
+                gpu.free(x);
+                gpu.free(y);
+                gpu.free(w);
+            }
         }
     }
 
@@ -653,7 +801,7 @@ public final class CudaBackendCheck {
 
     /** Timings at LLM sizes (printed; medians of several runs after a warm-up). */
     public void timings() {
-        gptqGemvTimings();
+        qmatrixGemvTimings();
         int in = 4096;
         Tensor x = correlatedInputsOnGpu(2048, in, 0);
         Tensor h = gpu.upload(host(new float[in * in], in, in), DType.F32);
