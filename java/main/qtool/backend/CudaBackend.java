@@ -743,13 +743,12 @@ public final class CudaBackend implements Backend {
     /**
      * Starts recording this backend's calls into a CUDA graph instead of running them (qt_graph_begin on its
      * stream), until {@link #graphEnd}. Only calls that neither wait nor allocate may be recorded: kernels and
-     * products whose scratch is already set aside (see the class comment); returns the captured stream's handle.
+     * products whose scratch is already set aside (see the class comment).
      */
-    public long graphBegin() {
+    public void graphBegin() {
         if (capturing) throw new IllegalStateException("graphBegin: a capture is already running");
         check(qt_graph_begin(stream), "qt_graph_begin");
         capturing = true;
-        return stream.address();
     }
 
     /** Ends the capture and returns the instantiated graph (for {@link #graphLaunch}; {@link #graphDestroy} frees it). */
