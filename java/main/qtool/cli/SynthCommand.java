@@ -63,7 +63,7 @@ public final class SynthCommand implements Callable<Integer> {
     @Option(names = "--bpw", description = "exl2: target bits per weight of the decoder layers (as qtool convert -b).") Double bpw;
     @Option(names = "--head-bits", defaultValue = "6", description = "exl2: lm_head bits (as qtool convert -hb). Default ${DEFAULT-VALUE}.") int headBits;
     @Option(names = "--bits", description = "gptq: 2, 3, 4 or 8.") Integer bits;
-    @Option(names = "--group-size", defaultValue = "128", description = "gptq: inputs per group, or -1. Default ${DEFAULT-VALUE}.") int groupSize;
+    @Option(names = "--group-size", description = "gptq: inputs per group, or -1. Default 128.") Integer groupSize;
     @Option(names = "--act-order", description = "gptq: g_idx in a random processing order (desc_act).") boolean actOrder;
 
     private static final List<String> TOKENIZER_FILES = List.of("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json");
@@ -93,7 +93,9 @@ public final class SynthCommand implements Callable<Integer> {
         if (Files.exists(out) && Files.list(out).findAny().isPresent()) throw new QtoolException(out + ": output directory is not empty");
         if (!List.of("hf", "exl2", "gptq").contains(format)) throw new QtoolException("--format must be hf, exl2 or gptq, not '" + format + "'");
         if (bpw != null && !format.equals("exl2")) throw new QtoolException("--bpw needs --format exl2");
-        if (bits != null && !format.equals("gptq")) throw new QtoolException("--bits needs --format gptq");
+        if ((bits != null || groupSize != null || actOrder) && !format.equals("gptq")) {
+            throw new QtoolException("--bits, --group-size and --act-order need --format gptq");
+        }
         if (!format.equals("hf") && dt != DType.F16) throw new QtoolException("--format " + format + " writes fp16 tensors; --dtype must be f16");
         if (format.equals("exl2") && bpw == null) throw new QtoolException("--format exl2 needs --bpw");
         if (format.equals("gptq") && bits == null) throw new QtoolException("--format gptq needs --bits");
@@ -136,7 +138,7 @@ public final class SynthCommand implements Callable<Integer> {
             Exl2Params.HEAD_OPTIONS.get(headBits).requireStorable(hidden, vocab, "lm_head (" + vocab + "×" + hidden + ")");
             cfg.put("quantization_config", SyntheticStrategy.quantizationConfig(bpw, headBits));
         } else if (format.equals("gptq")) {
-            gptq = new GptqParams(bits, groupSize, true, actOrder, GptqParams.DEFAULT_DAMP, GptqParams.DEFAULT_BLOCK_SIZE, false, false);
+            gptq = new GptqParams(bits, groupSize == null ? 128 : groupSize, true, actOrder, GptqParams.DEFAULT_DAMP, GptqParams.DEFAULT_BLOCK_SIZE, false, false);
         }
         Linears linears = new Linears(exl2, gptq);
 
@@ -187,7 +189,7 @@ public final class SynthCommand implements Callable<Integer> {
             if (copied.isEmpty()) throw new QtoolException(tokenizer + ": no tokenizer files (" + String.join(", ", TOKENIZER_FILES) + ")");
         }
         String what = exl2 != null ? String.format("EXL2 %.3f bpw (target %.2f), head %d-bit", exl2.bitsPerWeight(), bpw, headBits)
-                : gptq != null ? "GPTQ " + bits + "-bit, group " + groupSize + (actOrder ? ", act-order" : "") : dt.toString();
+                : gptq != null ? "GPTQ " + bits + "-bit, group " + gptq.groupSize() + (actOrder ? ", act-order" : "") : dt.toString();
         System.err.printf("\rsynth: %s: %,d parameters, %s, %.1f s%s%n", out, params, what, (System.nanoTime() - t0) / 1e9,
                 copied.isEmpty() ? " (no tokenizer: pass --tokenizer DIR to copy one)" : ", tokenizer " + String.join(", ", copied));
         return 0;

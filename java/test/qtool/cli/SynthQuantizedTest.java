@@ -107,7 +107,7 @@ class SynthQuantizedTest {
     @Test
     void refusesMismatchedOptions(@TempDir Path root) {
         String[][] cases = {
-                {"--format", "exl2", "needs --bpw"}, {"--format", "exl2", "--bpw", "4", "--bits", "4", "--bits needs --format gptq"},
+                {"--format", "exl2", "needs --bpw"}, {"--format", "exl2", "--bpw", "4", "--bits", "4", "--bits, --group-size and --act-order need --format gptq"}, {"--act-order", "need --format gptq"},
                 {"--bpw", "4", "--bpw needs --format exl2"}, {"--format", "gptq", "--format gptq needs --bits"},
                 {"--format", "gptq", "--bits", "5", "GPTQ bits must be 2, 3, 4 or 8"},
                 {"--format", "exl2", "--bpw", "9", "outside the reachable range"},
