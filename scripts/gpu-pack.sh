@@ -4,6 +4,7 @@
 #   .gpu/runtime.tgz  a jlink'd Java 25 runtime (java.base, java.xml, java.management, java.logging, jdk.unsupported,
 #                     jdk.incubator.vector), whose java always adds the Vector API module (the CPU backend's SIMD)
 #   .gpu/qtool.jar    the tool, without the native libraries of other platforms
+#   .gpu/benchmarks.jar  the JMH benchmarks (java/bench)
 #   .gpu/libqtool.so  built here by nvcc for sm_90 (QTOOL_CUDA_ARCH overrides)
 #   .gpu/run.sh       unpacks the runtime once per machine, then runs `java -jar qtool.jar "$@"`
 set -euo pipefail
@@ -15,6 +16,7 @@ mkdir -p .gpu
 ./mvnw -B -ntp -q -DskipTests package
 cp build/native/libqtool.so .gpu/libqtool.so
 cp target/qtool.jar .gpu/qtool.jar
+cp target/benchmarks.jar .gpu/benchmarks.jar  # JMH: /tmp/qtool-jre/bin/java -jar .gpu/benchmarks.jar QuantBench (scripts/gpu/speed-exllamav2.sh)
 # Native libraries of snappy/zstd for other platforms are dead weight on the x86-64 Linux GPU host.
 zip -q -d .gpu/qtool.jar 'win/*' 'darwin/*' 'freebsd/*' 'aix/*' 'linux/aarch64/*' 'linux/arm*' 'linux/i386/*' 'linux/loongarch64/*' \
   'linux/mips64/*' 'linux/ppc64*' 'linux/riscv64/*' 'linux/s390x/*' 'org/xerial/snappy/native/[!L]*' \

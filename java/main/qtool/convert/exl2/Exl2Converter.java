@@ -18,6 +18,7 @@ import qtool.convert.ResidualStream;
 import qtool.convert.SaveSchedule;
 import qtool.load.DType;
 import qtool.load.Json;
+import qtool.load.ModelConfig;
 import qtool.model.Forward;
 import qtool.model.LlamaModel;
 import qtool.quantize.Exl2Gptq;
@@ -253,8 +254,7 @@ public final class Exl2Converter {
     // ---- stage 2: optimize ---------------------------------------------------------------------------------------
 
     /** Parameters the budget counts: ExLlamaV2's decoder modules' numel (the blocks' linears and their norms). */
-    static long decoderNumel(LlamaModel model) {
-        var cfg = model.config;
+    static long decoderNumel(ModelConfig cfg) {
         long n = 0;
         for (String l : List.of("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")) {
             int[] shape = Measurement.linearShape(cfg, l);
@@ -269,7 +269,7 @@ public final class Exl2Converter {
         for (Measurement.Block b : m.blocks()) {
             blocks.add(b.entries().stream().map(e -> new Exl2Optimizer.Option(e.totalBits(), e.error())).toList());
         }
-        Exl2Optimizer.Solution sol = Exl2Optimizer.optimize(blocks, decoderNumel(model), s.bits());
+        Exl2Optimizer.Solution sol = Exl2Optimizer.optimize(blocks, decoderNumel(model.config), s.bits());
         Map<String, Object> strategy = new LinkedHashMap<>();
         for (int k = 0; k < m.blocks().size(); k++) {
             Measurement.Entry e = m.blocks().get(k).entries().get(sol.choice()[k]);
