@@ -4,7 +4,8 @@
 #   .gpu/runtime.tgz  a jlink'd Java 25 runtime (java.base, java.xml, java.management, java.logging, jdk.unsupported,
 #                     jdk.incubator.vector), whose java always adds the Vector API module (the CPU backend's SIMD)
 #   .gpu/qtool.jar    the tool, without the native libraries of other platforms
-#   .gpu/benchmarks.jar  the JMH benchmarks (java/bench)
+#   .gpu/test_kernels    the native kernel tests (LD_LIBRARY_PATH=.gpu)
+#   .gpu-bench/benchmarks.jar  the JMH benchmarks (java/bench), carried apart
 #   .gpu/libqtool.so  built here by nvcc for sm_90 (QTOOL_CUDA_ARCH overrides)
 #   .gpu/run.sh       unpacks the runtime once per machine, then runs `java -jar qtool.jar "$@"`
 set -euo pipefail
@@ -14,9 +15,11 @@ mkdir -p .gpu
 ./scripts/build-native.sh
 [ -f build/native/libqtool.so ] || { echo "gpu-pack: build/native/libqtool.so missing (is nvcc installed?)" >&2; exit 1; }
 ./mvnw -B -ntp -q -DskipTests package
-cp build/native/libqtool.so .gpu/libqtool.so
+cp build/native/libqtool.so .gpu/libqtool.so && strip --strip-unneeded .gpu/libqtool.so
 cp target/qtool.jar .gpu/qtool.jar
-cp target/benchmarks.jar .gpu/benchmarks.jar  # JMH: /tmp/qtool-jre/bin/java -jar .gpu/benchmarks.jar QuantBench (scripts/gpu/speed-exllamav2.sh)
+# JMH apart (the pack is near the 64 MiB a call carries): carry .gpu-bench in a later call of a warm machine
+mkdir -p .gpu-bench && cp target/benchmarks.jar .gpu-bench/benchmarks.jar
+cp build/native/test_kernels .gpu/test_kernels
 # Native libraries of snappy/zstd for other platforms are dead weight on the x86-64 Linux GPU host.
 zip -q -d .gpu/qtool.jar 'win/*' 'darwin/*' 'freebsd/*' 'aix/*' 'linux/aarch64/*' 'linux/arm*' 'linux/i386/*' 'linux/loongarch64/*' \
   'linux/mips64/*' 'linux/ppc64*' 'linux/riscv64/*' 'linux/s390x/*' 'org/xerial/snappy/native/[!L]*' \
