@@ -18,6 +18,11 @@ if [ ! -x $B/test_kernels ] || [ ! -f $B/libqtool.so ]; then
   QTOOL_BUILD_DIR=$B ./scripts/build-native.sh > "$OUT/build.log" 2>&1 && [ -x $B/test_kernels ] \
     || { echo "checks-decode: no carried build/native and the host build failed:"; tail -20 "$OUT/build.log"; exit 1; }
 fi
+# cuBLAS: the toolkit's folders (qt_init's defaults), else PyTorch's wheel.
+if [ -z "${QTOOL_CUDA_LIB_DIR:-}" ]; then
+  lib=$(python3 -c "import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], 'cu13', 'lib'))" 2>/dev/null)
+  [ -n "$lib" ] && [ -d "$lib" ] && export QTOOL_CUDA_LIB_DIR=$lib
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 tk() { LD_LIBRARY_PATH=$B $B/test_kernels "$@"; }
 rc=0
