@@ -96,8 +96,8 @@ const SolverApi* solver_api();
 std::mutex& handle_mutex();
 
 // The current device's handle, created on first use, with its stream set to `stream` and that stream's own
-// workspace (allocated on the stream's first use; a graph capture may not allocate). Call with handle_mutex() held. Fails with QT_ERR_NOT_INITIALIZED before qt_init (QT_ERR_LIBRARY_NOT_FOUND for
-// cuSOLVER when it was not found).
+// workspace (allocated on the stream's first use, which a graph capture refuses). Call with handle_mutex() held.
+// Fails with QT_ERR_NOT_INITIALIZED before qt_init (QT_ERR_LIBRARY_NOT_FOUND for cuSOLVER when it was not found).
 int handle_for(cudaStream_t stream, Handle* handle, const char* caller);
 int solver_handle_for(cudaStream_t stream, SolverHandle* handle, const char* caller);
 
