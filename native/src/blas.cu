@@ -29,6 +29,34 @@ std::string loaded_paths[3];   // by enum qt_library
 Handle handles[kMaxDevices];
 SolverHandle solver_handles[kMaxDevices];
 
+// cuBLAS workspaces we own, one per (device, stream). cublasSetStream puts the handle back on cuBLAS's default
+// workspace pool, which cuBLAS may allocate from lazily, inside a graph capture too; so every call sets the
+// stream's own buffer (32 MiB: NVIDIA's recommendation for Hopper). Per stream, because products queued on two
+// streams may run at the same time. A destroyed stream's buffer stays for a later stream at the same address.
+constexpr size_t kWorkspaceBytes = size_t(32) << 20;
+struct Workspace {
+    cudaStream_t stream;
+    void* buffer;
+};
+std::vector<Workspace> workspaces[kMaxDevices];
+
+bool stream_is_capturing(cudaStream_t stream) {
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(stream, &capture) != cudaSuccess) {
+        cudaGetLastError();
+        return false;  // then the allocation below reports what is wrong
+    }
+    return capture != cudaStreamCaptureStatusNone;
+}
+
+// Creating a handle or a workspace allocates, which a graph capture forbids: say so rather than break the capture.
+int refuse_setup_in_capture(cudaStream_t stream, const char* caller) {
+    if (!stream_is_capturing(stream)) return QT_OK;
+    return fail(QT_ERR_INVALID_ARGUMENT,
+                "%s: first cuBLAS product on this device or stream is inside a graph capture; call qt_linear_prepare "
+                "on the stream before qt_graph_begin", caller);
+}
+
 // Default places after the caller's directories; the dynamic loader's own search (bare soname) comes last.
 const char* const kDefaultDirs[] = {
     "/usr/local/cuda/lib64",
@@ -107,6 +135,7 @@ int load_cublas(const std::vector<std::string>& dirs) {
     resolve(blas, "cublasDestroy_v2", &a.destroy, missing);
     resolve(blas, "cublasSetStream_v2", &a.set_stream, missing);
     resolve(blas, "cublasSetMathMode", &a.set_math_mode, missing);
+    resolve(blas, "cublasSetWorkspace_v2", &a.set_workspace, missing);
     resolve(blas, "cublasSgemm_v2", &a.sgemm, missing);
     resolve(blas, "cublasGemmEx", &a.gemm_ex, missing);
     if (!missing.empty())
@@ -192,6 +221,7 @@ int handle_for(cudaStream_t stream, Handle* handle, const char* caller) {
     QT_CUDA_TRY(cudaGetDevice(&device));
     if (device < 0 || device >= kMaxDevices) return fail(QT_ERR_UNSUPPORTED, "%s: device %d", caller, device);
     if (handles[device] == nullptr) {
+        QT_TRY(refuse_setup_in_capture(stream, caller));
         Handle h = nullptr;
         Status s = cublas_api.create(&h);
         if (s != kStatusSuccess) return fail_blas(s, "cublasCreate_v2");
@@ -203,8 +233,22 @@ int handle_for(cudaStream_t stream, Handle* handle, const char* caller) {
         }
         handles[device] = h;
     }
+    void* workspace = nullptr;
+    for (const Workspace& w : workspaces[device])
+        if (w.stream == stream) workspace = w.buffer;
+    if (workspace == nullptr) {
+        QT_TRY(refuse_setup_in_capture(stream, caller));
+        cudaError_t error = cudaMalloc(&workspace, kWorkspaceBytes);
+        if (error != cudaSuccess) {
+            cudaGetLastError();
+            return fail_cuda(error, "cudaMalloc of the cuBLAS workspace (32 MiB per stream)");
+        }
+        workspaces[device].push_back({stream, workspace});
+    }
     Status s = cublas_api.set_stream(handles[device], stream);
     if (s != kStatusSuccess) return fail_blas(s, "cublasSetStream_v2");
+    s = cublas_api.set_workspace(handles[device], workspace, kWorkspaceBytes);  // after set_stream, which resets it
+    if (s != kStatusSuccess) return fail_blas(s, "cublasSetWorkspace_v2");
     *handle = handles[device];
     return QT_OK;
 }

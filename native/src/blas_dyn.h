@@ -47,6 +47,7 @@ using CreateFn = Status (*)(Handle*);                               // cublasCre
 using DestroyFn = Status (*)(Handle);                               // cublasDestroy_v2
 using SetStreamFn = Status (*)(Handle, cudaStream_t);               // cublasSetStream_v2
 using SetMathModeFn = Status (*)(Handle, int);                      // cublasSetMathMode
+using SetWorkspaceFn = Status (*)(Handle, void*, size_t);           // cublasSetWorkspace_v2
 using GetStatusStringFn = const char* (*)(Status);                  // cublasGetStatusString
 using SgemmFn = Status (*)(Handle, int transa, int transb, int m, int n, int k, const float* alpha,
                            const float* a, int lda, const float* b, int ldb, const float* beta, float* c,
@@ -71,6 +72,7 @@ struct Api {
     DestroyFn destroy;
     SetStreamFn set_stream;
     SetMathModeFn set_math_mode;
+    SetWorkspaceFn set_workspace;
     GetStatusStringFn get_status_string;  // optional (NULL if absent)
     SgemmFn sgemm;
     GemmExFn gemm_ex;
@@ -93,9 +95,9 @@ const SolverApi* solver_api();
 // Guards the handles (shared by all threads): hold it from handle_for until the last call on the handle.
 std::mutex& handle_mutex();
 
-// The current device's handle, created on first use, with its stream set to `stream`. Call with
-// handle_mutex() held. Fails with QT_ERR_NOT_INITIALIZED before qt_init (QT_ERR_LIBRARY_NOT_FOUND for
-// cuSOLVER when it was not found).
+// The current device's handle, created on first use, with its stream set to `stream` and that stream's own
+// workspace (allocated on the stream's first use, which a graph capture refuses). Call with handle_mutex() held.
+// Fails with QT_ERR_NOT_INITIALIZED before qt_init (QT_ERR_LIBRARY_NOT_FOUND for cuSOLVER when it was not found).
 int handle_for(cudaStream_t stream, Handle* handle, const char* caller);
 int solver_handle_for(cudaStream_t stream, SolverHandle* handle, const char* caller);
 

@@ -1,5 +1,5 @@
 // Runtime surface: status strings and the per-thread error detail, devices, memory, streams, events,
-// and the copy-bandwidth benchmark.
+// CUDA graph capture, and the copy-bandwidth benchmark.
 #include <cstdio>
 #include <cstring>
 #include <mutex>
@@ -10,6 +10,12 @@ namespace qt {
 
 namespace {
 thread_local char last_error[2048];
+// Between qt_graph_begin and qt_graph_end on this thread: the failures recorded meanwhile. A call that fails its
+// checks queues nothing, so the capture itself stays valid; qt_graph_end refuses such a graph all the same.
+thread_local bool capturing = false;
+thread_local int capture_failures = 0;
+thread_local int capture_first_status = QT_OK;
+thread_local char capture_first_failure[512];
 constexpr int kMaxDevices = 64;
 int sm_count_cache[kMaxDevices];  // 0 = not read yet
 }  // namespace
@@ -19,6 +25,10 @@ int fail(int status, const char* format, ...) {
     va_start(args, format);
     vsnprintf(last_error, sizeof last_error, format, args);
     va_end(args);
+    if (capturing && capture_failures++ == 0) {
+        capture_first_status = status;
+        snprintf(capture_first_failure, sizeof capture_first_failure, "%s", last_error);
+    }
     return status;
 }
 
@@ -306,6 +316,62 @@ int qt_bench_copy(size_t bytes, int iters, float* gbps) {
     if (src) cudaFree(src);
     if (dst) cudaFree(dst);
     return status;
+}
+
+int qt_graph_begin(void* stream) {
+    QT_REQUIRE(stream != nullptr,
+               "qt_graph_begin: the legacy default stream (NULL) cannot be captured; use one from qt_stream_create");
+    QT_CUDA_TRY(cudaStreamBeginCapture(as_stream(stream), cudaStreamCaptureModeThreadLocal));
+    capturing = true;
+    capture_failures = 0;
+    return QT_OK;
+}
+
+int qt_graph_end(void* stream, void** graph) {
+    QT_REQUIRE(stream != nullptr, "qt_graph_end: stream is NULL");
+    // The capture ends whatever happened during it, so that the stream is usable again.
+    cudaGraph_t captured = nullptr;
+    cudaError_t error = cudaStreamEndCapture(as_stream(stream), &captured);
+    const int failures = capture_failures;
+    capturing = false;
+    capture_failures = 0;
+    if (graph != nullptr) *graph = nullptr;
+    if (error != cudaSuccess) {
+        if (captured != nullptr) cudaGraphDestroy(captured);
+        cudaGetLastError();  // not sticky: keep it out of the next launch check
+        return fail_cuda(error, "qt_graph_end: cudaStreamEndCapture (a call during the capture waited, allocated or "
+                                "failed to launch)");
+    }
+    if (failures > 0) {
+        cudaGraphDestroy(captured);
+        return fail(capture_first_status, "qt_graph_end: %d call(s) failed during the capture; the first: %s", failures,
+                    capture_first_failure);
+    }
+    if (graph == nullptr) {
+        cudaGraphDestroy(captured);
+        return fail(QT_ERR_INVALID_ARGUMENT, "qt_graph_end: graph is NULL (the capture was ended and dropped)");
+    }
+    cudaGraphExec_t exec = nullptr;
+    error = cudaGraphInstantiate(&exec, captured, 0);
+    cudaGraphDestroy(captured);  // the executable graph keeps what it needs
+    if (error != cudaSuccess) {
+        cudaGetLastError();
+        return fail_cuda(error, "qt_graph_end: cudaGraphInstantiate");
+    }
+    *graph = exec;
+    return QT_OK;
+}
+
+int qt_graph_launch(void* graph, void* stream) {
+    QT_REQUIRE(graph != nullptr, "qt_graph_launch: graph is NULL");
+    QT_CUDA_TRY(cudaGraphLaunch(static_cast<cudaGraphExec_t>(graph), as_stream(stream)));
+    return QT_OK;
+}
+
+int qt_graph_destroy(void* graph) {
+    if (graph == nullptr) return QT_OK;
+    QT_CUDA_TRY(cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(graph)));
+    return QT_OK;
 }
 
 }  // extern "C"

@@ -34,6 +34,8 @@ static_assert(std::is_same<decltype(&cublasSgemm_v2),
                                               const float*, const float*, int, const float*, int, const float*,
                                               float*, int)>::value,
               "cublasSgemm_v2 prototype changed");
+static_assert(std::is_same<decltype(&cublasSetWorkspace_v2), cublasStatus_t (*)(cublasHandle_t, void*, size_t)>::value,
+              "cublasSetWorkspace_v2 prototype changed");
 // cublasGemmEx has C++ overloads: taking its address as this exact type compiles only if one matches.
 using GemmExPrototype = cublasStatus_t (*)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int,
                                            const void*, const void*, cudaDataType, int, const void*, cudaDataType, int,

@@ -4,7 +4,7 @@
 // (copy bandwidth, attention prefill TFLOP/s); exits 1 if any check fails, 2 if the GPU or cuBLAS is missing.
 //
 // Usage: test_kernels [--seed N] [--cuda-lib-dir DIR[:DIR...]] [--no-bench] [--filter NAME] [--bench NAME] [--bench-only]
-//   --bench NAME runs only the timing sections (copy, attention, linear, layer) whose name contains NAME.
+//   --bench NAME runs only the timing sections (copy, attention, linear, layer, decode) whose name contains NAME.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -601,6 +601,259 @@ void test_errors() {
     });
 }
 
+// ---- decoding with the position on the device ---------------------------------------------------------
+
+// Inverse frequencies of RoPE with base theta, as HF computes them (F32).
+std::vector<float> rope_inv_freq(int head_dim, double theta) {
+    std::vector<float> inv(head_dim / 2);
+    for (int j = 0; j < head_dim / 2; j++) inv[j] = static_cast<float>(1.0 / std::pow(theta, 2.0 * j / head_dim));
+    return inv;
+}
+
+// x [rows, heads * head_dim] (whole heads of head_dim) rotated at `pos` in double (the angle an F32 product, as documented).
+std::vector<double> ref_rope(const std::vector<float>& x, int head_dim, int pos, const std::vector<float>& inv) {
+    std::vector<double> out(x.size());
+    const int half = head_dim / 2;
+    for (size_t base = 0; base < x.size(); base += head_dim)
+        for (int j = 0; j < half; j++) {
+            const double angle = static_cast<float>(pos) * inv[j], a = x[base + j], b = x[base + j + half];
+            out[base + j] = a * std::cos(angle) - b * std::sin(angle);
+            out[base + j + half] = b * std::cos(angle) + a * std::sin(angle);
+        }
+    return out;
+}
+
+struct DecodeShape { int batch, heads, kv_heads, head_dim, max_seq; };
+
+// One qt_decode_attention step at each position on caches whose rows all hold random values (earlier steps'), checked
+// against (1) a double reference of RoPE + attention, (2) qt_rope + qt_attention (tensor-core path) on the same
+// inputs, and (3) the caches: row pos holds the rotated k and v, every other row is untouched. A position >= max_seq
+// must leave everything unwritten and out NaN.
+void test_decode_attention(DecodeShape c, std::vector<int> positions) {
+    char shape[96];
+    snprintf(shape, sizeof shape, "decode attention b%d h%d kv%d d%d max%d", c.batch, c.heads, c.kv_heads, c.head_dim,
+             c.max_seq);
+    if (!only.empty() && std::string(shape).find(only) == std::string::npos) return;
+    const int q_width = c.heads * c.head_dim, kv_width = c.kv_heads * c.head_dim, group = c.heads / c.kv_heads;
+    const size_t cache_elems = size_t(c.batch) * c.max_seq * kv_width;
+    const std::vector<float> inv = rope_inv_freq(c.head_dim, 10000.0);
+    // Keys larger than queries sharpen the softmax, so a wrong scale, mask or merge shows.
+    const std::vector<uint16_t> k_cache0 = to_f16(randn(cache_elems, 2.0f)), v_cache0 = to_f16(randn(cache_elems));
+    positions.push_back(c.max_seq);  // out of range
+    for (int pos : positions) {
+        if (pos > c.max_seq) continue;
+        char name[160];
+        snprintf(name, sizeof name, "%s @%d%s", shape, pos, pos == c.max_seq ? " (out of range)" : "");
+        run(name, [&] {
+            std::vector<float> q = rounded(randn(size_t(c.batch) * q_width), QT_F16),
+                               k = rounded(randn(size_t(c.batch) * kv_width, 2.0f), QT_F16),
+                               v = rounded(randn(size_t(c.batch) * kv_width), QT_F16);
+            Device dq = upload_as(q, QT_F16), dk = upload_as(k, QT_F16), dv = upload_as(v, QT_F16);
+            Device kc = Device::from(k_cache0), vc = Device::from(v_cache0), dinv = Device::from(inv);
+            Device dpos = Device::from(std::vector<int>{pos}), out(size_t(c.batch) * q_width * 2);
+            size_t scratch_bytes = 0;
+            CHECK(qt_decode_attention_scratch_bytes(c.batch, c.max_seq, c.heads, c.kv_heads, c.head_dim, &scratch_bytes));
+            Device scratch(scratch_bytes);
+            out.poison();
+            scratch.poison();
+            CHECK(qt_decode_attention(out.ptr, dq.ptr, dk.ptr, dv.ptr, kc.ptr, vc.ptr, c.batch, c.max_seq, c.heads,
+                                      c.kv_heads, c.head_dim, static_cast<const int32_t*>(dpos.ptr), dinv.ptr,
+                                      scratch.ptr, scratch_bytes, nullptr));
+            const std::vector<float> got = download_as(out, size_t(c.batch) * q_width, QT_F16);
+            const std::vector<uint16_t> kc_got = kc.to_host<uint16_t>(cache_elems), vc_got = vc.to_host<uint16_t>(cache_elems);
+            const std::vector<float> q_got = download_as(dq, q.size(), QT_F16), k_got = download_as(dk, k.size(), QT_F16);
+
+            if (pos == c.max_seq) {
+                size_t wrong = 0;
+                for (float x : got) wrong += !std::isnan(x);
+                for (size_t i = 0; i < cache_elems; i++) wrong += kc_got[i] != k_cache0[i] || vc_got[i] != v_cache0[i];
+                for (size_t i = 0; i < q.size(); i++) wrong += q_got[i] != q[i];
+                for (size_t i = 0; i < k.size(); i++) wrong += k_got[i] != k[i];
+                record(name, double(wrong), 0, "elements written (out must be NaN)");
+                return;
+            }
+            // (3) RoPE in place and the cache rows.
+            const std::vector<double> q_rot = ref_rope(q, c.head_dim, pos, inv),
+                                      k_rot = ref_rope(k, c.head_dim, pos, inv);
+            std::vector<float> both_got(q_got);
+            both_got.insert(both_got.end(), k_got.begin(), k_got.end());
+            std::vector<double> both_ref(q_rot);
+            both_ref.insert(both_ref.end(), k_rot.begin(), k_rot.end());
+            const std::vector<uint16_t> k_bits = dk.to_host<uint16_t>(k.size()), v_bits = to_f16(v);
+            size_t cache_wrong = 0;
+            for (int b = 0; b < c.batch; b++)
+                for (int t = 0; t < c.max_seq; t++)
+                    for (int e = 0; e < kv_width; e++) {
+                        const size_t i = (size_t(b) * c.max_seq + t) * kv_width + e;
+                        const uint16_t want_k = t == pos ? k_bits[size_t(b) * kv_width + e] : k_cache0[i];
+                        const uint16_t want_v = t == pos ? v_bits[size_t(b) * kv_width + e] : v_cache0[i];
+                        cache_wrong += kc_got[i] != want_k || vc_got[i] != want_v;
+                    }
+            record(std::string(name) + " rope, caches", cache_wrong ? INFINITY : rel_l2(both_got, both_ref), 6e-4,
+                   cache_wrong ? std::to_string(cache_wrong) + " cache elements wrong" : "rows != pos untouched");
+
+            // (1) Attention in double over the cache as the step leaves it (rotated q and k rounded once to F16).
+            const std::vector<float> q16 = rounded(std::vector<float>(q_rot.begin(), q_rot.end()), QT_F16),
+                                     k16 = rounded(std::vector<float>(k_rot.begin(), k_rot.end()), QT_F16);
+            std::vector<double> want(size_t(c.batch) * q_width), scores(pos + 1);
+            const double scale = 1.0 / std::sqrt(double(c.head_dim));
+            for (int b = 0; b < c.batch; b++)
+                for (int h = 0; h < c.heads; h++) {
+                    const int kvh = h / group;
+                    auto key = [&](int t, int d) -> double {
+                        return t == pos ? k16[size_t(b) * kv_width + kvh * c.head_dim + d]
+                                        : f16_value(k_cache0[(size_t(b) * c.max_seq + t) * kv_width + kvh * c.head_dim + d]);
+                    };
+                    auto value = [&](int t, int d) -> double {
+                        return t == pos ? v[size_t(b) * kv_width + kvh * c.head_dim + d]
+                                        : f16_value(v_cache0[(size_t(b) * c.max_seq + t) * kv_width + kvh * c.head_dim + d]);
+                    };
+                    const float* qrow = &q16[size_t(b) * q_width + size_t(h) * c.head_dim];
+                    double mx = -INFINITY, sum = 0;
+                    for (int t = 0; t <= pos; t++) {
+                        double dot = 0;
+                        for (int d = 0; d < c.head_dim; d++) dot += qrow[d] * key(t, d);
+                        mx = std::max(mx, scores[t] = dot * scale);
+                    }
+                    for (int t = 0; t <= pos; t++) sum += (scores[t] = std::exp(scores[t] - mx));
+                    double* orow = &want[size_t(b) * q_width + size_t(h) * c.head_dim];
+                    for (int t = 0; t <= pos; t++)
+                        for (int d = 0; d < c.head_dim; d++) orow[d] += scores[t] / sum * value(t, d);
+                }
+            record(name, rel_l2(got, want), 1e-3, "vs double RoPE + attention");
+
+            // (2) qt_rope + qt_attention at start_pos pos (16-bit tensor-core path: head_dim <= 128).
+            if (c.head_dim > 128) return;
+            Device q2 = upload_as(q, QT_F16), k2 = upload_as(k, QT_F16), kc2 = Device::from(k_cache0),
+                   vc2 = Device::from(v_cache0), out2(out.bytes);
+            CHECK(qt_rope(q2.ptr, QT_F16, c.batch, c.heads, c.head_dim, 1, pos, dinv.ptr, nullptr));
+            CHECK(qt_rope(k2.ptr, QT_F16, c.batch, c.kv_heads, c.head_dim, 1, pos, dinv.ptr, nullptr));
+            size_t attn_scratch_bytes = 0;
+            CHECK(qt_attention_scratch_bytes(QT_F16, c.batch, 1, pos, c.heads, c.kv_heads, c.head_dim, &attn_scratch_bytes));
+            Device attn_scratch(attn_scratch_bytes);
+            CHECK(qt_attention(out2.ptr, q2.ptr, k2.ptr, dv.ptr, kc2.ptr, vc2.ptr, QT_F16, c.batch, 1, pos, c.max_seq,
+                               c.heads, c.kv_heads, c.head_dim, attn_scratch.ptr, attn_scratch_bytes, nullptr));
+            const std::vector<float> other = download_as(out2, got.size(), QT_F16);
+            record(std::string(name) + " vs qt_attention", rel_l2(got, std::vector<double>(other.begin(), other.end())), 2e-3,
+                   k2.to_host<uint16_t>(k.size()) == k_bits ? "rotated k bit-equal to qt_rope's" : "rotated k differs from qt_rope's");
+        });
+    }
+}
+
+// A decoding step of a one-layer model captured once into a CUDA graph (embedding, rmsnorm, gate/up products,
+// silu_mul, q/k/v products, qt_decode_attention, o_proj added into the residual, qt_cast and a device copy of the
+// results), replayed at several positions changing only the device's position and token id; each replay is compared
+// with the same calls run directly on a twin set of buffers. Also: a call failing inside a capture fails qt_graph_end.
+void test_graph() {
+    run("graph", [&] {
+        const int heads = 8, kv_heads = 2, head_dim = 64, max_seq = 600, hidden = heads * head_dim, inter = 1024,
+                  vocab = 100, kv_width = kv_heads * head_dim;
+        const float eps = 1e-5f;
+        void* stream = nullptr;
+        CHECK(qt_stream_create(&stream));
+        CHECK(qt_linear_prepare(stream));  // cuBLAS's handle and this stream's workspace, before any capture
+        Device table = Device::from(randn(size_t(vocab) * hidden)), norm_w = Device::from(uniform(hidden, 0.5f, 1.5f));
+        Device wg = upload_as(randn(size_t(inter) * hidden, 0.05f), QT_F16), wu = upload_as(randn(size_t(inter) * hidden, 0.05f), QT_F16),
+               wq = upload_as(randn(size_t(hidden) * inter, 0.05f), QT_F16), wk = upload_as(randn(size_t(kv_width) * inter, 0.05f), QT_F16),
+               wv = upload_as(randn(size_t(kv_width) * inter, 0.05f), QT_F16), wo = upload_as(randn(size_t(hidden) * hidden, 0.05f), QT_F16);
+        Device inv = Device::from(rope_inv_freq(head_dim, 10000.0)), pos(4), id(4);
+        const std::vector<uint16_t> k0 = to_f16(randn(size_t(max_seq) * kv_width)), v0 = to_f16(randn(size_t(max_seq) * kv_width));
+        size_t scratch_bytes = 0;
+        CHECK(qt_decode_attention_scratch_bytes(1, max_seq, heads, kv_heads, head_dim, &scratch_bytes));
+        struct Buffers {
+            Device x, h, gate, up, q, k, v, att, kc, vc, scratch, x16, att_copy;
+        };
+        auto make = [&] {
+            return Buffers{Device(hidden * 4), Device(hidden * 2), Device(inter * 2), Device(inter * 2), Device(hidden * 2),
+                           Device(kv_width * 2), Device(kv_width * 2), Device(hidden * 2), Device::from(k0), Device::from(v0),
+                           Device(scratch_bytes), Device(hidden * 2), Device(hidden * 2)};
+        };
+        Buffers direct = make(), graphed = make();
+        auto step = [&](Buffers& b) {
+            auto linear = [&](Device& out, int out_dtype, Device& x, Device& w, int in_f, int out_f, int accumulate) {
+                CHECK(qt_linear(out.ptr, out_dtype, x.ptr, QT_F16, w.ptr, QT_F16, nullptr, 0, 1, in_f, out_f, accumulate,
+                                nullptr, 0, stream));
+            };
+            CHECK(qt_embedding(b.x.ptr, table.ptr, QT_F32, id.ptr, 1, hidden, vocab, stream));
+            CHECK(qt_rmsnorm(b.h.ptr, QT_F16, b.x.ptr, norm_w.ptr, QT_F32, 1, hidden, eps, stream));
+            linear(b.gate, QT_F16, b.h, wg, hidden, inter, 0);
+            linear(b.up, QT_F16, b.h, wu, hidden, inter, 0);
+            CHECK(qt_silu_mul(b.gate.ptr, b.gate.ptr, b.up.ptr, QT_F16, inter, stream));
+            linear(b.q, QT_F16, b.gate, wq, inter, hidden, 0);
+            linear(b.k, QT_F16, b.gate, wk, inter, kv_width, 0);
+            linear(b.v, QT_F16, b.gate, wv, inter, kv_width, 0);
+            CHECK(qt_decode_attention(b.att.ptr, b.q.ptr, b.k.ptr, b.v.ptr, b.kc.ptr, b.vc.ptr, 1, max_seq, heads, kv_heads,
+                                      head_dim, static_cast<const int32_t*>(pos.ptr), inv.ptr, b.scratch.ptr, scratch_bytes,
+                                      stream));
+            linear(b.x, QT_F32, b.att, wo, hidden, hidden, 1);
+            CHECK(qt_cast(b.x16.ptr, QT_F16, b.x.ptr, QT_F32, hidden, stream));
+            CHECK(qt_memcpy_dtod_async(b.att_copy.ptr, b.att.ptr, hidden * 2, stream));
+        };
+        void* graph = nullptr;
+        int token = 7;
+        for (int p : {3, 4, 5, 130, 257, 599}) {
+            token = (token * 31 + 11) % vocab;
+            CHECK(qt_memcpy_htod(pos.ptr, &p, 4, stream));
+            CHECK(qt_memcpy_htod(id.ptr, &token, 4, stream));
+            step(direct);  // the first one also loads every kernel before the capture
+            if (graph == nullptr) {
+                CHECK(qt_graph_begin(stream));
+                step(graphed);
+                CHECK(qt_graph_end(stream, &graph));
+            }
+            for (Device* d : {&graphed.x, &graphed.x16, &graphed.att_copy}) CHECK(qt_memset_async(d->ptr, 0xff, d->bytes, stream));
+            CHECK(qt_graph_launch(graph, stream));
+            CHECK(qt_stream_synchronize(stream));
+            double worst = 0;
+            size_t differ = 0;
+            auto compare = [&](const Device& a, const Device& g, size_t n, int dtype) {
+                const std::vector<float> want = download_as(a, n, dtype), have = download_as(g, n, dtype);
+                for (size_t i = 0; i < n; i++) differ += !(want[i] == have[i]);
+                worst = std::max(worst, rel_l2(have, std::vector<double>(want.begin(), want.end())));
+            };
+            compare(direct.x, graphed.x, hidden, QT_F32);
+            compare(direct.x16, graphed.x16, hidden, QT_F16);
+            compare(direct.att_copy, graphed.att_copy, hidden, QT_F16);
+            compare(direct.kc, graphed.kc, size_t(max_seq) * kv_width, QT_F16);
+            compare(direct.vc, graphed.vc, size_t(max_seq) * kv_width, QT_F16);
+            record("graph replay vs direct calls @" + std::to_string(p), worst, 1e-3,
+                   differ == 0 ? "bit-identical" : std::to_string(differ) + " elements differ");
+        }
+        CHECK(qt_graph_destroy(graph));
+
+        // A call that fails its checks inside a capture queues nothing; qt_graph_end must still refuse the graph,
+        // and the stream must work afterwards. The legacy stream cannot be captured; a first cuBLAS product on a
+        // stream inside a capture is refused with advice.
+        int wrong = 0;
+        CHECK(qt_graph_begin(stream));
+        Buffers& b = graphed;
+        wrong += qt_decode_attention(b.att.ptr, b.q.ptr, b.k.ptr, b.v.ptr, b.kc.ptr, b.vc.ptr, 1, max_seq, heads, kv_heads,
+                                     12, static_cast<const int32_t*>(pos.ptr), inv.ptr, b.scratch.ptr, scratch_bytes,
+                                     stream) != QT_ERR_INVALID_ARGUMENT;
+        void* refused = nullptr;
+        wrong += qt_graph_end(stream, &refused) == QT_OK || refused != nullptr || !strstr(qt_last_error(), "head_dim");
+        std::string note = qt_last_error();
+        CHECK(qt_memset_async(b.att.ptr, 0, b.att.bytes, stream));
+        CHECK(qt_stream_synchronize(stream));
+        // A waiting call (qt_memcpy_dtod synchronizes) breaks the capture: it fails, and so does qt_graph_end.
+        CHECK(qt_graph_begin(stream));
+        wrong += qt_memcpy_dtod(b.att_copy.ptr, b.att.ptr, b.att.bytes, stream) == QT_OK;
+        wrong += qt_graph_end(stream, &refused) == QT_OK;
+        CHECK(qt_memset_async(b.att.ptr, 0, b.att.bytes, stream));
+        CHECK(qt_stream_synchronize(stream));
+        wrong += qt_graph_begin(nullptr) != QT_ERR_INVALID_ARGUMENT;
+        void* fresh = nullptr;
+        CHECK(qt_stream_create(&fresh));
+        CHECK(qt_graph_begin(fresh));
+        wrong += qt_linear(b.q.ptr, QT_F16, b.gate.ptr, QT_F16, wq.ptr, QT_F16, nullptr, 0, 1, inter, hidden, 0, nullptr,
+                           0, fresh) != QT_ERR_INVALID_ARGUMENT || !strstr(qt_last_error(), "qt_linear_prepare");
+        wrong += qt_graph_end(fresh, &refused) == QT_OK;
+        CHECK(qt_stream_destroy(fresh));
+        CHECK(qt_stream_destroy(stream));
+        record("graph: failed calls inside a capture", wrong, 0, note.substr(0, 110));
+    });
+}
+
 // ---- timings ----------------------------------------------------------------------------------------
 
 double median(std::vector<float> v) {
@@ -608,17 +861,17 @@ double median(std::vector<float> v) {
     return v[v.size() / 2];
 }
 
-// Median milliseconds of `iters` event-timed runs of fn, after 3 warm-ups.
-double time_ms(const std::function<void()>& fn, int iters = 20) {
+// Median milliseconds of `iters` event-timed runs of fn (queuing its work on `stream`), after 3 warm-ups.
+double time_ms(const std::function<void()>& fn, int iters = 20, void* stream = nullptr) {
     for (int i = 0; i < 3; i++) fn();
     void *start, *stop;
     CHECK(qt_event_create(&start));
     CHECK(qt_event_create(&stop));
     std::vector<float> times;
     for (int i = 0; i < iters; i++) {
-        CHECK(qt_event_record(start, nullptr));
+        CHECK(qt_event_record(start, stream));
         fn();
-        CHECK(qt_event_record(stop, nullptr));
+        CHECK(qt_event_record(stop, stream));
         CHECK(qt_event_synchronize(stop));
         float ms = 0;
         CHECK(qt_event_elapsed_ms(start, stop, &ms));
@@ -813,6 +1066,55 @@ void bench_layer() {
     }
 }
 
+// qt_decode_attention on Llama-2-7B shapes (MHA, and GQA with 8 kv heads) at a few positions of a 4096-row cache:
+// called directly, replayed as a one-call graph, and beside qt_rope x2 + qt_attention doing the same step.
+// GB/s counts the K and V rows read.
+void bench_decode_attention() {
+    struct Shape { int batch, heads, kv_heads, head_dim; };
+    const int max_seq = 4096;
+    void* stream = nullptr;
+    CHECK(qt_stream_create(&stream));
+    for (Shape sh : {Shape{1, 32, 32, 128}, Shape{1, 32, 8, 128}, Shape{16, 32, 8, 128}}) {
+        const size_t q_elems = size_t(sh.batch) * sh.heads * sh.head_dim, kv_elems = size_t(sh.batch) * sh.kv_heads * sh.head_dim;
+        Device kc = upload_as(randn_tiled(kv_elems * max_seq), QT_F16), vc = upload_as(randn_tiled(kv_elems * max_seq), QT_F16);
+        Device q = upload_as(randn(q_elems), QT_F16), k = upload_as(randn(kv_elems), QT_F16), v = upload_as(randn(kv_elems), QT_F16);
+        Device out(q_elems * 2), inv = Device::from(rope_inv_freq(sh.head_dim, 10000.0)), pos(4);
+        size_t scratch_bytes = 0, attn_scratch_bytes = 0;
+        CHECK(qt_decode_attention_scratch_bytes(sh.batch, max_seq, sh.heads, sh.kv_heads, sh.head_dim, &scratch_bytes));
+        Device scratch(scratch_bytes);
+        for (int p : {512, 2048, 4095}) {
+            CHECK(qt_memcpy_htod(pos.ptr, &p, 4, stream));
+            auto call = [&] {
+                CHECK(qt_decode_attention(out.ptr, q.ptr, k.ptr, v.ptr, kc.ptr, vc.ptr, sh.batch, max_seq, sh.heads,
+                                          sh.kv_heads, sh.head_dim, static_cast<const int32_t*>(pos.ptr), inv.ptr,
+                                          scratch.ptr, scratch_bytes, stream));
+            };
+            const double direct = time_ms(call, 50, stream);
+            void* graph = nullptr;
+            CHECK(qt_graph_begin(stream));
+            call();
+            CHECK(qt_graph_end(stream, &graph));
+            const double graphed = time_ms([&] { CHECK(qt_graph_launch(graph, stream)); }, 50, stream);
+            CHECK(qt_graph_destroy(graph));
+            CHECK(qt_attention_scratch_bytes(QT_F16, sh.batch, 1, p, sh.heads, sh.kv_heads, sh.head_dim, &attn_scratch_bytes));
+            Device attn_scratch(attn_scratch_bytes);
+            const double before = time_ms([&] {
+                CHECK(qt_rope(q.ptr, QT_F16, sh.batch, sh.heads, sh.head_dim, 1, p, inv.ptr, stream));
+                CHECK(qt_rope(k.ptr, QT_F16, sh.batch, sh.kv_heads, sh.head_dim, 1, p, inv.ptr, stream));
+                CHECK(qt_attention(out.ptr, q.ptr, k.ptr, v.ptr, kc.ptr, vc.ptr, QT_F16, sh.batch, 1, p, max_seq, sh.heads,
+                                   sh.kv_heads, sh.head_dim, attn_scratch.ptr, attn_scratch_bytes, stream));
+            }, 50, stream);
+            const double bytes = 2.0 * 2 * double(p + 1) * kv_elems;
+            char label[128];
+            snprintf(label, sizeof label, "decode_attention b%d h%d kv%d d%d @%d", sh.batch, sh.heads, sh.kv_heads,
+                     sh.head_dim, p);
+            printf("  %-44s %7.1f us %7.1f GB/s of cache | graph %6.1f us | rope x2 + qt_attention %6.1f us\n", label,
+                   direct * 1e3, bytes / (direct * 1e-3) / 1e9, graphed * 1e3, before * 1e3);
+        }
+    }
+    CHECK(qt_stream_destroy(stream));
+}
+
 void bench() {
     printf("\nTimings (median of CUDA-event-timed runs after warm-up; random inputs)\n");
     try {
@@ -824,6 +1126,7 @@ void bench() {
         if (bench_section("attention")) bench_attention();
         if (bench_section("linear")) bench_linear();
         if (bench_section("layer")) bench_layer();
+        if (bench_section("decode")) bench_decode_attention();
     } catch (const std::exception& e) {
         printf("  benchmark failed: %s\n", e.what());
         failures++;
@@ -906,6 +1209,17 @@ int main(int argc, char** argv) {
         test_linear(QT_F16, 5, 256, 320, true, 1e-2, QT_F32, QT_F16);
         test_linear(QT_BF16, 37, 1024, 768, true, 1e-2, QT_BF16, QT_BF16, true);
         test_linear(QT_BF16, 1, 576, 1536, false, 1e-5, QT_BF16, QT_F32, true);
+        test_decode_attention({1, 9, 3, 64, 2048}, {0, 1, 255, 256, 1000, 2047});   // SmolLM2
+        test_decode_attention({1, 32, 32, 128, 1100}, {0, 1, 255, 256, 1000, 1099}); // Llama-2-7B
+        test_decode_attention({2, 32, 8, 128, 1100}, {0, 1, 255, 256, 1000, 1099});  // GQA 32/8
+        test_decode_attention({1, 4, 1, 256, 300}, {0, 1, 255, 256, 299});           // head_dim 256, one kv head
+        test_decode_attention({1, 8, 4, 8, 300}, {0, 1, 255, 299});                  // head_dim 8 (stories260K)
+        test_decode_attention({2, 6, 2, 96, 300}, {0, 1, 256, 299});                 // 12 of 16 lanes per row
+        test_decode_attention({1, 24, 2, 64, 600}, {0, 256, 599});                   // 12 query heads a kv head: 2 blocks
+        test_decode_attention({1, 16, 1, 64, 600}, {1, 599});                        // MQA, 16 heads: 2 blocks of 8
+        test_decode_attention({3, 4, 4, 32, 520}, {0, 255, 519});
+        test_decode_attention({1, 4, 4, 64, 40000}, {0, 39999});                     // more chunks than blocks: loops
+        test_graph();
         test_cross_entropy();
         test_cholesky(200);
         test_errors();
