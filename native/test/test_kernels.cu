@@ -632,8 +632,10 @@ HostQMatrix make_qmatrix(int in, int out, const std::vector<int>& widths, const 
     const int n = in / 32;
     h.unit_bits.resize(n);
     h.unit_group.resize(n);
+    std::vector<int> group_bits;
     for (int u = 0; u < n; h.groups++) {
         const int group_units = group_rows[rng() % group_rows.size()] / 32, bits = widths[size_t(u) * widths.size() / n];
+        group_bits.push_back(bits);
         for (int k = 0; k < group_units && u < n; k++, u++) {
             h.unit_bits[u] = bits;
             h.unit_group[u] = h.groups;
@@ -661,12 +663,8 @@ HostQMatrix make_qmatrix(int in, int out, const std::vector<int>& widths, const 
     h.scales = to_f16(uniform(size_t(h.groups) * out, 0.002f, 0.02f));
     if (with_zeros) {
         std::vector<float> z(size_t(h.groups) * out);
-        for (int g = 0; g < h.groups; g++) {
-            int bits = 0;
-            for (int u = 0; u < n; u++)
-                if (h.unit_group[u] == g) bits = h.unit_bits[u];
-            for (int o = 0; o < out; o++) z[size_t(g) * out + o] = static_cast<float>(rng() % (1u << bits));
-        }
+        for (int g = 0; g < h.groups; g++)
+            for (int o = 0; o < out; o++) z[size_t(g) * out + o] = static_cast<float>(rng() % (1u << group_bits[g]));
         h.zeros = to_f16(z);
     }
     if (with_perm) {
