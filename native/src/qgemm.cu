@@ -7,19 +7,22 @@
 // load each; the width is a template parameter, so every field's word and shift is a constant. A unit has one group,
 // so its sum factors as s · (Σ q·x − z · Σ x): the inner loop is one FMA per code and output, and Σ x is shared by the
 // 4 outputs. Codes become floats without a conversion instruction (I2F issues at a quarter of the FMA rate, which
-// would cap 4-bit batch-1 GEMV below the memory bound): the field is moved under the top of a float's mantissa with the
-// exponent of 2^bits, which reads as exactly 2^bits + q (one shift, one LOP3); the constant is taken out with z.
+// would cap 4-bit batch-1 GEMV below the memory bound): the field is moved into the top bits of a float's mantissa
+// under the exponent of 2^bits, which reads as exactly 2^bits + q (one shift, one LOP3); the constant goes with z.
 //
 // GEMV block: 16 outputs (4 quads) × 8 input slices per warp × 8 warps (QTOOL_QMATRIX_WARPS=4 or 8). A slice walks
-// pairs of units (both pairs' `bits` 128-bit loads issued before either is used; batches over 2 rows take one unit at a
+// pairs of units (both units' `bits` 128-bit loads issued before either is used; batches over 2 rows take one unit at a
 // time: their arithmetic per byte hides the latency), the 8 slices of a warp are summed by shuffles, the warps through
 // shared memory. Every block covers all inputs of its 16 outputs; no split over the inputs (which would need atomics
 // into a zeroed F32 y and could not produce F16 y in one pass), because out/16 blocks already fill the machine at the
 // shapes that matter:
-//   out = 4096: 256 blocks of 256 threads on 132 SMs, ~2 per SM (≤ 128 registers each) = 512 threads per SM, each
-//   with a pair of 4-bit units in flight (2 × 4 × 16 B = 128 B) = 64 KB per SM. Little's law at 3.0 TB/s and ~0.8 µs
-//   of loaded DRAM latency needs 3.0e12 × 0.8e-6 / 132 ≈ 18 KB per SM; the 2-to-1 block imbalance of 256 blocks on
-//   132 SMs costs 256 / 264 = 3 %. out = 11008: 688 blocks, several waves, the same bytes in flight per resident block.
+//   out = 4096: 256 blocks of 256 threads on 132 SMs, ~2 per SM = 512 threads per SM, each with a pair of 4-bit units
+//   in flight (2 × 4 × 16 B = 128 B) = 64 KB per SM. Little's law at 3.0 TB/s and ~0.8 µs of loaded DRAM latency
+//   needs 3.0e12 × 0.8e-6 / 132 ≈ 18 KB per SM; the 2-to-1 block imbalance of 256 blocks on 132 SMs costs
+//   256 / 264 = 3 %. out = 11008: 688 blocks, 4 resident per SM (528) at batch 1's 64 registers, 1.3 waves.
+// ptxas (sm_90, nvcc 13.0): 64 registers at 1 row, 80 at 2, 117 at 3..4, 203 at 5..8; no spills, no stack. Keeping
+// the next unit's loads in flight while multiplying the current one (software pipelining across iterations) took every
+// instantiation to 255 registers with spills, so each iteration issues its pair's loads and then uses them.
 // x is read through the read-only path (__ldg): a unit's 64 bytes of one row go to its quad's 4 lanes in one broadcast
 // load, and no other slice of the block reads them, so staging x in shared memory would copy without reuse; the reuse
 // is across blocks (every block reads all of x: 22 KB at in = 11008), which L1 and L2 serve.
@@ -57,7 +60,7 @@ int gemv_warps() {
 }
 
 // 2^Bits + (field j of the unit's little-endian stream of `Bits`-bit fields in w[0..Bits-1]), as an exact float: the
-// field lands just under the top of the mantissa (bit 23 − Bits) and the exponent is that of 2^Bits.
+// field fills the top `Bits` bits of the mantissa (from bit 23 − Bits) under the exponent of 2^Bits.
 template <int Bits>
 __device__ __forceinline__ float code_plus_base(const uint32_t (&w)[Bits], int j) {
     constexpr int kTop = 23 - Bits;
@@ -143,7 +146,8 @@ __device__ __forceinline__ void unit_products(float (&acc)[Rows][4], const QMatr
             uint4 xv[Rows];
 #pragma unroll
             for (int r = 0; r < Rows; r++)
-                xv[r] = Rows == 1 || r < rows ? __ldg(xu + static_cast<size_t>(r) * (m.in / 8) + part) : make_uint4(0, 0, 0, 0);
+                xv[r] = Rows == 1 || r < rows ? __ldg(xu + static_cast<size_t>(r) * (m.in / 8) + part)
+                                              : make_uint4(0, 0, 0, 0);
 #pragma unroll
             for (int p = 0; p < 4; p++) {
                 float2 xf[Rows];
