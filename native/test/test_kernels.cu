@@ -1161,7 +1161,7 @@ int main(int argc, char** argv) {
         test_errors();
         test_qmatrix("mixed 8..2b 4096->4096 exl2", 4096, 4096, {8, 6, 5, 4, 3, 2}, {32, 64, 128}, false, true);
         test_qmatrix("mixed 8..2b 576->200 zeros", 576, 200, {8, 6, 5, 4, 3, 2}, {32, 64, 128}, true, false);
-        test_qmatrix("mixed 6..2b 576->200 exl2", 576, 200, {6, 5, 4, 3, 2}, {32, 64}, false, true);
+        test_qmatrix("mixed 6..2b 608->200 exl2", 608, 200, {6, 5, 4, 3, 2}, {32, 64}, false, true);  // 19 units: a lone last unit
         test_qmatrix("4b g128 11008->4096 act-order", 11008, 4096, {4}, {128}, true, true);
         test_qmatrix("3b g64 4096->4096", 4096, 4096, {3}, {64}, true, false);
         test_qmatrix("8b g128 4096->1024", 4096, 1024, {8}, {128}, true, false);
