@@ -1,16 +1,41 @@
-// Quantized matrix products straight from GPTQ's packed tensors (qtool.format.gptq.GptqLayout is the layout):
-// qt_gptq_gemv for a few rows (decoding), qt_gptq_dequant for the fp16 weight that a cuBLAS product then takes
-// (prefill, ExLlamaV2's approach for batches of 8 and more).
+// Quantized matrix products straight from packed codes, for GPTQ and EXL2 alike (qt_qmatrix in qtool.h is the layout):
+// qt_qmatrix_gemv for a few rows (decoding), qt_qmatrix_dequant for the fp16 weight that a cuBLAS product then takes
+// (prefill, ExLlamaV2's approach for batches of more than 8 rows).
 //
-// Work unit: 32 consecutive inputs of 4 consecutive outputs. Whatever the width, 32 inputs of one output are `bits`
-// whole words of qweight (a 3-bit line is 32 inputs per 3 words), so a unit is `bits` rows of qweight, each read as one
-// 128-bit load of 4 adjacent outputs; with the width a template parameter every field's word and shift are constants.
+// Work item: one unit (32 processing rows) of 4 adjacent outputs. Whatever the width, a unit of one output is `bits`
+// whole words of qweight (a 3-bit unit is 32 codes in 3 words), so a thread reads `bits` qweight rows as one 128-bit
+// load each; the width is a template parameter, so every field's word and shift is a constant. A unit has one group,
+// so its sum factors as s · (Σ q·x − z · Σ x): the inner loop is one FMA per code and output, and Σ x is shared by the
+// 4 outputs. Codes become floats without a conversion instruction (I2F issues at a quarter of the FMA rate, which
+// would cap 4-bit batch-1 GEMV below the memory bound): the field is moved into the top bits of a float's mantissa
+// under the exponent of 2^bits, which reads as exactly 2^bits + q (one shift, one LOP3); the constant goes with z.
 //
-// Bytes per token (batch 1), the GEMV's memory traffic: in·out·bits/8 of qweight, read exactly once, plus per group
-// out·2 (scales) + out·bits/8 (qzeros), plus in·2 of x and out·4 (or ·2) of y. For 4096×11008 at 4 bits, group 128:
-// 22.5 MB of qweight + 0.70 MB scales + 0.17 MB zeros + 0.02 MB x + 0.04 MB y ≈ 23.5 MB, so at ~3 TB/s of HBM the
-// floor is ~8 µs. Scales and zeros are re-read by the 4 lanes of a unit row but come from L1/L2, not DRAM.
+// GEMV block: 16 outputs (4 quads) × 8 input slices per warp × 8 warps (QTOOL_QMATRIX_WARPS=4 or 8). A slice walks
+// pairs of units (both units' `bits` 128-bit loads issued before either is used; batches over 2 rows take one unit at a
+// time: their arithmetic per byte hides the latency), the 8 slices of a warp are summed by shuffles, the warps through
+// shared memory. Every block covers all inputs of its 16 outputs; no split over the inputs (which would need atomics
+// into a zeroed F32 y and could not produce F16 y in one pass), because out/16 blocks already fill the machine at the
+// shapes that matter:
+//   out = 4096: 256 blocks of 256 threads on 132 SMs, ~2 per SM = 512 threads per SM, each with a pair of 4-bit units
+//   in flight (2 × 4 × 16 B = 128 B) = 64 KB per SM. Little's law at 3.0 TB/s and ~0.8 µs of loaded DRAM latency
+//   needs 3.0e12 × 0.8e-6 / 132 ≈ 18 KB per SM; the 2-to-1 block imbalance of 256 blocks on 132 SMs costs
+//   256 / 264 = 3 %. out = 11008: 688 blocks, 4 resident per SM (528) at batch 1's 64 registers, 1.3 waves.
+// ptxas (sm_90, nvcc 13.0): 64 registers at 1 row, 80 at 2, 117 at 3..4, 203 at 5..8; no spills, no stack. Keeping
+// the next unit's loads in flight while multiplying the current one (software pipelining across iterations) took every
+// instantiation to 255 registers with spills, so each iteration issues its pair's loads and then uses them.
+// x is read through the read-only path (__ldg): a unit's 64 bytes of one row go to its quad's 4 lanes in one broadcast
+// load, and no other slice of the block reads them, so staging x in shared memory would copy without reuse; the reuse
+// is across blocks (every block reads all of x: 22 KB at in = 11008), which L1 and L2 serve.
+//
+// Bytes per token (batch 1) = in·out·bits/8 (qweight, read once) + groups·out·2 (scales) + groups·out·2 (zeros, when
+// present) + in/32·8 (units) + in·2 (x) + out·4 (y). 4096 → 11008 at 4 bits, group 128: 22.5 MB + 0.70 + 0.70 + 0.001
+// + 0.008 + 0.044 ≈ 24.0 MB, so at 3.0 TB/s of HBM the floor is 8.0 µs (85 % of the copy bandwidth: 9.4 µs). Scales and
+// zeros are re-read by the 4 units of a 128-row group, from L1/L2. Arithmetic at batch 1: per code and output a shift,
+// a LOP3 and an FMA (+ ~0.5 for x's conversion and Σ x, shared by 4 outputs) = 3.5 instructions over 32 lanes:
+// 45.1e6 × 3.5 / 32 / (4 issues × 132 SMs × 1.98 GHz) ≈ 4.7 µs, under the memory time.
 #include <cuda_fp16.h>
+
+#include <cstdlib>
 
 #include "internal.h"
 
@@ -18,38 +43,42 @@ namespace qt {
 namespace {
 
 constexpr int kMaxGemvRows = 8;
-constexpr int kQuadsPerWarp = 4;                        // lanes 0..3 of a slice: 16 outputs, 64 contiguous bytes a row
-constexpr int kSlicesPerWarp = 32 / kQuadsPerWarp;      // 8 input slices per warp, summed by shuffles
-constexpr int kWarps = 8;
-constexpr int kThreads = 32 * kWarps;
-constexpr int kOutputsPerBlock = 4 * kQuadsPerWarp;     // 16
-constexpr int kSlicesPerBlock = kSlicesPerWarp * kWarps;  // 64
+constexpr int kQuadsPerWarp = 4;                     // lanes 0..3 of a slice: 16 outputs, 64 contiguous bytes a row
+constexpr int kSlicesPerWarp = 32 / kQuadsPerWarp;   // 8 input slices per warp, summed by shuffles
+constexpr int kOutputsPerBlock = 4 * kQuadsPerWarp;  // 16
+constexpr int kDefaultWarps = 8;
+constexpr int kMaxThreads = 256;
 
-// Field `index` of a little-endian bit stream of `bits`-bit fields held in words line[0], line[1], ...
-__device__ __forceinline__ int packed_field(const uint32_t* __restrict__ line, int index, int bits) {
-    const int bit = index * bits, word = bit >> 5, shift = bit & 31;
-    uint32_t v = __ldg(line + word) >> shift;
-    if (shift + bits > 32) v |= __ldg(line + word + 1) << (32 - shift);
-    return static_cast<int>(v & ((1u << bits) - 1));
+// Warps per GEMV block: QTOOL_QMATRIX_WARPS (4 or 8) overrides kDefaultWarps, for measurements.
+int gemv_warps() {
+    static const int warps = [] {
+        const char* e = getenv("QTOOL_QMATRIX_WARPS");
+        const int v = e != nullptr ? atoi(e) : 0;
+        return v == 4 || v == 8 ? v : kDefaultWarps;
+    }();
+    return warps;
 }
 
-// Code of input j (0..31) of the unit from its `Bits` words (one per qweight row, this output's column).
+// 2^Bits + (field j of the unit's little-endian stream of `Bits`-bit fields in w[0..Bits-1]), as an exact float: the
+// field fills the top `Bits` bits of the mantissa (from bit 23 − Bits) under the exponent of 2^Bits.
 template <int Bits>
-__device__ __forceinline__ int unit_code(const uint32_t (&w)[Bits], int j) {
+__device__ __forceinline__ float code_plus_base(const uint32_t (&w)[Bits], int j) {
+    constexpr int kTop = 23 - Bits;
     const int bit = j * Bits, word = bit >> 5, shift = bit & 31;  // constants once j is unrolled
-    uint32_t v = w[word] >> shift;
-    if (shift + Bits > 32) v |= w[word + 1] << (32 - shift);
-    return static_cast<int>(v & ((1u << Bits) - 1));
+    uint32_t v;
+    if (shift + Bits > 32) v = __funnelshift_r(w[word], w[word + 1], shift - kTop);  // straddles two words
+    else if (shift >= kTop) v = w[word] >> (shift - kTop);
+    else v = w[word] << (kTop - shift);
+    return __uint_as_float((v & (((1u << Bits) - 1) << kTop)) | ((127u + Bits) << 23));
 }
 
-// The `Bits` qweight rows of unit u for outputs o..o+3: w[k][c] is row u·Bits + k, column o + c.
+// The `Bits` qweight rows of one unit for outputs o..o+3 (line = qweight + first row · out + o): w[c][k] is row k,
+// column o + c.
 template <int Bits>
-__device__ __forceinline__ void load_unit(uint32_t (&w)[4][Bits], const uint32_t* __restrict__ qweight, int out, int u,
-                                          int o) {
+__device__ __forceinline__ void load_unit(uint32_t (&w)[4][Bits], const uint32_t* __restrict__ line, int out) {
     uint4 v[Bits];
 #pragma unroll
-    for (int k = 0; k < Bits; k++)
-        v[k] = __ldg(reinterpret_cast<const uint4*>(qweight + static_cast<size_t>(u * Bits + k) * out + o));
+    for (int k = 0; k < Bits; k++) v[k] = __ldg(reinterpret_cast<const uint4*>(line + static_cast<size_t>(k) * out));
 #pragma unroll
     for (int k = 0; k < Bits; k++) {
         w[0][k] = v[k].x;
@@ -59,86 +88,149 @@ __device__ __forceinline__ void load_unit(uint32_t (&w)[4][Bits], const uint32_t
     }
 }
 
-struct GroupParams {
-    const uint32_t* qzeros;  // [groups, out·bits/32]
-    const __half* scales;    // [groups, out]
-    int out, bits, zero_offset;
+// Four adjacent halves (8-byte aligned) as floats.
+__device__ __forceinline__ void load_half4(float (&v)[4], const __half* __restrict__ p) {
+    const uint2 raw = __ldg(reinterpret_cast<const uint2*>(p));
+    const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&raw.x));
+    const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&raw.y));
+    v[0] = a.x, v[1] = a.y, v[2] = b.x, v[3] = b.y;
+}
 
-    __device__ __forceinline__ float scale(int g, int o) const { return __half2float(scales[static_cast<size_t>(g) * out + o]); }
-    __device__ __forceinline__ float zero(int g, int o) const {
-        return static_cast<float>(packed_field(qzeros + static_cast<size_t>(g) * (out * bits / 32), o, bits) + zero_offset);
-    }
+struct QMatrix {
+    const uint32_t* qweight;
+    const int2* units;  // {first qweight row, group << 8 | bits}
+    const __half* scales;
+    const __half* zeros;  // or nullptr: z = 2^(bits - 1)
+    int in, out;
 };
 
-// y[r, o] = sum_i x[r, i] · s[g(i), o] · (q[i, o] − z[g(i), o]). Block: 16 outputs × 64 input slices; a thread takes
-// units u = slice, slice + 64, ... of its output quad. PerInput: groups from g_idx per input (act-order); otherwise
-// one group per unit (g = 32u / group_size), so the sum factors as s · (Σ q·x − z · Σ x).
-template <int Bits, bool PerInput, typename Out>
-__global__ void __launch_bounds__(kThreads) gptq_gemv(Out* __restrict__ y, const __half* __restrict__ x,
-                                                      const uint32_t* __restrict__ qweight, GroupParams gp,
-                                                      const int* __restrict__ g_idx, int group_size, int rows, int in) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int quad = lane % kQuadsPerWarp, slice = warp * kSlicesPerWarp + lane / kQuadsPerWarp;
-    const int out = gp.out, o = blockIdx.x * kOutputsPerBlock + quad * 4;
-    const bool active = o < out;
-    const int units = in / 32;
+// Scale s and zero + 2^Bits (the base code_plus_base adds) of group g for outputs o..o+3.
+template <int Bits>
+__device__ __forceinline__ void load_group(float (&s)[4], float (&zb)[4], const QMatrix& m, int g, int o) {
+    const size_t at = static_cast<size_t>(g) * m.out + o;
+    load_half4(s, m.scales + at);
+    if (m.zeros != nullptr) {
+        load_half4(zb, m.zeros + at);
+#pragma unroll
+        for (int c = 0; c < 4; c++) zb[c] += static_cast<float>(1 << Bits);
+    } else {
+#pragma unroll
+        for (int c = 0; c < 4; c++) zb[c] = static_cast<float>((1 << Bits) + (1 << (Bits - 1)));
+    }
+}
 
-    float acc[kMaxGemvRows][4];
+// acc[r][c] += Σ_j x[r, 32u + j] · s · (q_j − z) for the N units u[n] (descriptors d[n], all `Bits` wide) of outputs
+// o..o+3. All N units' loads are issued before the first is used. x rows ≥ rows read as zeros.
+template <int Bits, int Rows, int N>
+__device__ __forceinline__ void unit_products(float (&acc)[Rows][4], const QMatrix& m, const __half* __restrict__ x,
+                                              int rows, int o, const int (&u)[N], const int2 (&d)[N]) {
+    uint32_t w[N][4][Bits];
+    float s[N][4], zb[N][4];
 #pragma unroll
-    for (int r = 0; r < kMaxGemvRows; r++)
+    for (int n = 0; n < N; n++) {
+        load_unit<Bits>(w[n], m.qweight + static_cast<size_t>(d[n].x) * m.out + o, m.out);
+        load_group<Bits>(s[n], zb[n], m, d[n].y >> 8, o);
+    }
 #pragma unroll
-        for (int c = 0; c < 4; c++) acc[r][c] = 0.0f;
-
-    for (int u = slice; active && u < units; u += kSlicesPerBlock) {
-        uint32_t w[4][Bits];
-        load_unit<Bits>(w, qweight, out, u, o);
-        float s[4], z[4];
-        if (!PerInput) {
-            const int g = group_size > 0 ? u * 32 / group_size : 0;
+    for (int n = 0; n < N; n++) {
+        float dot[Rows][4], xsum[Rows];
 #pragma unroll
-            for (int c = 0; c < 4; c++) {
-                s[c] = gp.scale(g, o + c);
-                z[c] = gp.zero(g, o + c);
-            }
+        for (int r = 0; r < Rows; r++) {
+            xsum[r] = 0.0f;
+#pragma unroll
+            for (int c = 0; c < 4; c++) dot[r][c] = 0.0f;
         }
+        const uint4* xu = reinterpret_cast<const uint4*>(x + u[n] * 32);
 #pragma unroll
-        for (int r = 0; r < kMaxGemvRows; r++) {
-            if (r >= rows) break;
-            const uint4* xr = reinterpret_cast<const uint4*>(x + static_cast<size_t>(r) * in + u * 32);
-            float dot[4] = {0.0f, 0.0f, 0.0f, 0.0f}, xsum = 0.0f;
+        for (int part = 0; part < 4; part++) {  // 8 halves of x per 128-bit load
+            uint4 xv[Rows];
 #pragma unroll
-            for (int part = 0; part < 4; part++) {  // 8 halves of x per 128-bit load
-                const uint4 xv = __ldg(xr + part);
-                const __half2* h2 = reinterpret_cast<const __half2*>(&xv);
+            for (int r = 0; r < Rows; r++)
+                xv[r] = Rows == 1 || r < rows ? __ldg(xu + static_cast<size_t>(r) * (m.in / 8) + part)
+                                              : make_uint4(0, 0, 0, 0);
 #pragma unroll
-                for (int p = 0; p < 4; p++) {
-                    const float2 xf = __half22float2(h2[p]);
+            for (int p = 0; p < 4; p++) {
+                float2 xf[Rows];
 #pragma unroll
-                    for (int e = 0; e < 2; e++) {
-                        const int j = part * 8 + p * 2 + e;
-                        const float xj = e == 0 ? xf.x : xf.y;
-                        if (PerInput) {
-                            const int g = __ldg(g_idx + u * 32 + j);
+                for (int r = 0; r < Rows; r++) xf[r] = __half22float2(reinterpret_cast<const __half2*>(&xv[r])[p]);
 #pragma unroll
-                            for (int c = 0; c < 4; c++)
-                                dot[c] = fmaf(xj, gp.scale(g, o + c) * (unit_code<Bits>(w[c], j) - gp.zero(g, o + c)), dot[c]);
-                        } else {
-                            xsum += xj;
+                for (int e = 0; e < 2; e++) {
+                    const int j = part * 8 + p * 2 + e;
+                    float q[4];
 #pragma unroll
-                            for (int c = 0; c < 4; c++) dot[c] = fmaf(xj, static_cast<float>(unit_code<Bits>(w[c], j)), dot[c]);
-                        }
+                    for (int c = 0; c < 4; c++) q[c] = code_plus_base<Bits>(w[n][c], j);
+#pragma unroll
+                    for (int r = 0; r < Rows; r++) {
+                        const float xj = e == 0 ? xf[r].x : xf[r].y;
+                        xsum[r] += xj;
+#pragma unroll
+                        for (int c = 0; c < 4; c++) dot[r][c] = fmaf(q[c], xj, dot[r][c]);
                     }
                 }
             }
+        }
 #pragma unroll
-            for (int c = 0; c < 4; c++) acc[r][c] += PerInput ? dot[c] : s[c] * (dot[c] - z[c] * xsum);
+        for (int r = 0; r < Rows; r++)
+#pragma unroll
+            for (int c = 0; c < 4; c++) acc[r][c] = fmaf(s[n][c], fmaf(-zb[n][c], xsum[r], dot[r][c]), acc[r][c]);
+    }
+}
+
+// unit_products for a run-time width (a warp's slices mostly share one, so the switch rarely diverges).
+template <int Rows, int N>
+__device__ __forceinline__ void unit_products_of_width(int bits, float (&acc)[Rows][4], const QMatrix& m,
+                                              const __half* __restrict__ x, int rows, int o, const int (&u)[N],
+                                              const int2 (&d)[N]) {
+    switch (bits) {
+        case 2: unit_products<2, Rows, N>(acc, m, x, rows, o, u, d); break;
+        case 3: unit_products<3, Rows, N>(acc, m, x, rows, o, u, d); break;
+        case 4: unit_products<4, Rows, N>(acc, m, x, rows, o, u, d); break;
+        case 5: unit_products<5, Rows, N>(acc, m, x, rows, o, u, d); break;
+        case 6: unit_products<6, Rows, N>(acc, m, x, rows, o, u, d); break;
+        default: unit_products<8, Rows, N>(acc, m, x, rows, o, u, d); break;
+    }
+}
+
+// y[r, o] (+)= Σ_i x[r, i] · W[o, i] for r < rows ≤ Rows, x in processing order. Slice k of a block takes the unit
+// pairs starting at 2k, 2k + 2·slices, ... (one unit at a time above 2 rows).
+template <int Rows>
+__global__ void __launch_bounds__(kMaxThreads) qmatrix_gemv(void* __restrict__ y, bool y_f16, bool accumulate,
+                                                            const __half* __restrict__ x, QMatrix m, int rows) {
+    constexpr int N = Rows <= 2 ? 2 : 1;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    const int quad = lane % kQuadsPerWarp, slice = warp * kSlicesPerWarp + lane / kQuadsPerWarp;
+    const int slices = warps * kSlicesPerWarp, units = m.in / 32;
+    const int o = blockIdx.x * kOutputsPerBlock + quad * 4;
+
+    float acc[Rows][4];
+#pragma unroll
+    for (int r = 0; r < Rows; r++)
+#pragma unroll
+        for (int c = 0; c < 4; c++) acc[r][c] = 0.0f;
+
+    if (o < m.out) {
+        for (int u = slice * N; u < units; u += slices * N) {
+            const int2 d0 = __ldg(m.units + u);
+            if constexpr (N == 2) {
+                if (u + 1 < units) {
+                    const int2 d1 = __ldg(m.units + u + 1);
+                    if (((d0.y ^ d1.y) & 0xff) == 0) {
+                        unit_products_of_width<Rows, 2>(d0.y & 0xff, acc, m, x, rows, o, {u, u + 1}, {d0, d1});
+                    } else {  // a width change between the two
+                        unit_products_of_width<Rows, 1>(d0.y & 0xff, acc, m, x, rows, o, {u}, {d0});
+                        unit_products_of_width<Rows, 1>(d1.y & 0xff, acc, m, x, rows, o, {u + 1}, {d1});
+                    }
+                    continue;
+                }
+            }
+            unit_products_of_width<Rows, 1>(d0.y & 0xff, acc, m, x, rows, o, {u}, {d0});
         }
     }
 
-    // Sum the 8 slices of each warp (lanes differing in bits 2..4), then the 8 warps through shared memory.
-    __shared__ float partial[kWarps][kMaxGemvRows][kOutputsPerBlock];
+    // Sum the 8 slices of each warp (lanes differing in bits 2..4), then the warps through shared memory.
+    __shared__ float partial[kMaxThreads / 32][Rows][kOutputsPerBlock];
 #pragma unroll
-    for (int r = 0; r < kMaxGemvRows; r++) {
+    for (int r = 0; r < Rows; r++) {
         if (r >= rows) break;
 #pragma unroll
         for (int c = 0; c < 4; c++) {
@@ -149,85 +241,91 @@ __global__ void __launch_bounds__(kThreads) gptq_gemv(Out* __restrict__ y, const
         }
     }
     __syncthreads();
-    for (int t = threadIdx.x; t < rows * kOutputsPerBlock; t += kThreads) {
+    for (int t = threadIdx.x; t < rows * kOutputsPerBlock; t += blockDim.x) {
         const int r = t / kOutputsPerBlock, col = t % kOutputsPerBlock, oc = blockIdx.x * kOutputsPerBlock + col;
-        if (oc >= out) continue;
+        if (oc >= m.out) continue;
         float sum = 0.0f;
-#pragma unroll
-        for (int k = 0; k < kWarps; k++) sum += partial[k][r][col];
-        if constexpr (sizeof(Out) == 4) y[static_cast<size_t>(r) * out + oc] = sum;
-        else y[static_cast<size_t>(r) * out + oc] = __float2half_rn(sum);
+        for (int k = 0; k < warps; k++) sum += partial[k][r][col];
+        const size_t at = static_cast<size_t>(r) * m.out + oc;
+        if (y_f16) static_cast<__half*>(y)[at] = __float2half_rn(sum);
+        else if (accumulate) static_cast<float*>(y)[at] += sum;
+        else static_cast<float*>(y)[at] = sum;
     }
 }
 
-// w[o, i] = s[g, o] · (q[i, o] − z[g, o]) in fp16 (product in F32, rounded once). A thread per unit and output quad;
-// it writes 32 consecutive halves (four 128-bit stores) in each of its 4 output rows.
+// x_out[r, k] = x[r, perm[k]]: x's columns in processing order.
+__global__ void gather_columns(__half* __restrict__ x_out, const __half* __restrict__ x, const int* __restrict__ perm,
+                               int rows, int in) {
+    const size_t n = static_cast<size_t>(rows) * in;
+    for (size_t t = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; t < n;
+         t += static_cast<size_t>(gridDim.x) * blockDim.x) {
+        const size_t r = t / in;
+        x_out[t] = x[r * in + __ldg(perm + t % in)];
+    }
+}
+
+// weight[o, perm[32u + j]] = s · (q − z) in fp16 (computed in F32, rounded once). A thread per unit and output quad
+// (adjacent threads: adjacent quads); without perm it writes 32 consecutive halves (four 128-bit stores) in each of
+// its 4 output rows, with perm 32 scattered halves (done once per weight at load).
 template <int Bits>
-__global__ void gptq_dequant(__half* __restrict__ w_out, const uint32_t* __restrict__ qweight, GroupParams gp,
-                             const int* __restrict__ g_idx, int group_size, int in) {
-    const int out = gp.out, quads = out / 4;
-    const size_t t = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x;
-    if (t >= static_cast<size_t>(quads) * (in / 32)) return;
-    const int o = static_cast<int>(t % quads) * 4, u = static_cast<int>(t / quads);  // adjacent threads: adjacent outputs
+__device__ __forceinline__ void dequant_unit(__half* __restrict__ weight, const QMatrix& m, const int* __restrict__ perm,
+                                             int u, int2 d, int o) {
     uint32_t w[4][Bits];
-    load_unit<Bits>(w, qweight, out, u, o);
+    float s[4], zb[4];
+    load_unit<Bits>(w, m.qweight + static_cast<size_t>(d.x) * m.out + o, m.out);
+    load_group<Bits>(s, zb, m, d.y >> 8, o);
 #pragma unroll
     for (int c = 0; c < 4; c++) {
-        __align__(16) __half row[32];
-        int g_prev = -1;
-        float s = 0.0f, z = 0.0f;
+        __half* row = weight + static_cast<size_t>(o + c) * m.in;
+        __align__(16) __half v[32];
 #pragma unroll
-        for (int j = 0; j < 32; j++) {
-            const int i = u * 32 + j;
-            const int g = g_idx != nullptr ? __ldg(g_idx + i) : group_size > 0 ? i / group_size : 0;
-            if (g != g_prev) {
-                s = gp.scale(g, o + c);
-                z = gp.zero(g, o + c);
-                g_prev = g;
-            }
-            row[j] = __float2half_rn(s * (unit_code<Bits>(w[c], j) - z));
+        for (int j = 0; j < 32; j++) v[j] = __float2half_rn(s[c] * (code_plus_base<Bits>(w[c], j) - zb[c]));
+        if (perm == nullptr) {
+#pragma unroll
+            for (int k = 0; k < 4; k++) reinterpret_cast<uint4*>(row + u * 32)[k] = reinterpret_cast<const uint4*>(v)[k];
+        } else {
+#pragma unroll
+            for (int j = 0; j < 32; j++) row[__ldg(perm + u * 32 + j)] = v[j];
         }
-        uint4* dst = reinterpret_cast<uint4*>(w_out + static_cast<size_t>(o + c) * in + u * 32);
-#pragma unroll
-        for (int k = 0; k < 4; k++) dst[k] = reinterpret_cast<const uint4*>(row)[k];
     }
 }
 
-// Shared argument checks of both entry points.
-int check_packed(const char* fn, const void* qweight, const void* qzeros, const void* scales, int in, int out, int bits,
-                 int group_size, int checkpoint_format, const void* g_idx) {
-    QT_REQUIRE(qweight && qzeros && scales, "%s: NULL qweight, qzeros or scales", fn);
-    QT_REQUIRE(bits == 2 || bits == 3 || bits == 4 || bits == 8, "%s: bits %d (need 2, 3, 4 or 8)", fn, bits);
-    QT_REQUIRE(in > 0 && out > 0, "%s: in %d, out %d", fn, in, out);
-    QT_REQUIRE(in % 32 == 0 && out % 32 == 0, "%s: in %d and out %d must be multiples of 32", fn, in, out);
-    QT_REQUIRE(group_size == -1 || group_size > 0, "%s: group size %d (need -1 or > 0)", fn, group_size);
-    QT_REQUIRE(g_idx != nullptr || group_size == -1 || group_size % 32 == 0,
-               "%s: group size %d without g_idx must be a multiple of 32 (pass g_idx)", fn, group_size);
-    QT_REQUIRE(checkpoint_format == 1 || checkpoint_format == 2, "%s: checkpoint format %d (need 1 or 2)", fn,
-               checkpoint_format);
-    QT_REQUIRE(aligned16(qweight), "%s: qweight is not 16-byte aligned", fn);
+__global__ void qmatrix_dequant(__half* __restrict__ weight, QMatrix m, const int* __restrict__ perm) {
+    const int quads = m.out / 4;
+    const size_t t = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x;
+    if (t >= static_cast<size_t>(quads) * (m.in / 32)) return;
+    const int o = static_cast<int>(t % quads) * 4, u = static_cast<int>(t / quads);
+    const int2 d = __ldg(m.units + u);
+    switch (d.y & 0xff) {
+        case 2: dequant_unit<2>(weight, m, perm, u, d, o); break;
+        case 3: dequant_unit<3>(weight, m, perm, u, d, o); break;
+        case 4: dequant_unit<4>(weight, m, perm, u, d, o); break;
+        case 5: dequant_unit<5>(weight, m, perm, u, d, o); break;
+        case 6: dequant_unit<6>(weight, m, perm, u, d, o); break;
+        default: dequant_unit<8>(weight, m, perm, u, d, o); break;
+    }
+}
+
+bool aligned(const void* p, uintptr_t bytes) { return (reinterpret_cast<uintptr_t>(p) & (bytes - 1)) == 0; }
+
+// Checks of the matrix shared by every entry point; the unit descriptors live on the device and are trusted.
+int check_qmatrix(const char* fn, const qt_qmatrix* w) {
+    QT_REQUIRE(w != nullptr, "%s: NULL matrix", fn);
+    QT_REQUIRE(w->qweight && w->units && w->scales, "%s: NULL qweight, units or scales", fn);
+    QT_REQUIRE(w->in > 0 && w->out > 0 && w->in % 32 == 0 && w->out % 8 == 0,
+               "%s: in %d, out %d (need in %% 32 == 0, out %% 8 == 0)", fn, w->in, w->out);
+    QT_REQUIRE(w->groups > 0 && w->qrows >= 2 * (w->in / 32) && w->qrows <= 8 * (w->in / 32),
+               "%s: %d groups, %d qweight rows for %d inputs (need groups > 0, 2..8 rows per 32 inputs)", fn, w->groups,
+               w->qrows, w->in);
+    QT_REQUIRE(aligned(w->qweight, 16), "%s: qweight is not 16-byte aligned", fn);
+    QT_REQUIRE(aligned(w->units, 8) && aligned(w->scales, 8) && aligned(w->zeros, 8) && aligned(w->perm, 4),
+               "%s: units, scales or zeros not 8-byte aligned, or perm not 4-byte aligned", fn);
     return QT_OK;
 }
 
-template <int Bits, typename Out>
-void launch_gemv(Out* y, const __half* x, const uint32_t* qweight, GroupParams gp, const int* g_idx, int group_size,
-                 int rows, int in, cudaStream_t s) {
-    const unsigned blocks = (gp.out + kOutputsPerBlock - 1) / kOutputsPerBlock;
-    if (g_idx != nullptr)
-        gptq_gemv<Bits, true, Out><<<blocks, kThreads, 0, s>>>(y, x, qweight, gp, g_idx, group_size, rows, in);
-    else
-        gptq_gemv<Bits, false, Out><<<blocks, kThreads, 0, s>>>(y, x, qweight, gp, g_idx, group_size, rows, in);
-}
-
-template <typename Out>
-void launch_gemv_bits(int bits, Out* y, const __half* x, const uint32_t* qweight, GroupParams gp, const int* g_idx,
-                      int group_size, int rows, int in, cudaStream_t s) {
-    switch (bits) {
-        case 2: launch_gemv<2>(y, x, qweight, gp, g_idx, group_size, rows, in, s); break;
-        case 3: launch_gemv<3>(y, x, qweight, gp, g_idx, group_size, rows, in, s); break;
-        case 4: launch_gemv<4>(y, x, qweight, gp, g_idx, group_size, rows, in, s); break;
-        default: launch_gemv<8>(y, x, qweight, gp, g_idx, group_size, rows, in, s); break;
-    }
+QMatrix device_view(const qt_qmatrix* w) {
+    return QMatrix{static_cast<const uint32_t*>(w->qweight), static_cast<const int2*>(w->units),
+                   static_cast<const __half*>(w->scales), static_cast<const __half*>(w->zeros), w->in, w->out};
 }
 
 }  // namespace
@@ -237,46 +335,56 @@ using namespace qt;
 
 extern "C" {
 
-int qt_gptq_gemv(void* y, int y_dtype, const void* x, const void* qweight, const void* qzeros, const void* scales,
-                 const int32_t* g_idx, int rows, int in, int out, int bits, int group_size, int checkpoint_format,
-                 void* stream) {
-    QT_REQUIRE(rows >= 0 && rows <= kMaxGemvRows, "qt_gptq_gemv: rows %d (need 0..%d)", rows, kMaxGemvRows);
-    if (rows == 0) return QT_OK;
-    QT_TRY(check_packed("qt_gptq_gemv", qweight, qzeros, scales, in, out, bits, group_size, checkpoint_format, g_idx));
-    QT_REQUIRE(y && x, "qt_gptq_gemv: NULL y or x");
-    QT_REQUIRE(y_dtype == QT_F32 || y_dtype == QT_F16, "qt_gptq_gemv: y dtype %s (need F32 or F16)", dtype_name(y_dtype));
-    QT_REQUIRE(aligned16(x), "qt_gptq_gemv: x is not 16-byte aligned");
-    GroupParams gp{static_cast<const uint32_t*>(qzeros), static_cast<const __half*>(scales), out, bits,
-                   checkpoint_format == 1 ? 1 : 0};
-    const cudaStream_t s = as_stream(stream);
-    const auto* xh = static_cast<const __half*>(x);
-    const auto* qw = static_cast<const uint32_t*>(qweight);
-    if (y_dtype == QT_F32)
-        launch_gemv_bits(bits, static_cast<float*>(y), xh, qw, gp, g_idx, group_size, rows, in, s);
-    else
-        launch_gemv_bits(bits, static_cast<__half*>(y), xh, qw, gp, g_idx, group_size, rows, in, s);
-    return check_launch("gptq_gemv");
+int qt_qmatrix_gemv_scratch_bytes(const qt_qmatrix* w, int rows, size_t* bytes) {
+    QT_TRY(check_qmatrix("qt_qmatrix_gemv_scratch_bytes", w));
+    QT_REQUIRE(bytes != nullptr, "qt_qmatrix_gemv_scratch_bytes: NULL bytes");
+    QT_REQUIRE(rows >= 1 && rows <= kMaxGemvRows, "qt_qmatrix_gemv_scratch_bytes: rows %d (need 1..%d)", rows,
+               kMaxGemvRows);
+    *bytes = w->perm != nullptr ? static_cast<size_t>(rows) * w->in * sizeof(__half) : 0;
+    return QT_OK;
 }
 
-int qt_gptq_dequant(void* weight, const void* qweight, const void* qzeros, const void* scales, const int32_t* g_idx,
-                    int in, int out, int bits, int group_size, int checkpoint_format, void* stream) {
-    QT_TRY(check_packed("qt_gptq_dequant", qweight, qzeros, scales, in, out, bits, group_size, checkpoint_format, g_idx));
-    QT_REQUIRE(weight != nullptr, "qt_gptq_dequant: NULL weight");
-    QT_REQUIRE(aligned16(weight), "qt_gptq_dequant: weight is not 16-byte aligned");
-    GroupParams gp{static_cast<const uint32_t*>(qzeros), static_cast<const __half*>(scales), out, bits,
-                   checkpoint_format == 1 ? 1 : 0};
-    const size_t threads = static_cast<size_t>(out / 4) * (in / 32);
-    const unsigned blocks = static_cast<unsigned>((threads + 255) / 256);
+int qt_qmatrix_gemv(void* y, int y_dtype, int accumulate, const void* x, const qt_qmatrix* w, int rows, void* scratch,
+                    size_t scratch_bytes, void* stream) {
+    const char* fn = "qt_qmatrix_gemv";
+    QT_TRY(check_qmatrix(fn, w));
+    QT_REQUIRE(y && x, "%s: NULL y or x", fn);
+    QT_REQUIRE(rows >= 1 && rows <= kMaxGemvRows, "%s: rows %d (need 1..%d)", fn, rows, kMaxGemvRows);
+    QT_REQUIRE(y_dtype == QT_F32 || y_dtype == QT_F16, "%s: y dtype %s (need F32 or F16)", fn, dtype_name(y_dtype));
+    QT_REQUIRE(!accumulate || y_dtype == QT_F32, "%s: accumulate needs F32 y (y is %s)", fn, dtype_name(y_dtype));
+    QT_REQUIRE(aligned16(x), "%s: x is not 16-byte aligned", fn);
     const cudaStream_t s = as_stream(stream);
-    auto* w = static_cast<__half*>(weight);
-    const auto* qw = static_cast<const uint32_t*>(qweight);
-    switch (bits) {
-        case 2: gptq_dequant<2><<<blocks, 256, 0, s>>>(w, qw, gp, g_idx, group_size, in); break;
-        case 3: gptq_dequant<3><<<blocks, 256, 0, s>>>(w, qw, gp, g_idx, group_size, in); break;
-        case 4: gptq_dequant<4><<<blocks, 256, 0, s>>>(w, qw, gp, g_idx, group_size, in); break;
-        default: gptq_dequant<8><<<blocks, 256, 0, s>>>(w, qw, gp, g_idx, group_size, in); break;
+    const auto* xp = static_cast<const __half*>(x);
+    if (w->perm != nullptr) {
+        const size_t need = static_cast<size_t>(rows) * w->in * sizeof(__half);
+        QT_REQUIRE(scratch != nullptr && scratch_bytes >= need, "%s: scratch of %zu bytes for a perm (need %zu)", fn,
+                   scratch != nullptr ? scratch_bytes : 0, need);
+        QT_REQUIRE(aligned16(scratch), "%s: scratch is not 16-byte aligned", fn);
+        auto* gathered = static_cast<__half*>(scratch);
+        gather_columns<<<blocks_for(static_cast<size_t>(rows) * w->in, 256, 4096), 256, 0, s>>>(
+            gathered, xp, static_cast<const int*>(w->perm), rows, w->in);
+        QT_TRY(check_launch("gather_columns"));
+        xp = gathered;
     }
-    return check_launch("gptq_dequant");
+    const QMatrix m = device_view(w);
+    const unsigned blocks = (w->out + kOutputsPerBlock - 1) / kOutputsPerBlock, threads = 32 * gemv_warps();
+    const bool f16 = y_dtype == QT_F16, acc = accumulate != 0;
+    if (rows == 1) qmatrix_gemv<1><<<blocks, threads, 0, s>>>(y, f16, acc, xp, m, rows);
+    else if (rows == 2) qmatrix_gemv<2><<<blocks, threads, 0, s>>>(y, f16, acc, xp, m, rows);
+    else if (rows <= 4) qmatrix_gemv<4><<<blocks, threads, 0, s>>>(y, f16, acc, xp, m, rows);
+    else qmatrix_gemv<8><<<blocks, threads, 0, s>>>(y, f16, acc, xp, m, rows);
+    return check_launch("qmatrix_gemv");
+}
+
+int qt_qmatrix_dequant(void* weight, const qt_qmatrix* w, void* stream) {
+    QT_TRY(check_qmatrix("qt_qmatrix_dequant", w));
+    QT_REQUIRE(weight != nullptr, "qt_qmatrix_dequant: NULL weight");
+    QT_REQUIRE(aligned16(weight), "qt_qmatrix_dequant: weight is not 16-byte aligned");
+    const size_t threads = static_cast<size_t>(w->out / 4) * (w->in / 32);
+    const unsigned blocks = static_cast<unsigned>((threads + 255) / 256);
+    qmatrix_dequant<<<blocks, 256, 0, as_stream(stream)>>>(static_cast<__half*>(weight), device_view(w),
+                                                           static_cast<const int*>(w->perm));
+    return check_launch("qmatrix_dequant");
 }
 
 }  // extern "C"

@@ -1,15 +1,24 @@
 #!/usr/bin/env bash
-# Quantized linears (QMatrix: GPTQ and EXL2 in the qt_qmatrix layout) and decoding, through the Java backend:
-# qt_qmatrix_gemv (1 row F32, 5 rows F16, 3 rows linearAdd + bias) and qt_qmatrix_dequant + cuBLAS (16 rows) against
-# the double product (GPTQ 2/3/4/8-bit, act-order or not, g128 / -1; EXL2 mixed widths; 4096×4096, 11008×4096,
-# 4096×11008; outputs poisoned with NaN first); qt_decode_attention step by step against qt_attention over the whole
-# sequence, replayed from a CUDA graph with a GEMV beside it; then GEMV timings as GB/s of packed bytes beside the
-# device copy bandwidth. Run on the GPU host from the unpacked .gpu/ folder of ./scripts/gpu-pack.sh &&
-# scripts/gpu/pack-data.sh.
+# qt_qmatrix kernels (native/src/qgemm.cu) on the GPU host: test_kernels' qmatrix checks (random mixed-width matrices
+# with and without perm and zeros; GEMV at 1, 2, 3 and 8 rows into F32, F16 and += F32 y against the double product;
+# dequant within fp16 rounding; argument checks), then its qmatrix timings (µs and GB/s of the GEMV's bytes beside the
+# device copy bandwidth), again with 4-warp blocks (QTOOL_QMATRIX_WARPS=4) for comparison.
+# Uses build/native/libqtool.so and build/native/test_kernels when they were carried along (device tool: carry
+# ["build/native/libqtool.so", "build/native/test_kernels"] after ./scripts/build-native.sh), else builds both with
+# the host's nvcc and CMake into /tmp/qtool-native. Logs under $OUT: qmatrix.txt, qmatrix-warps4.txt.
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-G=.gpu
-JAVA=/tmp/qtool-jre/bin/java
-[ -x $JAVA ] || bash $G/run.sh --version > /dev/null
-$JAVA --enable-native-access=ALL-UNNAMED -cp $G/qtool.jar:$G/checks qtool.backend.CudaBackendCheck 7 --quantized \
-  | tee $OUT/kcheck.txt | grep -E "^seed|gptq [2348]b|exl2 |decode|graph|threw|timing qmatrix|checks,|FAIL"
+B=build/native
+if [ ! -x $B/test_kernels ] || [ ! -f $B/libqtool.so ]; then
+  B=/tmp/qtool-native
+  PATH=$PATH:/usr/local/cuda/bin QTOOL_BUILD_DIR=$B QTOOL_JOBS=$(nproc) ./scripts/build-native.sh > "$OUT/qmatrix-build.txt" 2>&1 \
+    || { tail -20 "$OUT/qmatrix-build.txt"; exit 1; }
+fi
+export LD_LIBRARY_PATH=$B${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
+$B/test_kernels --seed "${SEED:-7}" --filter qmatrix --bench qmatrix > "$OUT/qmatrix.txt" 2>&1; rc=$?
+grep -E "^device|qmatrix|checks,|failed" "$OUT/qmatrix.txt"
+QTOOL_QMATRIX_WARPS=4 $B/test_kernels --bench-only --bench qmatrix > "$OUT/qmatrix-warps4.txt" 2>&1
+grep "qmatrix gemv" "$OUT/qmatrix-warps4.txt" | sed 's/^ */4 warps: /'
+echo "checks-qmatrix: test_kernels exit $rc"
+exit $rc
