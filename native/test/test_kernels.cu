@@ -601,6 +601,197 @@ void test_errors() {
     });
 }
 
+// ---- quantized matrices (qt_qmatrix) ------------------------------------------------------------------
+
+// A random qt_qmatrix on the host, packed as qtool.h lays it out, with the codes, scales and zeros it stands for.
+// Widths come in decreasing segments over the units (EXL2's order); each group (32, 64 or 128 rows, drawn per group)
+// has one width.
+struct HostQMatrix {
+    int in = 0, out = 0, groups = 0, qrows = 0;
+    std::vector<int> unit_bits, unit_group;  // per unit of 32 processing rows
+    std::vector<uint8_t> codes;              // [in, out], processing order
+    std::vector<uint32_t> qweight;           // [qrows, out]
+    std::vector<int32_t> units;              // [in / 32, 2]: first qweight row, group << 8 | bits
+    std::vector<uint16_t> scales, zeros;     // F16 [groups, out]; zeros empty = NULL (z = 2^(bits - 1))
+    std::vector<int32_t> perm;               // [in] or empty
+
+    double scale(int g, int o) const { return f16_value(scales[size_t(g) * out + o]); }
+    double zero(int g, int o, int bits) const { return zeros.empty() ? double(1 << (bits - 1)) : f16_value(zeros[size_t(g) * out + o]); }
+    // W at processing row k, output o.
+    double weight(int k, int o) const {
+        const int u = k / 32, bits = unit_bits[u], g = unit_group[u];
+        return scale(g, o) * (codes[size_t(k) * out + o] - zero(g, o, bits));
+    }
+};
+
+HostQMatrix make_qmatrix(int in, int out, const std::vector<int>& widths, const std::vector<int>& group_rows,
+                         bool with_zeros, bool with_perm) {
+    HostQMatrix h;
+    h.in = in;
+    h.out = out;
+    const int n = in / 32;
+    h.unit_bits.resize(n);
+    h.unit_group.resize(n);
+    std::vector<int> group_bits;
+    for (int u = 0; u < n; h.groups++) {
+        const int group_units = group_rows[rng() % group_rows.size()] / 32, bits = widths[size_t(u) * widths.size() / n];
+        group_bits.push_back(bits);
+        for (int k = 0; k < group_units && u < n; k++, u++) {
+            h.unit_bits[u] = bits;
+            h.unit_group[u] = h.groups;
+        }
+    }
+    for (int u = 0; u < n; u++) {
+        h.units.push_back(h.qrows);
+        h.units.push_back(h.unit_group[u] << 8 | h.unit_bits[u]);
+        h.qrows += h.unit_bits[u];
+    }
+    h.codes.resize(size_t(in) * out);
+    h.qweight.assign(size_t(h.qrows) * out, 0);
+    for (int u = 0; u < n; u++) {
+        const int bits = h.unit_bits[u], row0 = h.units[2 * u];
+        for (int j = 0; j < 32; j++) {
+            const int bit = j * bits, word = bit >> 5, shift = bit & 31;
+            for (int o = 0; o < out; o++) {
+                const uint32_t q = static_cast<uint32_t>(rng() & ((1u << bits) - 1));
+                h.codes[size_t(u * 32 + j) * out + o] = static_cast<uint8_t>(q);
+                h.qweight[size_t(row0 + word) * out + o] |= q << shift;
+                if (shift + bits > 32) h.qweight[size_t(row0 + word + 1) * out + o] |= q >> (32 - shift);
+            }
+        }
+    }
+    h.scales = to_f16(uniform(size_t(h.groups) * out, 0.002f, 0.02f));
+    if (with_zeros) {
+        std::vector<float> z(size_t(h.groups) * out);
+        for (int g = 0; g < h.groups; g++)
+            for (int o = 0; o < out; o++) z[size_t(g) * out + o] = static_cast<float>(rng() % (1u << group_bits[g]));
+        h.zeros = to_f16(z);
+    }
+    if (with_perm) {
+        h.perm.resize(in);
+        for (int i = 0; i < in; i++) h.perm[i] = i;
+        std::shuffle(h.perm.begin(), h.perm.end(), rng);
+    }
+    return h;
+}
+
+// The matrix on the device and the qt_qmatrix that names it.
+struct DeviceQMatrix {
+    Device qweight, units, scales, zeros, perm;
+    qt_qmatrix w{};
+    explicit DeviceQMatrix(const HostQMatrix& h)
+        : qweight(Device::from(h.qweight)), units(Device::from(h.units)), scales(Device::from(h.scales)),
+          zeros(h.zeros.empty() ? Device(0) : Device::from(h.zeros)),  // Device(0) holds NULL
+          perm(h.perm.empty() ? Device(0) : Device::from(h.perm)) {
+        w = qt_qmatrix{qweight.ptr, units.ptr, scales.ptr, zeros.ptr, perm.ptr, h.in, h.out, h.groups, h.qrows};
+    }
+};
+
+// Distance of a fp16 result from the exact v in units of v's fp16 spacing (non-finite: infinite).
+double f16_ulps(float got, double v) {
+    if (!std::isfinite(got)) return INFINITY;
+    int e = 0;
+    std::frexp(v, &e);  // |v| = m · 2^e, m in [0.5, 1)
+    const double ulp = std::max(std::ldexp(1.0, e - 11), std::ldexp(1.0, -24));
+    return std::fabs(got - v) / ulp;
+}
+
+// qt_qmatrix_gemv (rows 1, 2, 3, 8; F32 and F16 y; += into F32 y) against the double product W·x, and
+// qt_qmatrix_dequant value by value, in the original input order.
+void test_qmatrix(const std::string& name, int in, int out, const std::vector<int>& widths,
+                  const std::vector<int>& group_rows, bool with_zeros, bool with_perm) {
+    const std::string label = "qmatrix " + name;
+    run(label, [&] {
+        const HostQMatrix h = make_qmatrix(in, out, widths, group_rows, with_zeros, with_perm);
+        DeviceQMatrix d(h);
+        constexpr int kRows = 8;
+        const std::vector<uint16_t> x16 = to_f16(randn(size_t(kRows) * in));
+        Device dx = Device::from(x16);
+        std::vector<double> ref(size_t(kRows) * out, 0.0);
+        for (int k = 0; k < in; k++) {
+            const int src = with_perm ? h.perm[k] : k;
+            double xs[kRows];
+            for (int r = 0; r < kRows; r++) xs[r] = f16_value(x16[size_t(r) * in + src]);
+            for (int o = 0; o < out; o++) {
+                const double wv = h.weight(k, o);
+                for (int r = 0; r < kRows; r++) ref[size_t(r) * out + o] += xs[r] * wv;
+            }
+        }
+        for (int rows : {1, 2, 3, 8}) {
+            size_t scratch_bytes = 0;
+            CHECK(qt_qmatrix_gemv_scratch_bytes(&d.w, rows, &scratch_bytes));
+            Device scratch(std::max<size_t>(scratch_bytes, 256));
+            const std::vector<double> want(ref.begin(), ref.begin() + size_t(rows) * out);
+            for (int y_dtype : {QT_F32, QT_F16}) {
+                Device y(size_t(rows) * out * dtype_size(y_dtype));
+                y.poison();
+                CHECK(qt_qmatrix_gemv(y.ptr, y_dtype, 0, dx.ptr, &d.w, rows, scratch.ptr, scratch_bytes, nullptr));
+                record(label + " gemv r" + std::to_string(rows) + " " + dtype_str(y_dtype),
+                       rel_l2(download_as(y, size_t(rows) * out, y_dtype), want), y_dtype == QT_F32 ? 1e-3 : 1e-2);
+            }
+            if (rows == 3) {  // the fused residual add
+                const std::vector<float> y0 = randn(size_t(rows) * out);
+                Device y = Device::from(y0);
+                CHECK(qt_qmatrix_gemv(y.ptr, QT_F32, 1, dx.ptr, &d.w, rows, scratch.ptr, scratch_bytes, nullptr));
+                std::vector<double> sum(want);
+                for (size_t i = 0; i < sum.size(); i++) sum[i] += y0[i];
+                record(label + " gemv r3 F32 +=", rel_l2(y.to_host<float>(sum.size()), sum), 1e-3);
+            }
+        }
+        Device dw(size_t(out) * in * 2);
+        dw.poison();
+        CHECK(qt_qmatrix_dequant(dw.ptr, &d.w, nullptr));
+        const std::vector<uint16_t> got = dw.to_host<uint16_t>(size_t(out) * in);
+        double worst = 0;
+        for (int k = 0; k < in; k++) {
+            const int src = with_perm ? h.perm[k] : k;
+            for (int o = 0; o < out; o++) worst = std::max(worst, f16_ulps(f16_value(got[size_t(o) * in + src]), h.weight(k, o)));
+        }
+        // Computed in F32 and rounded once to fp16: half a spacing, plus F32's own rounding.
+        record(label + " dequant (fp16 ulps)", worst, 0.5 + 1.0 / 1024);
+    });
+}
+
+// Every argument check of the qt_qmatrix calls answers QT_ERR_INVALID_ARGUMENT.
+void test_qmatrix_errors() {
+    run("qmatrix argument checks", [&] {
+        const HostQMatrix h = make_qmatrix(64, 16, {4}, {32}, true, true);
+        DeviceQMatrix d(h);
+        Device x(8 * 64 * 2 + 16), y(8 * 16 * 4), scratch(8 * 64 * 2), weight(16 * 64 * 2);
+        size_t need = 0;
+        CHECK(qt_qmatrix_gemv_scratch_bytes(&d.w, 2, &need));
+        int wrong = need != 2 * 64 * 2;
+        auto invalid = [&](int status) { wrong += status != QT_ERR_INVALID_ARGUMENT; };
+        auto gemv = [&](const qt_qmatrix& w, int y_dtype, int accumulate, const void* xp, int rows, size_t scratch_bytes) {
+            return qt_qmatrix_gemv(y.ptr, y_dtype, accumulate, xp, &w, rows, scratch.ptr, scratch_bytes, nullptr);
+        };
+        CHECK(gemv(d.w, QT_F32, 1, x.ptr, 2, need));
+        invalid(gemv(d.w, QT_F32, 0, x.ptr, 0, need));                                         // rows 0
+        invalid(gemv(d.w, QT_F32, 0, x.ptr, 9, scratch.bytes));                                // rows 9
+        invalid(gemv(d.w, QT_BF16, 0, x.ptr, 2, need));                                        // y dtype
+        invalid(gemv(d.w, QT_F16, 1, x.ptr, 2, need));                                         // += into F16 y
+        invalid(gemv(d.w, QT_F32, 0, x.ptr, 2, need - 2));                                     // scratch too small
+        invalid(gemv(d.w, QT_F32, 0, static_cast<char*>(x.ptr) + 2, 2, need));                 // x misaligned
+        invalid(qt_qmatrix_gemv(y.ptr, QT_F32, 0, x.ptr, nullptr, 2, scratch.ptr, need, nullptr));  // no matrix
+        invalid(qt_qmatrix_gemv(nullptr, QT_F32, 0, x.ptr, &d.w, 2, scratch.ptr, need, nullptr));   // no y
+        qt_qmatrix bad = d.w;
+        bad.in = 48;  // not a multiple of 32
+        invalid(gemv(bad, QT_F32, 0, x.ptr, 2, need));
+        bad = d.w;
+        bad.out = 12;  // not a multiple of 8
+        invalid(qt_qmatrix_dequant(weight.ptr, &bad, nullptr));
+        bad = d.w;
+        bad.qweight = static_cast<const char*>(d.w.qweight) + 4;  // misaligned
+        invalid(qt_qmatrix_dequant(weight.ptr, &bad, nullptr));
+        bad = d.w;
+        bad.units = nullptr;
+        invalid(qt_qmatrix_dequant(weight.ptr, &bad, nullptr));
+        invalid(qt_qmatrix_dequant(nullptr, &d.w, nullptr));
+        CHECK(qt_device_synchronize());
+        record("qmatrix argument checks", wrong, 0);
+    });
+}
+
 // ---- decoding with the position on the device ---------------------------------------------------------
 
 // Inverse frequencies of RoPE with base theta, as HF computes them (F32).
@@ -851,194 +1042,6 @@ void test_graph() {
         CHECK(qt_stream_destroy(fresh));
         CHECK(qt_stream_destroy(stream));
         record("graph: failed calls inside a capture", wrong, 0, note.substr(0, 110));
-// ---- quantized matrices (qt_qmatrix) ------------------------------------------------------------------
-
-// A random qt_qmatrix on the host, packed as qtool.h lays it out, with the codes, scales and zeros it stands for.
-// Widths come in decreasing segments over the units (EXL2's order); each group (32, 64 or 128 rows, drawn per group)
-// has one width.
-struct HostQMatrix {
-    int in = 0, out = 0, groups = 0, qrows = 0;
-    std::vector<int> unit_bits, unit_group;  // per unit of 32 processing rows
-    std::vector<uint8_t> codes;              // [in, out], processing order
-    std::vector<uint32_t> qweight;           // [qrows, out]
-    std::vector<int32_t> units;              // [in / 32, 2]: first qweight row, group << 8 | bits
-    std::vector<uint16_t> scales, zeros;     // F16 [groups, out]; zeros empty = NULL (z = 2^(bits - 1))
-    std::vector<int32_t> perm;               // [in] or empty
-
-    double scale(int g, int o) const { return f16_value(scales[size_t(g) * out + o]); }
-    double zero(int g, int o, int bits) const { return zeros.empty() ? double(1 << (bits - 1)) : f16_value(zeros[size_t(g) * out + o]); }
-    // W at processing row k, output o.
-    double weight(int k, int o) const {
-        const int u = k / 32, bits = unit_bits[u], g = unit_group[u];
-        return scale(g, o) * (codes[size_t(k) * out + o] - zero(g, o, bits));
-    }
-};
-
-HostQMatrix make_qmatrix(int in, int out, const std::vector<int>& widths, const std::vector<int>& group_rows,
-                         bool with_zeros, bool with_perm) {
-    HostQMatrix h;
-    h.in = in;
-    h.out = out;
-    const int n = in / 32;
-    h.unit_bits.resize(n);
-    h.unit_group.resize(n);
-    std::vector<int> group_bits;
-    for (int u = 0; u < n; h.groups++) {
-        const int group_units = group_rows[rng() % group_rows.size()] / 32, bits = widths[size_t(u) * widths.size() / n];
-        group_bits.push_back(bits);
-        for (int k = 0; k < group_units && u < n; k++, u++) {
-            h.unit_bits[u] = bits;
-            h.unit_group[u] = h.groups;
-        }
-    }
-    for (int u = 0; u < n; u++) {
-        h.units.push_back(h.qrows);
-        h.units.push_back(h.unit_group[u] << 8 | h.unit_bits[u]);
-        h.qrows += h.unit_bits[u];
-    }
-    h.codes.resize(size_t(in) * out);
-    h.qweight.assign(size_t(h.qrows) * out, 0);
-    for (int u = 0; u < n; u++) {
-        const int bits = h.unit_bits[u], row0 = h.units[2 * u];
-        for (int j = 0; j < 32; j++) {
-            const int bit = j * bits, word = bit >> 5, shift = bit & 31;
-            for (int o = 0; o < out; o++) {
-                const uint32_t q = static_cast<uint32_t>(rng() & ((1u << bits) - 1));
-                h.codes[size_t(u * 32 + j) * out + o] = static_cast<uint8_t>(q);
-                h.qweight[size_t(row0 + word) * out + o] |= q << shift;
-                if (shift + bits > 32) h.qweight[size_t(row0 + word + 1) * out + o] |= q >> (32 - shift);
-            }
-        }
-    }
-    h.scales = to_f16(uniform(size_t(h.groups) * out, 0.002f, 0.02f));
-    if (with_zeros) {
-        std::vector<float> z(size_t(h.groups) * out);
-        for (int g = 0; g < h.groups; g++)
-            for (int o = 0; o < out; o++) z[size_t(g) * out + o] = static_cast<float>(rng() % (1u << group_bits[g]));
-        h.zeros = to_f16(z);
-    }
-    if (with_perm) {
-        h.perm.resize(in);
-        for (int i = 0; i < in; i++) h.perm[i] = i;
-        std::shuffle(h.perm.begin(), h.perm.end(), rng);
-    }
-    return h;
-}
-
-// The matrix on the device and the qt_qmatrix that names it.
-struct DeviceQMatrix {
-    Device qweight, units, scales, zeros, perm;
-    qt_qmatrix w{};
-    explicit DeviceQMatrix(const HostQMatrix& h)
-        : qweight(Device::from(h.qweight)), units(Device::from(h.units)), scales(Device::from(h.scales)),
-          zeros(h.zeros.empty() ? Device(0) : Device::from(h.zeros)),  // Device(0) holds NULL
-          perm(h.perm.empty() ? Device(0) : Device::from(h.perm)) {
-        w = qt_qmatrix{qweight.ptr, units.ptr, scales.ptr, zeros.ptr, perm.ptr, h.in, h.out, h.groups, h.qrows};
-    }
-};
-
-// Distance of a fp16 result from the exact v in units of v's fp16 spacing (non-finite: infinite).
-double f16_ulps(float got, double v) {
-    if (!std::isfinite(got)) return INFINITY;
-    int e = 0;
-    std::frexp(v, &e);  // |v| = m · 2^e, m in [0.5, 1)
-    const double ulp = std::max(std::ldexp(1.0, e - 11), std::ldexp(1.0, -24));
-    return std::fabs(got - v) / ulp;
-}
-
-// qt_qmatrix_gemv (rows 1, 2, 3, 8; F32 and F16 y; += into F32 y) against the double product W·x, and
-// qt_qmatrix_dequant value by value, in the original input order.
-void test_qmatrix(const std::string& name, int in, int out, const std::vector<int>& widths,
-                  const std::vector<int>& group_rows, bool with_zeros, bool with_perm) {
-    const std::string label = "qmatrix " + name;
-    run(label, [&] {
-        const HostQMatrix h = make_qmatrix(in, out, widths, group_rows, with_zeros, with_perm);
-        DeviceQMatrix d(h);
-        constexpr int kRows = 8;
-        const std::vector<uint16_t> x16 = to_f16(randn(size_t(kRows) * in));
-        Device dx = Device::from(x16);
-        std::vector<double> ref(size_t(kRows) * out, 0.0);
-        for (int k = 0; k < in; k++) {
-            const int src = with_perm ? h.perm[k] : k;
-            double xs[kRows];
-            for (int r = 0; r < kRows; r++) xs[r] = f16_value(x16[size_t(r) * in + src]);
-            for (int o = 0; o < out; o++) {
-                const double wv = h.weight(k, o);
-                for (int r = 0; r < kRows; r++) ref[size_t(r) * out + o] += xs[r] * wv;
-            }
-        }
-        for (int rows : {1, 2, 3, 8}) {
-            size_t scratch_bytes = 0;
-            CHECK(qt_qmatrix_gemv_scratch_bytes(&d.w, rows, &scratch_bytes));
-            Device scratch(std::max<size_t>(scratch_bytes, 256));
-            const std::vector<double> want(ref.begin(), ref.begin() + size_t(rows) * out);
-            for (int y_dtype : {QT_F32, QT_F16}) {
-                Device y(size_t(rows) * out * dtype_size(y_dtype));
-                y.poison();
-                CHECK(qt_qmatrix_gemv(y.ptr, y_dtype, 0, dx.ptr, &d.w, rows, scratch.ptr, scratch_bytes, nullptr));
-                record(label + " gemv r" + std::to_string(rows) + " " + dtype_str(y_dtype),
-                       rel_l2(download_as(y, size_t(rows) * out, y_dtype), want), y_dtype == QT_F32 ? 1e-3 : 1e-2);
-            }
-            if (rows == 3) {  // the fused residual add
-                const std::vector<float> y0 = randn(size_t(rows) * out);
-                Device y = Device::from(y0);
-                CHECK(qt_qmatrix_gemv(y.ptr, QT_F32, 1, dx.ptr, &d.w, rows, scratch.ptr, scratch_bytes, nullptr));
-                std::vector<double> sum(want);
-                for (size_t i = 0; i < sum.size(); i++) sum[i] += y0[i];
-                record(label + " gemv r3 F32 +=", rel_l2(y.to_host<float>(sum.size()), sum), 1e-3);
-            }
-        }
-        Device dw(size_t(out) * in * 2);
-        dw.poison();
-        CHECK(qt_qmatrix_dequant(dw.ptr, &d.w, nullptr));
-        const std::vector<uint16_t> got = dw.to_host<uint16_t>(size_t(out) * in);
-        double worst = 0;
-        for (int k = 0; k < in; k++) {
-            const int src = with_perm ? h.perm[k] : k;
-            for (int o = 0; o < out; o++) worst = std::max(worst, f16_ulps(f16_value(got[size_t(o) * in + src]), h.weight(k, o)));
-        }
-        // Computed in F32 and rounded once to fp16: half a spacing, plus F32's own rounding.
-        record(label + " dequant (fp16 ulps)", worst, 0.5 + 1.0 / 1024);
-    });
-}
-
-// Every argument check of the qt_qmatrix calls answers QT_ERR_INVALID_ARGUMENT.
-void test_qmatrix_errors() {
-    run("qmatrix argument checks", [&] {
-        const HostQMatrix h = make_qmatrix(64, 16, {4}, {32}, true, true);
-        DeviceQMatrix d(h);
-        Device x(8 * 64 * 2 + 16), y(8 * 16 * 4), scratch(8 * 64 * 2), weight(16 * 64 * 2);
-        size_t need = 0;
-        CHECK(qt_qmatrix_gemv_scratch_bytes(&d.w, 2, &need));
-        int wrong = need != 2 * 64 * 2;
-        auto invalid = [&](int status) { wrong += status != QT_ERR_INVALID_ARGUMENT; };
-        auto gemv = [&](const qt_qmatrix& w, int y_dtype, int accumulate, const void* xp, int rows, size_t scratch_bytes) {
-            return qt_qmatrix_gemv(y.ptr, y_dtype, accumulate, xp, &w, rows, scratch.ptr, scratch_bytes, nullptr);
-        };
-        CHECK(gemv(d.w, QT_F32, 1, x.ptr, 2, need));
-        invalid(gemv(d.w, QT_F32, 0, x.ptr, 0, need));                                         // rows 0
-        invalid(gemv(d.w, QT_F32, 0, x.ptr, 9, scratch.bytes));                                // rows 9
-        invalid(gemv(d.w, QT_BF16, 0, x.ptr, 2, need));                                        // y dtype
-        invalid(gemv(d.w, QT_F16, 1, x.ptr, 2, need));                                         // += into F16 y
-        invalid(gemv(d.w, QT_F32, 0, x.ptr, 2, need - 2));                                     // scratch too small
-        invalid(gemv(d.w, QT_F32, 0, static_cast<char*>(x.ptr) + 2, 2, need));                 // x misaligned
-        invalid(qt_qmatrix_gemv(y.ptr, QT_F32, 0, x.ptr, nullptr, 2, scratch.ptr, need, nullptr));  // no matrix
-        invalid(qt_qmatrix_gemv(nullptr, QT_F32, 0, x.ptr, &d.w, 2, scratch.ptr, need, nullptr));   // no y
-        qt_qmatrix bad = d.w;
-        bad.in = 48;  // not a multiple of 32
-        invalid(gemv(bad, QT_F32, 0, x.ptr, 2, need));
-        bad = d.w;
-        bad.out = 12;  // not a multiple of 8
-        invalid(qt_qmatrix_dequant(weight.ptr, &bad, nullptr));
-        bad = d.w;
-        bad.qweight = static_cast<const char*>(d.w.qweight) + 4;  // misaligned
-        invalid(qt_qmatrix_dequant(weight.ptr, &bad, nullptr));
-        bad = d.w;
-        bad.units = nullptr;
-        invalid(qt_qmatrix_dequant(weight.ptr, &bad, nullptr));
-        invalid(qt_qmatrix_dequant(nullptr, &d.w, nullptr));
-        CHECK(qt_device_synchronize());
-        record("qmatrix argument checks", wrong, 0);
     });
 }
 
@@ -1254,53 +1257,6 @@ void bench_layer() {
     }
 }
 
-// qt_decode_attention on Llama-2-7B shapes (MHA, and GQA with 8 kv heads) at a few positions of a 4096-row cache:
-// called directly, replayed as a one-call graph, and beside qt_rope x2 + qt_attention doing the same step.
-// GB/s counts the K and V rows read.
-void bench_decode_attention() {
-    struct Shape { int batch, heads, kv_heads, head_dim; };
-    const int max_seq = 4096;
-    void* stream = nullptr;
-    CHECK(qt_stream_create(&stream));
-    for (Shape sh : {Shape{1, 32, 32, 128}, Shape{1, 32, 8, 128}, Shape{16, 32, 8, 128}}) {
-        const size_t q_elems = size_t(sh.batch) * sh.heads * sh.head_dim, kv_elems = size_t(sh.batch) * sh.kv_heads * sh.head_dim;
-        Device kc = upload_as(randn_tiled(kv_elems * max_seq), QT_F16), vc = upload_as(randn_tiled(kv_elems * max_seq), QT_F16);
-        Device q = upload_as(randn(q_elems), QT_F16), k = upload_as(randn(kv_elems), QT_F16), v = upload_as(randn(kv_elems), QT_F16);
-        Device out(q_elems * 2), inv = Device::from(rope_inv_freq(sh.head_dim, 10000.0)), pos(4);
-        size_t scratch_bytes = 0, attn_scratch_bytes = 0;
-        CHECK(qt_decode_attention_scratch_bytes(sh.batch, max_seq, sh.heads, sh.kv_heads, sh.head_dim, &scratch_bytes));
-        Device scratch(scratch_bytes);
-        for (int p : {512, 2048, 4095}) {
-            CHECK(qt_memcpy_htod(pos.ptr, &p, 4, stream));
-            auto call = [&] {
-                CHECK(qt_decode_attention(out.ptr, q.ptr, k.ptr, v.ptr, kc.ptr, vc.ptr, sh.batch, max_seq, sh.heads,
-                                          sh.kv_heads, sh.head_dim, static_cast<const int32_t*>(pos.ptr), inv.ptr,
-                                          scratch.ptr, scratch_bytes, stream));
-            };
-            const double direct = time_ms(call, 50, stream);
-            void* graph = nullptr;
-            CHECK(qt_graph_begin(stream));
-            call();
-            CHECK(qt_graph_end(stream, &graph));
-            const double graphed = time_ms([&] { CHECK(qt_graph_launch(graph, stream)); }, 50, stream);
-            CHECK(qt_graph_destroy(graph));
-            CHECK(qt_attention_scratch_bytes(QT_F16, sh.batch, 1, p, sh.heads, sh.kv_heads, sh.head_dim, &attn_scratch_bytes));
-            Device attn_scratch(attn_scratch_bytes);
-            const double before = time_ms([&] {
-                CHECK(qt_rope(q.ptr, QT_F16, sh.batch, sh.heads, sh.head_dim, 1, p, inv.ptr, stream));
-                CHECK(qt_rope(k.ptr, QT_F16, sh.batch, sh.kv_heads, sh.head_dim, 1, p, inv.ptr, stream));
-                CHECK(qt_attention(out.ptr, q.ptr, k.ptr, v.ptr, kc.ptr, vc.ptr, QT_F16, sh.batch, 1, p, max_seq, sh.heads,
-                                   sh.kv_heads, sh.head_dim, attn_scratch.ptr, attn_scratch_bytes, stream));
-            }, 50, stream);
-            const double bytes = 2.0 * 2 * double(p + 1) * kv_elems;
-            char label[128];
-            snprintf(label, sizeof label, "decode_attention b%d h%d kv%d d%d @%d", sh.batch, sh.heads, sh.kv_heads,
-                     sh.head_dim, p);
-            printf("  %-44s %7.1f us %7.1f GB/s of cache | graph %6.1f us | rope x2 + qt_attention %6.1f us\n", label,
-                   direct * 1e3, bytes / (direct * 1e-3) / 1e9, graphed * 1e3, before * 1e3);
-        }
-    }
-    CHECK(qt_stream_destroy(stream));
 // Quantized GEMV (qt_qmatrix_gemv) at batch 1, 4 and 8 on Llama-2-7B's shapes: µs per product and GB/s of the bytes it
 // reads (qweight, scales, zeros, units, x) and writes (y), beside the copy bandwidth. Each timing cycles through enough
 // copies of the matrix (> 200 MB) that the 50 MB L2 holds none of them between uses.
@@ -1357,6 +1313,55 @@ void bench_qmatrix() {
             printf("  %-58s %10.2f us  %6.0f GB/s  %3.0f %% of copy\n", label, ms * 1e3, gbps, 100.0 * gbps / copy_gbps);
         }
     }
+}
+
+// qt_decode_attention on Llama-2-7B shapes (MHA, and GQA with 8 kv heads) at a few positions of a 4096-row cache:
+// called directly, replayed as a one-call graph, and beside qt_rope x2 + qt_attention doing the same step.
+// GB/s counts the K and V rows read.
+void bench_decode_attention() {
+    struct Shape { int batch, heads, kv_heads, head_dim; };
+    const int max_seq = 4096;
+    void* stream = nullptr;
+    CHECK(qt_stream_create(&stream));
+    for (Shape sh : {Shape{1, 32, 32, 128}, Shape{1, 32, 8, 128}, Shape{16, 32, 8, 128}}) {
+        const size_t q_elems = size_t(sh.batch) * sh.heads * sh.head_dim, kv_elems = size_t(sh.batch) * sh.kv_heads * sh.head_dim;
+        Device kc = upload_as(randn_tiled(kv_elems * max_seq), QT_F16), vc = upload_as(randn_tiled(kv_elems * max_seq), QT_F16);
+        Device q = upload_as(randn(q_elems), QT_F16), k = upload_as(randn(kv_elems), QT_F16), v = upload_as(randn(kv_elems), QT_F16);
+        Device out(q_elems * 2), inv = Device::from(rope_inv_freq(sh.head_dim, 10000.0)), pos(4);
+        size_t scratch_bytes = 0, attn_scratch_bytes = 0;
+        CHECK(qt_decode_attention_scratch_bytes(sh.batch, max_seq, sh.heads, sh.kv_heads, sh.head_dim, &scratch_bytes));
+        Device scratch(scratch_bytes);
+        for (int p : {512, 2048, 4095}) {
+            CHECK(qt_memcpy_htod(pos.ptr, &p, 4, stream));
+            auto call = [&] {
+                CHECK(qt_decode_attention(out.ptr, q.ptr, k.ptr, v.ptr, kc.ptr, vc.ptr, sh.batch, max_seq, sh.heads,
+                                          sh.kv_heads, sh.head_dim, static_cast<const int32_t*>(pos.ptr), inv.ptr,
+                                          scratch.ptr, scratch_bytes, stream));
+            };
+            const double direct = time_ms(call, 50, stream);
+            void* graph = nullptr;
+            CHECK(qt_graph_begin(stream));
+            call();
+            CHECK(qt_graph_end(stream, &graph));
+            const double graphed = time_ms([&] { CHECK(qt_graph_launch(graph, stream)); }, 50, stream);
+            CHECK(qt_graph_destroy(graph));
+            CHECK(qt_attention_scratch_bytes(QT_F16, sh.batch, 1, p, sh.heads, sh.kv_heads, sh.head_dim, &attn_scratch_bytes));
+            Device attn_scratch(attn_scratch_bytes);
+            const double before = time_ms([&] {
+                CHECK(qt_rope(q.ptr, QT_F16, sh.batch, sh.heads, sh.head_dim, 1, p, inv.ptr, stream));
+                CHECK(qt_rope(k.ptr, QT_F16, sh.batch, sh.kv_heads, sh.head_dim, 1, p, inv.ptr, stream));
+                CHECK(qt_attention(out.ptr, q.ptr, k.ptr, v.ptr, kc.ptr, vc.ptr, QT_F16, sh.batch, 1, p, max_seq, sh.heads,
+                                   sh.kv_heads, sh.head_dim, attn_scratch.ptr, attn_scratch_bytes, stream));
+            }, 50, stream);
+            const double bytes = 2.0 * 2 * double(p + 1) * kv_elems;
+            char label[128];
+            snprintf(label, sizeof label, "decode_attention b%d h%d kv%d d%d @%d", sh.batch, sh.heads, sh.kv_heads,
+                     sh.head_dim, p);
+            printf("  %-44s %7.1f us %7.1f GB/s of cache | graph %6.1f us | rope x2 + qt_attention %6.1f us\n", label,
+                   direct * 1e3, bytes / (direct * 1e-3) / 1e9, graphed * 1e3, before * 1e3);
+        }
+    }
+    CHECK(qt_stream_destroy(stream));
 }
 
 void bench() {
