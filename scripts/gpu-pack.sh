@@ -4,9 +4,9 @@
 #   .gpu/runtime.tgz  a jlink'd Java 25 runtime (java.base, java.xml, java.management, java.logging, jdk.unsupported,
 #                     jdk.incubator.vector), whose java always adds the Vector API module (the CPU backend's SIMD)
 #   .gpu/qtool.jar    the tool, without the native libraries of other platforms
-#   .gpu/test_kernels    the native kernel tests (LD_LIBRARY_PATH=.gpu)
+#   .gpu/test_kernels.xz the native kernel tests (unpacked by run.sh beside the library: LD_LIBRARY_PATH=.gpu)
 #   .gpu-bench/benchmarks.jar  the JMH benchmarks (java/bench), carried apart
-#   .gpu/libqtool.so  built here by nvcc for sm_90 (QTOOL_CUDA_ARCH overrides)
+#   .gpu/libqtool.so.xz  built here by nvcc for sm_90 (QTOOL_CUDA_ARCH overrides), unpacked by run.sh
 #   .gpu/run.sh       unpacks the runtime once per machine, then runs `java -jar qtool.jar "$@"`
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,11 +15,13 @@ mkdir -p .gpu
 ./scripts/build-native.sh
 [ -f build/native/libqtool.so ] || { echo "gpu-pack: build/native/libqtool.so missing (is nvcc installed?)" >&2; exit 1; }
 ./mvnw -B -ntp -q -DskipTests package
-cp build/native/libqtool.so .gpu/libqtool.so && strip --strip-unneeded .gpu/libqtool.so
+# The library and the kernel test travel xz-compressed (13 MB of fat binary become ~2.5 MB); run.sh unpacks them.
+rm -f .gpu/libqtool.so .gpu/test_kernels
+strip --strip-unneeded -o /tmp/libqtool.so build/native/libqtool.so && xz -9 -T2 -c /tmp/libqtool.so > .gpu/libqtool.so.xz
 cp target/qtool.jar .gpu/qtool.jar
 # JMH apart (the pack is near the 64 MiB a call carries): carry .gpu-bench in a later call of a warm machine
 mkdir -p .gpu-bench && cp target/benchmarks.jar .gpu-bench/benchmarks.jar
-cp build/native/test_kernels .gpu/test_kernels
+xz -9 -c build/native/test_kernels > .gpu/test_kernels.xz
 # Native libraries of snappy/zstd for other platforms are dead weight on the x86-64 Linux GPU host.
 zip -q -d .gpu/qtool.jar 'win/*' 'darwin/*' 'freebsd/*' 'aix/*' 'linux/aarch64/*' 'linux/arm*' 'linux/i386/*' 'linux/loongarch64/*' \
   'linux/mips64/*' 'linux/ppc64*' 'linux/riscv64/*' 'linux/s390x/*' 'org/xerial/snappy/native/[!L]*' \
@@ -46,6 +48,12 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 # A runtime unpacked by an older pack (without the Vector API module) is replaced.
 grep -qs jdk.incubator.vector /tmp/qtool-jre/release || { rm -rf /tmp/qtool-jre; tar -C /tmp -xzf "$here/runtime.tgz"; }
+for f in libqtool.so test_kernels; do  # shipped xz-compressed; python3's lzma unpacks them wherever xz is missing
+  if [ -f "$here/$f.xz" ] && { [ ! -f "$here/$f" ] || [ "$here/$f.xz" -nt "$here/$f" ]; }; then
+    python3 -c "import lzma,shutil,sys;shutil.copyfileobj(lzma.open(sys.argv[1]),open(sys.argv[2],'wb'))" "$here/$f.xz" "$here/$f"
+    chmod +x "$here/$f"
+  fi
+done
 export QTOOL_LIB="$here/libqtool.so"
 exec /tmp/qtool-jre/bin/java -Xmx32g ${QTOOL_JAVA_OPTS:-} -jar "$here/qtool.jar" "$@"
 RUN

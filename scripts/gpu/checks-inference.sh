@@ -3,7 +3,7 @@
 # /tmp/k, the .gpu pack copied to /tmp/k/gpu on first use):
 #   checks-inference.sh kernels   test_kernels: qt_qmatrix GEMV/dequant, decode attention, graph replay (+ their timings);
 #                                 CudaBackendCheck --quantized (the Java backend's QMATRIX products, decodeAttention, graphs)
-#   checks-inference.sh speed     Llama-2-7B-shaped random EXL2 at 4.0 bpw: ExLlamaV2 0.3.2's batch-1 decode speed beside
+#   checks-inference.sh speed     (carry .gpu-bench: benchmarks.jar, ExLlamaV2's wheel) Llama-2-7B-shaped random EXL2 at 4.0 bpw: ExLlamaV2 0.3.2's batch-1 decode speed beside
 #                                 `qtool generate` (speed-exllamav2.sh, QuantBench included), then --gpu-mem 2 (offload)
 #   checks-inference.sh smollm2   SmolLM2-135M (refs-smollm2.sh gguf must have imported it): GPTQ 4-bit g128 act-order and
 #                                 EXL2 4.0 bpw conversions; for each, ppl ctx 2048 through the quantized kernels and through
@@ -12,9 +12,10 @@
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 K=/tmp/k; W=$K/work; mkdir -p $W
-[ -d $K/gpu ] || cp -r .gpu $K/gpu
+[ -d .gpu ] && { mkdir -p $K/gpu; cp -r .gpu/. $K/gpu/; }  # a later call of a warm machine may carry no pack
 G=$K/gpu; D=$G/data
 Q() { bash $G/run.sh "$@"; }
+Q --version > /dev/null  # unpacks the runtime, libqtool.so and test_kernels
 export PYTHONWARNINGS=ignore TRANSFORMERS_VERBOSITY=error PYTHONUNBUFFERED=1
 summary=$OUT/summary-inference.txt
 row() { printf '%-62s %s\n' "$1" "$2" | tee -a $summary; }
@@ -29,12 +30,12 @@ kernels)
     grep -E "FAIL|checks," $OUT/tk-$f.txt | head -20
   done
   for f in qmatrix decode; do tk --bench-only --bench $f > $OUT/tk-bench-$f.txt 2>&1; sed -n '/^Timings/,$p' $OUT/tk-bench-$f.txt | head -40; done
-  [ -x /tmp/qtool-jre/bin/java ] || Q --version > /dev/null
   /tmp/qtool-jre/bin/java --enable-native-access=ALL-UNNAMED -cp $G/qtool.jar:$G/checks qtool.backend.CudaBackendCheck 7 --quantized \
     > $OUT/kcheck.txt 2>&1
   grep -E "FAIL|threw|timing qmatrix|checks," $OUT/kcheck.txt | head -40 ;;
 speed)
-  [ -n "${2:-}" ] && cp "$2" $G/  # benchmarks.jar, carried beside the pack
+  cp .gpu-bench/benchmarks.jar $G/ 2>/dev/null  # carried apart: .gpu-bench (benchmarks.jar, ExLlamaV2's wheel)
+  export QTOOL_PEERS=$PWD/.gpu-bench
   sed "s#^G=.gpu#G=$G#" scripts/gpu/speed-exllamav2.sh > $K/speed.sh
   bash $K/speed.sh
   M=/tmp/qtool-speed/llama2-7b-exl2-4.0
@@ -66,5 +67,5 @@ same = next((i for i, (a, b) in enumerate(zip(k["ids"], d["ids"])) if a != b), l
 print(f"  ppl kernels/dequantized - 1 = {pk / pd - 1:+.5f}; greedy ids equal for the first {same} of {len(k['ids'])}")
 PY
   done ;;
-*) echo "usage: checks-inference.sh kernels|speed [benchmarks.jar]|smollm2"; exit 2 ;;
+*) echo "usage: checks-inference.sh kernels|speed|smollm2"; exit 2 ;;
 esac

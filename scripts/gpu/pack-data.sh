@@ -10,7 +10,7 @@ mkdir -p $D/models/smollm2-135m && cp $S/models/smollm2-135m/{tokenizer.json,tok
 cp -r $S/tokenizers/llama2 $D/tokenizers/
 cp $S/data/wiki.test.raw $S/data/wikitext-2-raw-v1_test.parquet $S/data/calibration-mix.parquet $D/data/
 # ExLlamaV2's wheel (installed on the GPU host by scripts/gpu/exllamav2-setup.sh)
-mkdir -p .gpu/peers && cp $S/peers/exllamav2/*.whl .gpu/peers/
+mkdir -p .gpu-bench && cp $S/peers/exllamav2/*.whl .gpu-bench/  # carried apart, in a later call
 mkdir -p .gpu/checks/qtool/backend && cp target/test-classes/qtool/backend/CudaBackendCheck*.class target/test-classes/qtool/backend/RandomGptq*.class target/test-classes/qtool/backend/RandomExl2*.class .gpu/checks/qtool/backend/
 (cd target/test-classes && cp --parents qtool/quantize/GptqTestData*.class qtool/quantize/Exl2GptqTest.class qtool/format/exl2/Exl2TensorDump.class ../../.gpu/checks/)
 du -sh .gpu/* | sed 's/^/pack-data: /'
