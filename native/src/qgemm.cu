@@ -22,9 +22,10 @@
 //   while it multiplies another (4 × 16 B = 64 B, 128 B at the start) = 32-64 KB per SM. Little's law at 3.0 TB/s and
 //   ~0.8 µs of loaded DRAM latency needs 3.0e12 × 0.8e-6 / 132 ≈ 18 KB per SM; the 2-to-1 block imbalance of 256 blocks
 //   on 132 SMs costs 256 / 264 = 3 %. out = 11008: 688 blocks, 3 resident per SM (396) at 80 registers, 1.7 waves.
-// ptxas (sm_90, nvcc 13.0), registers: batch 1 pipelined 71 / 79 / 80 / 96 / 98 / 122 (2 / 3 / 4 / 5 / 6 / 8 bits),
-// batch 1 mixed 64, 2 rows 80, 3..4 rows 111, 5..8 rows 212; no spills, no stack. Pipelining inside the run-time width
-// switch kept every width's two buffers live together (255 registers and spills), hence the one-width kernels.
+// ptxas (sm_90, nvcc 13.0), registers: batch 1 pipelined 78 / 79 / 80 / 94 / 119 / 121 (2 / 3 / 4 / 5 / 6 / 8 bits; up to
+// 4 bits held to 3 blocks per SM by the launch bounds), batch 1 mixed 64, 2 rows 80, 3..4 rows 111, 5..8 rows 212; no
+// spills, no stack. Pipelining inside the run-time width switch kept every width's two buffers live together (255
+// registers and spills), hence the one-width kernels.
 // x is read through the read-only path (__ldg): a unit's 64 bytes of one row go to its quad's 4 lanes in one broadcast
 // load, and no other slice of the block reads them, so staging x in shared memory would copy without reuse; the reuse
 // is across blocks (every block reads all of x: 22 KB at in = 11008), which L1 and L2 serve.
@@ -214,28 +215,33 @@ struct SliceOrder {
 };
 
 // The slice's items from 0 while their units are `Bits` wide, software-pipelined: the next unit's loads are issued
-// before the current one is multiplied (two buffers alternate, so nothing is copied). Returns the first item not taken.
+// before the current one is multiplied (two buffers alternate, so nothing is copied), and the descriptor of the unit
+// after it is loaded meanwhile. Returns the first item not taken.
 template <int Bits, int Rows>
 __device__ __forceinline__ int pipelined_run(float (&acc)[Rows][4], const QMatrix& m, const __half* __restrict__ x,
                                              int rows, int o, const SliceOrder& order) {
-    int u = order.unit(0);
-    int2 d = __ldg(m.units + min(u, order.units - 1));
-    if (u >= order.units || (d.y & 0xff) != Bits) return 0;
+    const int last = order.units - 1;
+    int u = order.unit(0), next = order.unit(1);
+    const int2 d = __ldg(m.units + min(u, last));
+    int2 dn = __ldg(m.units + min(next, last));
+    if (u > last || (d.y & 0xff) != Bits) return 0;
     LoadedUnit<Bits> a, b;
     load_unit<Bits>(a, m, d, o);
     for (int i = 1;; i++) {
-        int next = order.unit(i);
-        bool more = next < order.units && ((d = __ldg(m.units + next)).y & 0xff) == Bits;
-        if (more) load_unit<Bits>(b, m, d, o);
+        bool more = next <= last && (dn.y & 0xff) == Bits;
+        if (more) load_unit<Bits>(b, m, dn, o);
+        int after = order.unit(i + 1);
+        dn = __ldg(m.units + min(after, last));
         unit_product<Bits, Rows>(acc, a, m, x, rows, u);
         if (!more) return i;
-        u = next;
-        next = order.unit(++i);
-        more = next < order.units && ((d = __ldg(m.units + next)).y & 0xff) == Bits;
-        if (more) load_unit<Bits>(a, m, d, o);
+        u = next, next = after, i++;
+        more = next <= last && (dn.y & 0xff) == Bits;
+        if (more) load_unit<Bits>(a, m, dn, o);
+        after = order.unit(i + 1);
+        dn = __ldg(m.units + min(after, last));
         unit_product<Bits, Rows>(acc, b, m, x, rows, u);
         if (!more) return i;
-        u = next;
+        u = next, next = after;
     }
 }
 
@@ -243,8 +249,11 @@ __device__ __forceinline__ int pipelined_run(float (&acc)[Rows][4], const QMatri
 // expected to have (batch 1, qrows = in / 32 · Uniform), walked by pipelined_run; the rest (all units when Uniform is
 // 0, else from the first unit of another width) go pair by pair through the run-time width switch.
 template <int Rows, int Uniform>
-__global__ void __launch_bounds__(kMaxThreads) qmatrix_gemv(void* __restrict__ y, bool y_f16, bool accumulate,
-                                                            const __half* __restrict__ x, QMatrix m, int rows) {
+constexpr int kMinBlocksPerSm = Rows == 1 && Uniform != 0 && Uniform <= 4 ? 3 : 0;  // 0: ptxas's choice
+
+template <int Rows, int Uniform>
+__global__ void __launch_bounds__(kMaxThreads, kMinBlocksPerSm<Rows, Uniform>)
+    qmatrix_gemv(void* __restrict__ y, bool y_f16, bool accumulate, const __half* __restrict__ x, QMatrix m, int rows) {
     constexpr int N = Rows <= 2 ? 2 : 1;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     const int quad = lane % kQuadsPerWarp, slice = warp * kSlicesPerWarp + lane / kQuadsPerWarp;
