@@ -1172,6 +1172,9 @@ int main(int argc, char** argv) {
         test_qmatrix("4b g128 11008->4096 act-order", 11008, 4096, {4}, {128}, true, true);
         test_qmatrix("3b g64 4096->4096", 4096, 4096, {3}, {64}, true, false);
         test_qmatrix("8b g128 4096->1024", 4096, 1024, {8}, {128}, true, false);
+        test_qmatrix("2b g32 1024->256 exl2", 1024, 256, {2}, {32}, false, true);
+        test_qmatrix("5b g64 1024->264", 1024, 264, {5}, {64}, true, false);
+        test_qmatrix("6b g128 2048->256 exl2", 2048, 256, {6}, {128}, false, false);
         // Widths averaging 4 bits: the batch-1 kernel for one width walks the 4-bit half, the rest goes the mixed way.
         test_qmatrix("mixed 4,4,6,2b 4096->1024", 4096, 1024, {4, 4, 6, 2}, {32}, true, false);
         test_qmatrix_errors();
