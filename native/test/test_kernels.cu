@@ -1264,20 +1264,27 @@ void bench_qmatrix() {
     float copy_gbps = 0;
     CHECK(qt_bench_copy(size_t(1) << 30, 20, &copy_gbps));
     printf("  %-58s %10.1f GB/s (read + write)\n", "device copy, 1 GiB", copy_gbps);
-    struct Case { int bits, in, out; bool perm; };
-    const std::vector<Case> cases = {{4, 4096, 4096, false},  {4, 4096, 11008, false}, {4, 11008, 4096, false},
-                                     {4, 4096, 32000, false}, {4, 4096, 4096, true},   {3, 4096, 11008, false},
-                                     {3, 11008, 4096, false},  {8, 4096, 11008, false}, {8, 11008, 4096, false}};
+    // mixed: the last unit 8 bits wide, so that batch 1 takes the mixed-width walk instead of the one-width pipeline.
+    struct Case { int bits, in, out; bool perm, mixed; };
+    const std::vector<Case> cases = {{4, 4096, 4096, false, false},  {4, 4096, 11008, false, false},
+                                     {4, 11008, 4096, false, false}, {4, 4096, 32000, false, false},
+                                     {4, 4096, 4096, true, false},   {4, 4096, 11008, false, true},
+                                     {4, 11008, 4096, false, true},  {3, 4096, 11008, false, false},
+                                     {3, 11008, 4096, false, false}, {8, 4096, 11008, false, false},
+                                     {8, 11008, 4096, false, false}};
     for (const Case& c : cases) {
         // Random words are random codes of any width; GPTQ's group 128 with zeros.
-        const int units = c.in / 32, groups = c.in / 128, qrows = units * c.bits;
+        const int units = c.in / 32, groups = c.in / 128;
+        std::vector<int32_t> unit_rows;
+        int qrows = 0;
+        for (int u = 0; u < units; u++) {
+            const int bits = c.mixed && u == units - 1 ? 8 : c.bits;
+            unit_rows.push_back(qrows);
+            unit_rows.push_back((u / 4) << 8 | bits);
+            qrows += bits;
+        }
         std::vector<uint32_t> qweight(size_t(qrows) * c.out);
         for (auto& v : qweight) v = static_cast<uint32_t>(rng());
-        std::vector<int32_t> unit_rows;
-        for (int u = 0; u < units; u++) {
-            unit_rows.push_back(u * c.bits);
-            unit_rows.push_back((u / 4) << 8 | c.bits);
-        }
         std::vector<float> zf(size_t(groups) * c.out);
         for (auto& z : zf) z = static_cast<float>(rng() % (1u << c.bits));
         const std::vector<uint16_t> scales = to_f16(uniform(size_t(groups) * c.out, 0.002f, 0.02f)), zeros = to_f16(zf);
@@ -1300,7 +1307,7 @@ void bench_qmatrix() {
         }
         Device x = upload_as(randn(size_t(8) * c.in), QT_F16), y(size_t(8) * c.out * 4), scratch(size_t(8) * c.in * 2);
         for (int rows : {1, 4, 8}) {
-            if (c.perm && rows > 1) continue;
+            if ((c.perm || c.mixed) && rows > 1) continue;
             const double ms = time_ms([&] {
                 for (const qt_qmatrix& w : mats)
                     CHECK(qt_qmatrix_gemv(y.ptr, QT_F32, 0, x.ptr, &w, rows, scratch.ptr, scratch.bytes, nullptr));
@@ -1309,7 +1316,7 @@ void bench_qmatrix() {
             const double gbps = bytes / (ms * 1e-3) / 1e9;
             char label[128];
             snprintf(label, sizeof label, "qmatrix gemv %d-bit %dx%d->%d%s", c.bits, rows, c.in, c.out,
-                     c.perm ? " perm (+gather)" : "");
+                     c.perm ? " perm (+gather)" : c.mixed ? " mixed walk" : "");
             printf("  %-58s %10.2f us  %6.0f GB/s  %3.0f %% of copy\n", label, ms * 1e3, gbps, 100.0 * gbps / copy_gbps);
         }
     }
@@ -1479,6 +1486,11 @@ int main(int argc, char** argv) {
         test_qmatrix("4b g128 11008->4096 act-order", 11008, 4096, {4}, {128}, true, true);
         test_qmatrix("3b g64 4096->4096", 4096, 4096, {3}, {64}, true, false);
         test_qmatrix("8b g128 4096->1024", 4096, 1024, {8}, {128}, true, false);
+        test_qmatrix("2b g32 1024->256 exl2", 1024, 256, {2}, {32}, false, true);
+        test_qmatrix("5b g64 1024->264", 1024, 264, {5}, {64}, true, false);
+        test_qmatrix("6b g128 2048->256 exl2", 2048, 256, {6}, {128}, false, false);
+        // Widths averaging 4 bits: the batch-1 kernel for one width walks the 4-bit half, the rest goes the mixed way.
+        test_qmatrix("mixed 4,4,6,2b 4096->1024", 4096, 1024, {4, 4, 6, 2}, {32}, true, false);
         test_qmatrix_errors();
 
         printf("%-58s %12s %10s  %s\n", "check", "error", "limit", "result");
