@@ -59,5 +59,5 @@ except Exception:
     print(m.group(1) if m else "?")' "$1"; }
 printf "\n%-10s %s\n%-10s %s\n" "decode t/s" "qtool $(tps "$q")" "" "ExLlamaV2 $(tps "$exl")" | tee $OUT/summary-speed.txt
 
-QTOOL_LIB=$PWD/$G/libqtool.so /tmp/qtool-jre/bin/java -jar $G/benchmarks.jar QuantBench ${QUANTBENCH_ARGS:-} > $OUT/quantbench.txt 2>&1
+QTOOL_LIB=$(cd $G && pwd)/libqtool.so /tmp/qtool-jre/bin/java -jar $G/benchmarks.jar QuantBench ${QUANTBENCH_ARGS:-} > $OUT/quantbench.txt 2>&1
 grep -E "^QuantBench|^  +(batch|[0-9]+ \|)|no GPU|Exception|^QuantBench\.gemv" $OUT/quantbench.txt | tee -a $OUT/summary-speed.txt

@@ -12,6 +12,7 @@ import java.util.HashSet;
 import java.util.List;
 import java.util.Map;
 import java.util.Set;
+import qtool.ffi.qt_qmatrix;
 import qtool.QtoolException;
 import qtool.ffi.qt_device_info;
 import qtool.load.DType;
@@ -61,6 +62,9 @@ public final class CudaBackend implements Backend {
     /** QMATRIX structs (host memory) of this backend; freed ones are reused. */
     private final Arena structArena = Arena.ofShared();
     private final ArrayDeque<MemorySegment> freeStructs = new ArrayDeque<>();
+    /** Device blocks of freed QMATRIX arrays by size, reused by the next upload (see freeQMatrixArrays). */
+    private final Map<Long, ArrayDeque<Long>> spareQMatrixBlocks = new HashMap<>();
+    private final Map<Long, Long> blockBytes = new HashMap<>();
     private MemorySegment pinned = MemorySegment.NULL;  // PINNED_STAGING_BYTES of page-locked host memory
     private boolean capturing;
     private boolean closed;
@@ -173,7 +177,7 @@ public final class CudaBackend implements Backend {
         if (t != null && t.dtype() == DType.QMATRIX) {
             List<Long> arrays = qmatrixArrays.remove(t.address());
             if (arrays == null) return;
-            for (long a : arrays) if (owned.remove(a)) check(qt_free(MemorySegment.ofAddress(a)), "qt_free");
+            freeQMatrixArrays(arrays);
             freeStructs.push(t.data());
             return;
         }
@@ -211,25 +215,53 @@ public final class CudaBackend implements Backend {
      */
     private Tensor uploadQMatrix(Tensor host) {
         if (qmatrixArrays.containsKey(host.address())) throw new IllegalArgumentException("upload: " + host + " is on the device already");
-        QMatrix m = QMatrix.read(host);
+        MemorySegment src = host.data().reinterpret(qt_qmatrix.sizeof());
+        int in = qt_qmatrix.in(src), out = qt_qmatrix.out(src), groups = qt_qmatrix.groups(src), qrows = qt_qmatrix.qrows(src);
+        MemorySegment struct = freeStructs.isEmpty() ? structArena.allocate(qt_qmatrix.layout()) : freeStructs.pop();
+        struct.copyFrom(src);
         List<Long> arrays = new ArrayList<>();
-        Tensor t;
         try {
-            t = m.toTensor((size, align) -> freeStructs.isEmpty() ? structArena.allocate(size, align) : freeStructs.pop(), array -> {
-                long address = malloc(array.byteSize());
-                arrays.add(address);
-                copyIn(array, address, array.byteSize());
-                return MemorySegment.ofAddress(address);
-            });
+            // Straight from the host arrays (no Java copy), into device blocks of the same sizes as the last layer's
+            // when layers stream (see freeQMatrixArrays).
+            qt_qmatrix.qweight(struct, place(qt_qmatrix.qweight(src), (long) qrows * out * 4, arrays));
+            qt_qmatrix.units(struct, place(qt_qmatrix.units(src), (long) in / 32 * 8, arrays));
+            qt_qmatrix.scales(struct, place(qt_qmatrix.scales(src), (long) groups * out * 2, arrays));
+            qt_qmatrix.zeros(struct, place(qt_qmatrix.zeros(src), (long) groups * out * 2, arrays));
+            qt_qmatrix.perm(struct, place(qt_qmatrix.perm(src), (long) in * 4, arrays));
         } catch (RuntimeException e) {
-            for (long a : arrays) if (owned.remove(a)) qt_free(MemorySegment.ofAddress(a));
+            freeQMatrixArrays(arrays);
+            freeStructs.push(struct);
             throw e;
         }
+        Tensor t = new Tensor(struct, DType.QMATRIX, host.shape());
         qmatrixArrays.put(t.address(), arrays);
         long gemvScratch = qmatrixGemvScratchBytes(t, QMATRIX_GEMV_MAX_ROWS);
         if (gemvScratch > 0) qmatrixScratch.ensure(gemvScratch);
-        linearScratch.ensure(2L * QMATRIX_GEMV_MAX_ROWS * m.in());
+        linearScratch.ensure(2L * QMATRIX_GEMV_MAX_ROWS * in);
         return t;
+    }
+
+    /** A device copy of {@code bytes} at host address {@code host} (NULL stays NULL), recorded in {@code arrays}. */
+    private MemorySegment place(MemorySegment host, long bytes, List<Long> arrays) {
+        if (host.address() == 0) return MemorySegment.NULL;
+        ArrayDeque<Long> spare = spareQMatrixBlocks.get(bytes);
+        long address = spare != null && !spare.isEmpty() ? spare.pop() : malloc(bytes);
+        arrays.add(address);
+        blockBytes.put(address, bytes);
+        copyIn(host.reinterpret(bytes), address, bytes);
+        return MemorySegment.ofAddress(address);
+    }
+
+    /**
+     * Device blocks of freed quantized matrices are kept for the next upload of the same size rather than returned to
+     * the driver: layers streamed per forward pass (--offload) upload and free the same shapes over and over, and a
+     * cudaFree waits for the whole device.
+     */
+    private void freeQMatrixArrays(List<Long> arrays) {
+        for (long a : arrays) {
+            Long bytes = blockBytes.remove(a);
+            if (bytes != null && owned.contains(a)) spareQMatrixBlocks.computeIfAbsent(bytes, b -> new ArrayDeque<>()).push(a);
+        }
     }
 
     private static long qmatrixGemvScratchBytes(Tensor w, int rows) {

@@ -177,15 +177,8 @@ public record QMatrix(int in, int out, int groups, int qrows, int[] qweight, int
 
     /** A host {@link DType#QMATRIX} tensor [out, in]: a qt_qmatrix in {@code arena} pointing at arena copies of the arrays. */
     public Tensor toTensor(Arena arena) {
-        return toTensor(arena, array -> arena.allocate(array.byteSize(), 16).copyFrom(array));
-    }
-
-    /**
-     * A {@link DType#QMATRIX} tensor [out, in] whose struct (allocated in {@code structs}) points at {@code place}'s
-     * copy of each array (given as a heap segment; place returns where the copy is: host or device memory).
-     */
-    Tensor toTensor(java.lang.foreign.SegmentAllocator structs, UnaryOperator<MemorySegment> place) {
-        MemorySegment s = qt_qmatrix.allocate(structs);
+        UnaryOperator<MemorySegment> place = array -> arena.allocate(array.byteSize(), 16).copyFrom(array);
+        MemorySegment s = qt_qmatrix.allocate(arena);
         qt_qmatrix.qweight(s, place.apply(MemorySegment.ofArray(qweight)));
         qt_qmatrix.units(s, place.apply(MemorySegment.ofArray(units)));
         qt_qmatrix.scales(s, place.apply(MemorySegment.ofArray(scales)));
@@ -196,6 +189,14 @@ public record QMatrix(int in, int out, int groups, int qrows, int[] qweight, int
         qt_qmatrix.groups(s, groups);
         qt_qmatrix.qrows(s, qrows);
         return new Tensor(s, DType.QMATRIX, new long[] {out, in});
+    }
+
+    /** Bytes of a QMATRIX tensor's arrays (host or device), read from its struct. */
+    public static long bytes(Tensor t) {
+        MemorySegment m = t.data().reinterpret(qt_qmatrix.sizeof());
+        long in = qt_qmatrix.in(m), out = qt_qmatrix.out(m), groups = qt_qmatrix.groups(m);
+        boolean zeros = qt_qmatrix.zeros(m).address() != 0, perm = qt_qmatrix.perm(m).address() != 0;
+        return qt_qmatrix.qrows(m) * out * 4 + in / 32 * 8 + groups * out * 2 * (zeros ? 2 : 1) + (perm ? in * 4 : 0);
     }
 
     /** The arrays of a host QMATRIX tensor (one whose struct points at host memory, as {@link #toTensor(Arena)} makes). */

@@ -5,9 +5,9 @@ import java.util.ArrayList;
 import java.util.List;
 import qtool.QtoolException;
 import qtool.backend.Backend;
+import qtool.backend.QMatrix;
 import qtool.backend.Tensor;
 import qtool.load.DType;
-import qtool.ffi.qt_qmatrix;
 import qtool.load.ModelConfig;
 
 /**
@@ -105,11 +105,7 @@ public final class Forward implements AutoCloseable {
 
     /** Bytes a weight takes on the device as {@code linearType}: dense, or the arrays of a packed quantized matrix. */
     static long deviceBytes(Tensor t, DType linearType) {
-        if (t.dtype() != DType.QMATRIX) return t.numel() * linearType.bytes;
-        MemorySegment m = t.data();
-        long in = qt_qmatrix.in(m), out = qt_qmatrix.out(m), groups = qt_qmatrix.groups(m);
-        boolean zeros = qt_qmatrix.zeros(m).address() != 0, perm = qt_qmatrix.perm(m).address() != 0;
-        return qt_qmatrix.qrows(m) * out * 4 + in / 32 * 8 + groups * out * 2 * (zeros ? 2 : 1) + (perm ? in * 4 : 0);
+        return t.dtype() == DType.QMATRIX ? QMatrix.bytes(t) : t.numel() * linearType.bytes;
     }
 
     public Forward(LlamaModel model, Backend backend, DType linearType, int batch, int maxSeq, Placement placement,
