@@ -43,6 +43,15 @@ public interface Backend extends AutoCloseable {
      */
     Tensor upload(Tensor host, DType as);
 
+    /**
+     * A host copy of {@code host} that this backend uploads fastest from, for weights uploaded again and again (layers
+     * streamed per forward pass): page-locked memory for QMATRIX tensors on CUDA; the tensor itself elsewhere. Lives
+     * until the backend closes.
+     */
+    default Tensor stage(Tensor host) {
+        return host;
+    }
+
     /** Copies a whole device tensor to host memory ({@code dst.byteSize() >= src.byteSize()}); waits for pending work. */
     void copyToHost(Tensor src, MemorySegment dst);
 

@@ -65,6 +65,8 @@ public final class CudaBackend implements Backend {
     /** Device blocks of freed QMATRIX arrays by size, reused by the next upload (see freeQMatrixArrays). */
     private final Map<Long, ArrayDeque<Long>> spareQMatrixBlocks = new HashMap<>();
     private final Map<Long, Long> blockBytes = new HashMap<>();
+    /** Page-locked host blocks of staged QMATRIX tensors (see stage), freed at close. */
+    private final List<MemorySegment> stagedBlocks = new ArrayList<>();
     private MemorySegment pinned = MemorySegment.NULL;  // PINNED_STAGING_BYTES of page-locked host memory
     private boolean capturing;
     private boolean closed;
@@ -239,6 +241,33 @@ public final class CudaBackend implements Backend {
         if (gemvScratch > 0) qmatrixScratch.ensure(gemvScratch);
         linearScratch.ensure(2L * QMATRIX_GEMV_MAX_ROWS * in);
         return t;
+    }
+
+    /** QMATRIX tensors get page-locked copies of their arrays: uploads from them run at the bus's speed. */
+    @Override
+    public Tensor stage(Tensor host) {
+        if (host.dtype() != DType.QMATRIX || qmatrixArrays.containsKey(host.address())) return host;
+        MemorySegment src = host.data().reinterpret(qt_qmatrix.sizeof());
+        int in = qt_qmatrix.in(src), out = qt_qmatrix.out(src), groups = qt_qmatrix.groups(src), qrows = qt_qmatrix.qrows(src);
+        MemorySegment struct = structArena.allocate(qt_qmatrix.layout());
+        struct.copyFrom(src);
+        qt_qmatrix.qweight(struct, pin(qt_qmatrix.qweight(src), (long) qrows * out * 4));
+        qt_qmatrix.units(struct, pin(qt_qmatrix.units(src), (long) in / 32 * 8));
+        qt_qmatrix.scales(struct, pin(qt_qmatrix.scales(src), (long) groups * out * 2));
+        qt_qmatrix.zeros(struct, pin(qt_qmatrix.zeros(src), (long) groups * out * 2));
+        qt_qmatrix.perm(struct, pin(qt_qmatrix.perm(src), (long) in * 4));
+        return new Tensor(struct, DType.QMATRIX, host.shape());
+    }
+
+    private MemorySegment pin(MemorySegment host, long bytes) {
+        if (host.address() == 0) return MemorySegment.NULL;
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment out = arena.allocate(ValueLayout.ADDRESS);
+            check(qt_host_alloc_pinned(out, bytes), "qt_host_alloc_pinned");
+            MemorySegment block = out.get(ValueLayout.ADDRESS, 0).reinterpret(bytes);
+            stagedBlocks.add(block);
+            return block.copyFrom(host.reinterpret(bytes));
+        }
     }
 
     /** A device copy of {@code bytes} at host address {@code host} (NULL stays NULL), recorded in {@code arrays}. */
@@ -903,6 +932,8 @@ public final class CudaBackend implements Backend {
         int status = qt_stream_synchronize(stream);
         for (long address : owned) qt_free(MemorySegment.ofAddress(address));
         owned.clear();
+        for (MemorySegment block : stagedBlocks) qt_host_free_pinned(block);
+        stagedBlocks.clear();
         linearScratch.release();
         attentionScratch.release();
         uploadScratch.release();

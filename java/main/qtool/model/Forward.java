@@ -188,8 +188,11 @@ public final class Forward implements AutoCloseable {
     private LlamaModel.Layer uploadLayer(int i) {
         boolean streamed = i >= placement.residentLayers();
         if (placement.packed()) {
-            LlamaModel.Layer host = hostPacked[i] != null ? hostPacked[i] : model.layer(i, true);
-            if (streamed) hostPacked[i] = host;
+            LlamaModel.Layer host = hostPacked[i];
+            if (host == null) {
+                host = model.layer(i, true);
+                if (streamed) hostPacked[i] = host = host.map(backend::stage);  // uploaded every pass: from page-locked memory
+            }
             return upload(host);
         }
         LlamaModel.Layer host = model.layer(i);
