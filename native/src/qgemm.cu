@@ -12,23 +12,36 @@
 //
 // GEMV block: 16 outputs (4 quads) × 8 input slices per warp × 8 warps (QTOOL_QMATRIX_WARPS=4 or 8). A slice takes
 // pairs of adjacent units, the block's slices interleaved pair by pair; the 8 slices of a warp are summed by shuffles,
-// the warps through shared memory. Batch 1 on a matrix of one width (qrows = in / 32 · bits: GPTQ) is
-// software-pipelined: the next unit's `bits` 128-bit loads are in flight while the current unit is multiplied. Other
-// cases take a pair at a time through a run-time width switch, both units' loads issued before either is used (batches
-// over 2 rows one unit at a time: their arithmetic per byte hides the latency). Every block covers all inputs of its 16
-// outputs; no split over the inputs (which would need atomics into a zeroed F32 y and could not produce F16 y in one
-// pass), because out/16 blocks already fill the machine at the shapes that matter:
+// the warps through shared memory. Batch 1 is software-pipelined two deep (PipelinedWalk): a slice's next unit is in
+// flight while the current one is multiplied, and the first two are issued before the block stages x. On a matrix of
+// one width (qrows = in / 32 · bits: GPTQ) the buffers hold `bits` words; on a mixed one (EXL2) they hold 8 words,
+// the widest unit, the loads are predicated on the unit's width and the product switches on it: one set of buffer
+// registers for every width (the earlier attempt, a pipeline per width inside the switch, kept every width's buffers
+// live together: 255 registers and spills). Batches of 2..8 rows take a pair at a time through a run-time width
+// switch, both units' loads issued before either is used (over 2 rows one unit at a time: their arithmetic per byte
+// hides the latency). Every block covers all inputs of its 16 outputs; no split over the inputs (which would need
+// atomics into a zeroed F32 y and could not produce F16 y in one pass), because out/16 blocks already fill the machine
+// at the shapes that matter:
 //   out = 4096: 256 blocks of 256 threads on 132 SMs, ~2 per SM = 512 threads per SM, each with a 4-bit unit in flight
 //   while it multiplies another (4 × 16 B = 64 B, 128 B at the start) = 32-64 KB per SM. Little's law at 3.0 TB/s and
 //   ~0.8 µs of loaded DRAM latency needs 3.0e12 × 0.8e-6 / 132 ≈ 18 KB per SM; the 2-to-1 block imbalance of 256 blocks
 //   on 132 SMs costs 256 / 264 = 3 %. out = 11008: 688 blocks, 3 resident per SM (396) at 80 registers, 1.7 waves.
-// ptxas (sm_90, nvcc 13.0), registers: batch 1 pipelined 78 / 79 / 80 / 94 / 119 / 121 (2 / 3 / 4 / 5 / 6 / 8 bits; up to
-// 4 bits held to 3 blocks per SM by the launch bounds), batch 1 mixed 64, 2 rows 80, 3..4 rows 111, 5..8 rows 212; no
-// spills, no stack. Pipelining inside the run-time width switch kept every width's two buffers live together (255
-// registers and spills), hence the one-width kernels.
-// x is read through the read-only path (__ldg): a unit's 64 bytes of one row go to its quad's 4 lanes in one broadcast
-// load, and no other slice of the block reads them, so staging x in shared memory would copy without reuse; the reuse
-// is across blocks (every block reads all of x: 22 KB at in = 11008), which L1 and L2 serve.
+// ptxas (sm_90, nvcc 13.0), registers: batch 1 one-width 77 / 77 / 78 / 118 / 118 / 120 (2 / 3 / 4 / 5 / 6 / 8 bits; up
+// to 4 bits held to 3 blocks per SM by the launch bounds), batch 1 mixed 123 (2 blocks per SM), batch 1 unstaged 128,
+// 2 rows 78, 3..4 rows 112, 5..8 rows 221; no spills, no stack.
+// x at batch 1 is staged in shared memory by each block (up to 96 KB; gathered through perm there, so an EXL2 matrix
+// needs no separate gather launch and no scratch): the 8 slices of a warp read 8 different units' 16 bytes at once,
+// swizzled into 8 different bank quads (one wavefront). Larger x, and batches of 2..8 rows (ptxas hoists their shared
+// loads of x and spills), read x from global memory through the read-only path (gathered into scratch first with a
+// perm); every block reads all of x (22 KB at in = 11008) either way, from L2.
+// Prediction, EXL2 at batch 1 (the measurements before this change: 4-bit perm 1x4096->4096 11.5 µs, of which the
+// gather launch ~3.1 µs; mix 4096x11008 18.3 µs through Java vs 16.2 µs at one width): the gather costs per block
+// in/8 16-byte copies + in/4 perm loads and in random 2-byte shared reads (~4 wavefronts a warp): at in = 4096 ~128
+// warp-instructions × 4 ≈ 500 cycles of the LSU ≈ 0.25 µs, hidden under the first two units' loads (primed before),
+// against ~3 µs saved per launch (224 per token: ~0.7 ms of 4.9 ms). The mixed walk now matches the one-width walk's
+// pipelining (2 blocks per SM at 123 registers instead of 3: still 2 × 256 threads × 2 units × 64 B = 64 KB in flight
+// per SM, above the 18 KB Little's law asks): from 37 % of copy toward the one-width 48-50 %. Expected decode:
+// 4.9 ms → ~4.0 ms/token (≥ 250 tok/s, 1.3× ExLlamaV2), if the H100 agrees.
 //
 // Bytes per token (batch 1) = in·out·bits/8 (qweight, read once) + groups·out·2 (scales) + groups·out·2 (zeros, when
 // present) + in/32·8 (units) + in·2 (x) + out·4 (y). 4096 → 11008 at 4 bits, group 128: 22.5 MB + 0.70 + 0.70 + 0.001
@@ -574,7 +587,7 @@ int qt_qmatrix_gemv(void* y, int y_dtype, int accumulate, const void* x, const q
         perm = nullptr;
     }
     const int index = gemv_kernel_index(w, rows, smem != 0);
-    if (smem > 48 * 1024) {  // the opt-in to more than 48 KB of dynamic shared memory, once per kernel and device
+    if (smem != 0) {  // the opt-in to more than 48 KB of shared memory (static included), once per kernel and device
         static bool opted_in[64][kGemvKernelCount];
         int device = 0;
         QT_CUDA_TRY(cudaGetDevice(&device));
