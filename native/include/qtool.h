@@ -301,8 +301,7 @@ QT_API int qt_qmatrix_dequant(void* weight, const qt_qmatrix* w, void* stream);
  * (rotate_half, angle = pos * inv_freq[j], inv_freq F32 [head_dim / 2]) is applied to q and k; k (rotated) and v are
  * stored at position *pos of each sequence's cache; then each query head attends over cache positions [0, *pos]
  * with scale 1/sqrt(head_dim). q and k are modified (rotated in place). *pos must be < max_seq (a larger value
- * writes nothing and leaves out as NaN). scratch: qt_decode_attention_scratch_bytes, enough for any *pos < max_seq
- * (0 bytes at present: scratch may be NULL). heads / kv_heads <= 64 (<= 8 on GPUs without thread block clusters).
+ * writes nothing and leaves out as NaN). scratch: qt_decode_attention_scratch_bytes, enough for any *pos < max_seq.
  */
 QT_API int qt_decode_attention_scratch_bytes(int batch, int max_seq, int heads, int kv_heads, int head_dim,
                                              size_t* bytes);
