@@ -755,15 +755,12 @@ void test_qmatrix(const std::string& name, int in, int out, const std::vector<in
 // Every argument check of the qt_qmatrix calls answers QT_ERR_INVALID_ARGUMENT.
 void test_qmatrix_errors() {
     run("qmatrix argument checks", [&] {
-        // in 64: 2 rows gathered into scratch; 1 row staged in shared memory, no scratch.
         const HostQMatrix h = make_qmatrix(64, 16, {4}, {32}, true, true);
         DeviceQMatrix d(h);
         Device x(8 * 64 * 2 + 16), y(8 * 16 * 4), scratch(8 * 64 * 2), weight(16 * 64 * 2);
-        size_t need = 0, need_one_row = 1;
-        CHECK(qt_qmatrix_gemv_scratch_bytes(&d.w, 1, &need_one_row));
+        size_t need = 0;
         CHECK(qt_qmatrix_gemv_scratch_bytes(&d.w, 2, &need));
-        int wrong = (need != 2 * 64 * 2) + (need_one_row != 0);
-        CHECK(qt_qmatrix_gemv(y.ptr, QT_F32, 0, x.ptr, &d.w, 1, nullptr, 0, nullptr));  // staged: no scratch needed
+        int wrong = need != 2 * 64 * 2;
         auto invalid = [&](int status) { wrong += status != QT_ERR_INVALID_ARGUMENT; };
         auto gemv = [&](const qt_qmatrix& w, int y_dtype, int accumulate, const void* xp, int rows, size_t scratch_bytes) {
             return qt_qmatrix_gemv(y.ptr, y_dtype, accumulate, xp, &w, rows, scratch.ptr, scratch_bytes, nullptr);
@@ -1268,24 +1265,20 @@ void bench_qmatrix() {
     CHECK(qt_bench_copy(size_t(1) << 30, 20, &copy_gbps));
     printf("  %-58s %10.1f GB/s (read + write)\n", "device copy, 1 GiB", copy_gbps);
     // mixed: the last unit 8 bits wide, so that batch 1 takes the mixed-width walk instead of the one-width pipeline.
-    // exl2: what an EXL2 ~4.2 bpw linear holds (perm, no zeros, 128-row groups of 8/6/5/4/3 bits: 5/10/10/45/30 %).
-    struct Case { int bits, in, out; bool perm, mixed, exl2 = false; };
+    struct Case { int bits, in, out; bool perm, mixed; };
     const std::vector<Case> cases = {{4, 4096, 4096, false, false},  {4, 4096, 11008, false, false},
                                      {4, 11008, 4096, false, false}, {4, 4096, 32000, false, false},
                                      {4, 4096, 4096, true, false},   {4, 4096, 11008, false, true},
                                      {4, 11008, 4096, false, true},  {3, 4096, 11008, false, false},
                                      {3, 11008, 4096, false, false}, {8, 4096, 11008, false, false},
-                                     {8, 11008, 4096, false, false}, {4, 4096, 11008, true, false, true},
-                                     {4, 11008, 4096, true, false, true}};
+                                     {8, 11008, 4096, false, false}};
     for (const Case& c : cases) {
         // Random words are random codes of any width; GPTQ's group 128 with zeros.
         const int units = c.in / 32, groups = c.in / 128;
         std::vector<int32_t> unit_rows;
         int qrows = 0;
         for (int u = 0; u < units; u++) {
-            const double at = double(u / 4 * 4) / units;  // the group's place in the matrix
-            const int bits = c.exl2 ? (at < 0.05 ? 8 : at < 0.15 ? 6 : at < 0.25 ? 5 : at < 0.7 ? 4 : 3)
-                             : c.mixed && u == units - 1 ? 8 : c.bits;
+            const int bits = c.mixed && u == units - 1 ? 8 : c.bits;
             unit_rows.push_back(qrows);
             unit_rows.push_back((u / 4) << 8 | bits);
             qrows += bits;
@@ -1298,8 +1291,7 @@ void bench_qmatrix() {
         std::vector<int32_t> perm(c.in);
         for (int i = 0; i < c.in; i++) perm[i] = i;
         std::shuffle(perm.begin(), perm.end(), rng);
-        const size_t matrix_bytes =
-            (qweight.size() + unit_rows.size()) * 4 + (scales.size() + (c.exl2 ? 0 : zeros.size())) * 2;
+        const size_t matrix_bytes = (qweight.size() + unit_rows.size()) * 4 + (scales.size() + zeros.size()) * 2;
         const int copies = static_cast<int>(std::max<size_t>(2, (size_t(200) << 20) / matrix_bytes + 1));
         std::vector<Device> buffers;
         std::vector<qt_qmatrix> mats;
@@ -1310,14 +1302,12 @@ void bench_qmatrix() {
             buffers.push_back(Device::from(scales));
             buffers.push_back(Device::from(zeros));
             const Device* b = &buffers[buffers.size() - 4];
-            mats.push_back(qt_qmatrix{b[0].ptr, b[1].ptr, b[2].ptr, c.exl2 ? nullptr : b[3].ptr,
-                                      c.perm ? dperm.ptr : nullptr, c.in, c.out, groups, qrows});
+            mats.push_back(qt_qmatrix{b[0].ptr, b[1].ptr, b[2].ptr, b[3].ptr, c.perm ? dperm.ptr : nullptr, c.in, c.out,
+                                      groups, qrows});
         }
         Device x = upload_as(randn(size_t(8) * c.in), QT_F16), y(size_t(8) * c.out * 4), scratch(size_t(8) * c.in * 2);
         for (int rows : {1, 4, 8}) {
             if ((c.perm || c.mixed) && rows > 1) continue;
-            size_t scratch_need = 0;
-            CHECK(qt_qmatrix_gemv_scratch_bytes(&mats[0], rows, &scratch_need));
             const double ms = time_ms([&] {
                 for (const qt_qmatrix& w : mats)
                     CHECK(qt_qmatrix_gemv(y.ptr, QT_F32, 0, x.ptr, &w, rows, scratch.ptr, scratch.bytes, nullptr));
@@ -1325,9 +1315,8 @@ void bench_qmatrix() {
             const double bytes = double(matrix_bytes) + 2.0 * rows * c.in + 4.0 * rows * c.out;
             const double gbps = bytes / (ms * 1e-3) / 1e9;
             char label[128];
-            const std::string width = c.exl2 ? "EXL2 8..3-bit" : std::to_string(c.bits) + "-bit";
-            const char* path = !c.perm ? (c.mixed ? " mixed walk" : "") : scratch_need != 0 ? " perm (+gather)" : " perm (fused)";
-            snprintf(label, sizeof label, "qmatrix gemv %s %dx%d->%d%s", width.c_str(), rows, c.in, c.out, path);
+            snprintf(label, sizeof label, "qmatrix gemv %d-bit %dx%d->%d%s", c.bits, rows, c.in, c.out,
+                     c.perm ? " perm (+gather)" : c.mixed ? " mixed walk" : "");
             printf("  %-58s %10.2f us  %6.0f GB/s  %3.0f %% of copy\n", label, ms * 1e3, gbps, 100.0 * gbps / copy_gbps);
         }
     }
@@ -1502,11 +1491,6 @@ int main(int argc, char** argv) {
         test_qmatrix("6b g128 2048->256 exl2", 2048, 256, {6}, {128}, false, false);
         // Widths averaging 4 bits: the batch-1 kernel for one width walks the 4-bit half, the rest goes the mixed way.
         test_qmatrix("mixed 4,4,6,2b 4096->1024", 4096, 1024, {4, 4, 6, 2}, {32}, true, false);
-        // Batch 1 stages x (gathered through perm) in shared memory: over 48 KB with the unpermuted copy at in 13824
-        // (opt-in), too large at in 24608 (gathered into scratch, read from global memory); an EXL2-like mix at 11008.
-        test_qmatrix("mixed 8..3b 11008->264 exl2", 11008, 264, {8, 6, 5, 4, 4, 4, 3, 3}, {32, 128}, false, true);
-        test_qmatrix("mixed 6..3b 13824->64 exl2", 13824, 64, {6, 5, 4, 3}, {128}, false, true);
-        test_qmatrix("4b g128 24608->32 act-order", 24608, 32, {4}, {128}, true, true);
         test_qmatrix_errors();
 
         printf("%-58s %12s %10s  %s\n", "check", "error", "limit", "result");
