@@ -10,22 +10,19 @@
 // would cap 4-bit batch-1 GEMV below the memory bound): the field is moved into the top bits of a float's mantissa
 // under the exponent of 2^bits, which reads as exactly 2^bits + q (one shift, one LOP3); the constant goes with z.
 //
-// GEMV block: 16 outputs (4 quads) × 8 input slices per warp × 8 warps (QTOOL_QMATRIX_WARPS=4 or 8). A slice takes
-// pairs of adjacent units, the block's slices interleaved pair by pair; the 8 slices of a warp are summed by shuffles,
-// the warps through shared memory. Batch 1 on a matrix of one width (qrows = in / 32 · bits: GPTQ) is
-// software-pipelined: the next unit's `bits` 128-bit loads are in flight while the current unit is multiplied. Other
-// cases take a pair at a time through a run-time width switch, both units' loads issued before either is used (batches
-// over 2 rows one unit at a time: their arithmetic per byte hides the latency). Every block covers all inputs of its 16
-// outputs; no split over the inputs (which would need atomics into a zeroed F32 y and could not produce F16 y in one
-// pass), because out/16 blocks already fill the machine at the shapes that matter:
-//   out = 4096: 256 blocks of 256 threads on 132 SMs, ~2 per SM = 512 threads per SM, each with a 4-bit unit in flight
-//   while it multiplies another (4 × 16 B = 64 B, 128 B at the start) = 32-64 KB per SM. Little's law at 3.0 TB/s and
-//   ~0.8 µs of loaded DRAM latency needs 3.0e12 × 0.8e-6 / 132 ≈ 18 KB per SM; the 2-to-1 block imbalance of 256 blocks
-//   on 132 SMs costs 256 / 264 = 3 %. out = 11008: 688 blocks, 3 resident per SM (396) at 80 registers, 1.7 waves.
-// ptxas (sm_90, nvcc 13.0), registers: batch 1 pipelined 78 / 79 / 80 / 94 / 119 / 121 (2 / 3 / 4 / 5 / 6 / 8 bits; up to
-// 4 bits held to 3 blocks per SM by the launch bounds), batch 1 mixed 64, 2 rows 80, 3..4 rows 111, 5..8 rows 212; no
-// spills, no stack. Pipelining inside the run-time width switch kept every width's two buffers live together (255
-// registers and spills), hence the one-width kernels.
+// GEMV block: 16 outputs (4 quads) × 8 input slices per warp × 8 warps (QTOOL_QMATRIX_WARPS=4 or 8). A slice walks
+// pairs of units (both units' `bits` 128-bit loads issued before either is used; batches over 2 rows take one unit at a
+// time: their arithmetic per byte hides the latency), the 8 slices of a warp are summed by shuffles, the warps through
+// shared memory. Every block covers all inputs of its 16 outputs; no split over the inputs (which would need atomics
+// into a zeroed F32 y and could not produce F16 y in one pass), because out/16 blocks already fill the machine at the
+// shapes that matter:
+//   out = 4096: 256 blocks of 256 threads on 132 SMs, ~2 per SM = 512 threads per SM, each with a pair of 4-bit units
+//   in flight (2 × 4 × 16 B = 128 B) = 64 KB per SM. Little's law at 3.0 TB/s and ~0.8 µs of loaded DRAM latency
+//   needs 3.0e12 × 0.8e-6 / 132 ≈ 18 KB per SM; the 2-to-1 block imbalance of 256 blocks on 132 SMs costs
+//   256 / 264 = 3 %. out = 11008: 688 blocks, 4 resident per SM (528) at batch 1's 64 registers, 1.3 waves.
+// ptxas (sm_90, nvcc 13.0): 64 registers at 1 row, 80 at 2, 117 at 3..4, 203 at 5..8; no spills, no stack. Keeping
+// the next unit's loads in flight while multiplying the current one (software pipelining across iterations) took every
+// instantiation to 255 registers with spills, so each iteration issues its pair's loads and then uses them.
 // x is read through the read-only path (__ldg): a unit's 64 bytes of one row go to its quad's 4 lanes in one broadcast
 // load, and no other slice of the block reads them, so staging x in shared memory would copy without reuse; the reuse
 // is across blocks (every block reads all of x: 22 KB at in = 11008), which L1 and L2 serve.
@@ -78,7 +75,7 @@ __device__ __forceinline__ float code_plus_base(const uint32_t (&w)[Bits], int j
 // The `Bits` qweight rows of one unit for outputs o..o+3 (line = qweight + first row · out + o): w[c][k] is row k,
 // column o + c.
 template <int Bits>
-__device__ __forceinline__ void load_codes(uint32_t (&w)[4][Bits], const uint32_t* __restrict__ line, int out) {
+__device__ __forceinline__ void load_unit(uint32_t (&w)[4][Bits], const uint32_t* __restrict__ line, int out) {
     uint4 v[Bits];
 #pragma unroll
     for (int k = 0; k < Bits; k++) v[k] = __ldg(reinterpret_cast<const uint4*>(line + static_cast<size_t>(k) * out));
@@ -122,81 +119,68 @@ __device__ __forceinline__ void load_group(float (&s)[4], float (&zb)[4], const 
     }
 }
 
-// One unit of outputs o..o+3 as loaded: its codes, its group's scales and zeros + 2^Bits.
-template <int Bits>
-struct LoadedUnit {
-    uint32_t w[4][Bits];
-    float s[4], zb[4];
-};
-
-template <int Bits>
-__device__ __forceinline__ void load_unit(LoadedUnit<Bits>& lu, const QMatrix& m, int2 d, int o) {
-    load_codes<Bits>(lu.w, m.qweight + static_cast<size_t>(d.x) * m.out + o, m.out);
-    load_group<Bits>(lu.s, lu.zb, m, d.y >> 8, o);
-}
-
-// acc[r][c] += Σ_j x[r, 32u + j] · s · (q_j − z) for the loaded unit u. x rows ≥ rows read as zeros.
-template <int Bits, int Rows>
-__device__ __forceinline__ void unit_product(float (&acc)[Rows][4], const LoadedUnit<Bits>& lu, const QMatrix& m,
-                                             const __half* __restrict__ x, int rows, int u) {
-    float dot[Rows][4], xsum[Rows];
-#pragma unroll
-    for (int r = 0; r < Rows; r++) {
-        xsum[r] = 0.0f;
-#pragma unroll
-        for (int c = 0; c < 4; c++) dot[r][c] = 0.0f;
-    }
-    const uint4* xu = reinterpret_cast<const uint4*>(x + u * 32);
-#pragma unroll
-    for (int part = 0; part < 4; part++) {  // 8 halves of x per 128-bit load
-        uint4 xv[Rows];
-#pragma unroll
-        for (int r = 0; r < Rows; r++)
-            xv[r] = Rows == 1 || r < rows ? __ldg(xu + static_cast<size_t>(r) * (m.in / 8) + part)
-                                          : make_uint4(0, 0, 0, 0);
-#pragma unroll
-        for (int p = 0; p < 4; p++) {
-            float2 xf[Rows];
-#pragma unroll
-            for (int r = 0; r < Rows; r++) xf[r] = __half22float2(reinterpret_cast<const __half2*>(&xv[r])[p]);
-#pragma unroll
-            for (int e = 0; e < 2; e++) {
-                const int j = part * 8 + p * 2 + e;
-                float q[4];
-#pragma unroll
-                for (int c = 0; c < 4; c++) q[c] = code_plus_base<Bits>(lu.w[c], j);
-#pragma unroll
-                for (int r = 0; r < Rows; r++) {
-                    const float xj = e == 0 ? xf[r].x : xf[r].y;
-                    xsum[r] += xj;
-#pragma unroll
-                    for (int c = 0; c < 4; c++) dot[r][c] = fmaf(q[c], xj, dot[r][c]);
-                }
-            }
-        }
-    }
-#pragma unroll
-    for (int r = 0; r < Rows; r++)
-#pragma unroll
-        for (int c = 0; c < 4; c++) acc[r][c] = fmaf(lu.s[c], fmaf(-lu.zb[c], xsum[r], dot[r][c]), acc[r][c]);
-}
-
-// The N units u[n] (descriptors d[n], all `Bits` wide): every load issued, then the products.
+// acc[r][c] += Σ_j x[r, 32u + j] · s · (q_j − z) for the N units u[n] (descriptors d[n], all `Bits` wide) of outputs
+// o..o+3. All N units' loads are issued before the first is used. x rows ≥ rows read as zeros.
 template <int Bits, int Rows, int N>
 __device__ __forceinline__ void unit_products(float (&acc)[Rows][4], const QMatrix& m, const __half* __restrict__ x,
                                               int rows, int o, const int (&u)[N], const int2 (&d)[N]) {
-    LoadedUnit<Bits> lu[N];
+    uint32_t w[N][4][Bits];
+    float s[N][4], zb[N][4];
 #pragma unroll
-    for (int n = 0; n < N; n++) load_unit<Bits>(lu[n], m, d[n], o);
+    for (int n = 0; n < N; n++) {
+        load_unit<Bits>(w[n], m.qweight + static_cast<size_t>(d[n].x) * m.out + o, m.out);
+        load_group<Bits>(s[n], zb[n], m, d[n].y >> 8, o);
+    }
 #pragma unroll
-    for (int n = 0; n < N; n++) unit_product<Bits, Rows>(acc, lu[n], m, x, rows, u[n]);
+    for (int n = 0; n < N; n++) {
+        float dot[Rows][4], xsum[Rows];
+#pragma unroll
+        for (int r = 0; r < Rows; r++) {
+            xsum[r] = 0.0f;
+#pragma unroll
+            for (int c = 0; c < 4; c++) dot[r][c] = 0.0f;
+        }
+        const uint4* xu = reinterpret_cast<const uint4*>(x + u[n] * 32);
+#pragma unroll
+        for (int part = 0; part < 4; part++) {  // 8 halves of x per 128-bit load
+            uint4 xv[Rows];
+#pragma unroll
+            for (int r = 0; r < Rows; r++)
+                xv[r] = Rows == 1 || r < rows ? __ldg(xu + static_cast<size_t>(r) * (m.in / 8) + part)
+                                              : make_uint4(0, 0, 0, 0);
+#pragma unroll
+            for (int p = 0; p < 4; p++) {
+                float2 xf[Rows];
+#pragma unroll
+                for (int r = 0; r < Rows; r++) xf[r] = __half22float2(reinterpret_cast<const __half2*>(&xv[r])[p]);
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const int j = part * 8 + p * 2 + e;
+                    float q[4];
+#pragma unroll
+                    for (int c = 0; c < 4; c++) q[c] = code_plus_base<Bits>(w[n][c], j);
+#pragma unroll
+                    for (int r = 0; r < Rows; r++) {
+                        const float xj = e == 0 ? xf[r].x : xf[r].y;
+                        xsum[r] += xj;
+#pragma unroll
+                        for (int c = 0; c < 4; c++) dot[r][c] = fmaf(q[c], xj, dot[r][c]);
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < Rows; r++)
+#pragma unroll
+            for (int c = 0; c < 4; c++) acc[r][c] = fmaf(s[n][c], fmaf(-zb[n][c], xsum[r], dot[r][c]), acc[r][c]);
+    }
 }
 
 // unit_products for a run-time width (a warp's slices mostly share one, so the switch rarely diverges).
 template <int Rows, int N>
 __device__ __forceinline__ void unit_products_of_width(int bits, float (&acc)[Rows][4], const QMatrix& m,
-                                                       const __half* __restrict__ x, int rows, int o,
-                                                       const int (&u)[N], const int2 (&d)[N]) {
+                                              const __half* __restrict__ x, int rows, int o, const int (&u)[N],
+                                              const int2 (&d)[N]) {
     switch (bits) {
         case 2: unit_products<2, Rows, N>(acc, m, x, rows, o, u, d); break;
         case 3: unit_products<3, Rows, N>(acc, m, x, rows, o, u, d); break;
@@ -207,53 +191,11 @@ __device__ __forceinline__ void unit_products_of_width(int bits, float (&acc)[Ro
     }
 }
 
-// The units a slice takes, in order: item i is unit first + (i / 2) · stride + i % 2 (pairs of adjacent units, the
-// block's slices interleaved pair by pair); an item at or past `units` is the end.
-struct SliceOrder {
-    int first, stride, units;
-    __device__ __forceinline__ int unit(int i) const { return first + (i >> 1) * stride + (i & 1); }
-};
-
-// The slice's items from 0 while their units are `Bits` wide, software-pipelined: the next unit's loads are issued
-// before the current one is multiplied (two buffers alternate, so nothing is copied), and the descriptor of the unit
-// after it is loaded meanwhile. Returns the first item not taken.
-template <int Bits, int Rows>
-__device__ __forceinline__ int pipelined_run(float (&acc)[Rows][4], const QMatrix& m, const __half* __restrict__ x,
-                                             int rows, int o, const SliceOrder& order) {
-    const int last = order.units - 1;
-    int u = order.unit(0), next = order.unit(1);
-    const int2 d = __ldg(m.units + min(u, last));
-    int2 dn = __ldg(m.units + min(next, last));
-    if (u > last || (d.y & 0xff) != Bits) return 0;
-    LoadedUnit<Bits> a, b;
-    load_unit<Bits>(a, m, d, o);
-    for (int i = 1;; i++) {
-        bool more = next <= last && (dn.y & 0xff) == Bits;
-        if (more) load_unit<Bits>(b, m, dn, o);
-        int after = order.unit(i + 1);
-        dn = __ldg(m.units + min(after, last));
-        unit_product<Bits, Rows>(acc, a, m, x, rows, u);
-        if (!more) return i;
-        u = next, next = after, i++;
-        more = next <= last && (dn.y & 0xff) == Bits;
-        if (more) load_unit<Bits>(a, m, dn, o);
-        after = order.unit(i + 1);
-        dn = __ldg(m.units + min(after, last));
-        unit_product<Bits, Rows>(acc, b, m, x, rows, u);
-        if (!more) return i;
-        u = next, next = after;
-    }
-}
-
-// y[r, o] (+)= Σ_i x[r, i] · W[o, i] for r < rows ≤ Rows, x in processing order. Uniform: the width every unit is
-// expected to have (batch 1, qrows = in / 32 · Uniform), walked by pipelined_run; the rest (all units when Uniform is
-// 0, else from the first unit of another width) go pair by pair through the run-time width switch.
-template <int Rows, int Uniform>
-constexpr int kMinBlocksPerSm = Rows == 1 && Uniform != 0 && Uniform <= 4 ? 3 : 0;  // 0: ptxas's choice
-
-template <int Rows, int Uniform>
-__global__ void __launch_bounds__(kMaxThreads, kMinBlocksPerSm<Rows, Uniform>)
-    qmatrix_gemv(void* __restrict__ y, bool y_f16, bool accumulate, const __half* __restrict__ x, QMatrix m, int rows) {
+// y[r, o] (+)= Σ_i x[r, i] · W[o, i] for r < rows ≤ Rows, x in processing order. Slice k of a block takes the unit
+// pairs starting at 2k, 2k + 2·slices, ... (one unit at a time above 2 rows).
+template <int Rows>
+__global__ void __launch_bounds__(kMaxThreads) qmatrix_gemv(void* __restrict__ y, bool y_f16, bool accumulate,
+                                                            const __half* __restrict__ x, QMatrix m, int rows) {
     constexpr int N = Rows <= 2 ? 2 : 1;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     const int quad = lane % kQuadsPerWarp, slice = warp * kSlicesPerWarp + lane / kQuadsPerWarp;
@@ -267,13 +209,10 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocksPerSm<Rows, Uniform>)
         for (int c = 0; c < 4; c++) acc[r][c] = 0.0f;
 
     if (o < m.out) {
-        const SliceOrder order{2 * slice, 2 * slices, units};
-        int i = 0;
-        if constexpr (Uniform != 0) i = pipelined_run<Uniform, Rows>(acc, m, x, rows, o, order);
-        for (int u; (u = order.unit(i)) < units;) {
+        for (int u = slice * N; u < units; u += slices * N) {
             const int2 d0 = __ldg(m.units + u);
             if constexpr (N == 2) {
-                if ((i & 1) == 0 && u + 1 < units) {  // an even item and its pair: units u, u + 1
+                if (u + 1 < units) {
                     const int2 d1 = __ldg(m.units + u + 1);
                     if (((d0.y ^ d1.y) & 0xff) == 0) {
                         unit_products_of_width<Rows, 2>(d0.y & 0xff, acc, m, x, rows, o, {u, u + 1}, {d0, d1});
@@ -281,12 +220,10 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocksPerSm<Rows, Uniform>)
                         unit_products_of_width<Rows, 1>(d0.y & 0xff, acc, m, x, rows, o, {u}, {d0});
                         unit_products_of_width<Rows, 1>(d1.y & 0xff, acc, m, x, rows, o, {u + 1}, {d1});
                     }
-                    i += 2;
                     continue;
                 }
             }
             unit_products_of_width<Rows, 1>(d0.y & 0xff, acc, m, x, rows, o, {u}, {d0});
-            i++;
         }
     }
 
@@ -333,14 +270,16 @@ __global__ void gather_columns(__half* __restrict__ x_out, const __half* __restr
 template <int Bits>
 __device__ __forceinline__ void dequant_unit(__half* __restrict__ weight, const QMatrix& m, const int* __restrict__ perm,
                                              int u, int2 d, int o) {
-    LoadedUnit<Bits> lu;
-    load_unit<Bits>(lu, m, d, o);
+    uint32_t w[4][Bits];
+    float s[4], zb[4];
+    load_unit<Bits>(w, m.qweight + static_cast<size_t>(d.x) * m.out + o, m.out);
+    load_group<Bits>(s, zb, m, d.y >> 8, o);
 #pragma unroll
     for (int c = 0; c < 4; c++) {
         __half* row = weight + static_cast<size_t>(o + c) * m.in;
         __align__(16) __half v[32];
 #pragma unroll
-        for (int j = 0; j < 32; j++) v[j] = __float2half_rn(lu.s[c] * (code_plus_base<Bits>(lu.w[c], j) - lu.zb[c]));
+        for (int j = 0; j < 32; j++) v[j] = __float2half_rn(s[c] * (code_plus_base<Bits>(w[c], j) - zb[c]));
         if (perm == nullptr) {
 #pragma unroll
             for (int k = 0; k < 4; k++) reinterpret_cast<uint4*>(row + u * 32)[k] = reinterpret_cast<const uint4*>(v)[k];
@@ -430,26 +369,10 @@ int qt_qmatrix_gemv(void* y, int y_dtype, int accumulate, const void* x, const q
     const QMatrix m = device_view(w);
     const unsigned blocks = (w->out + kOutputsPerBlock - 1) / kOutputsPerBlock, threads = 32 * gemv_warps();
     const bool f16 = y_dtype == QT_F16, acc = accumulate != 0;
-    // Batch 1 with qrows = in / 32 · B: every unit is probably B wide (GPTQ; an EXL2 mix averaging B is still right,
-    // the pipelined walk just ends at its first unit of another width).
-    const int units = w->in / 32, uniform = w->qrows % units == 0 ? w->qrows / units : 0;
-    auto* kernel = qmatrix_gemv<8, 0>;
-    if (rows == 1) {
-        switch (uniform) {
-            case 2: kernel = qmatrix_gemv<1, 2>; break;
-            case 3: kernel = qmatrix_gemv<1, 3>; break;
-            case 4: kernel = qmatrix_gemv<1, 4>; break;
-            case 5: kernel = qmatrix_gemv<1, 5>; break;
-            case 6: kernel = qmatrix_gemv<1, 6>; break;
-            case 8: kernel = qmatrix_gemv<1, 8>; break;
-            default: kernel = qmatrix_gemv<1, 0>; break;
-        }
-    } else if (rows == 2) {
-        kernel = qmatrix_gemv<2, 0>;
-    } else if (rows <= 4) {
-        kernel = qmatrix_gemv<4, 0>;
-    }
-    kernel<<<blocks, threads, 0, s>>>(y, f16, acc, xp, m, rows);
+    if (rows == 1) qmatrix_gemv<1><<<blocks, threads, 0, s>>>(y, f16, acc, xp, m, rows);
+    else if (rows == 2) qmatrix_gemv<2><<<blocks, threads, 0, s>>>(y, f16, acc, xp, m, rows);
+    else if (rows <= 4) qmatrix_gemv<4><<<blocks, threads, 0, s>>>(y, f16, acc, xp, m, rows);
+    else qmatrix_gemv<8><<<blocks, threads, 0, s>>>(y, f16, acc, xp, m, rows);
     return check_launch("qmatrix_gemv");
 }
 
