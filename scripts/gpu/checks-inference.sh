@@ -5,6 +5,7 @@
 #                                 CudaBackendCheck --quantized (the Java backend's QMATRIX products, decodeAttention, graphs)
 #   checks-inference.sh speed     (carry .gpu-bench: benchmarks.jar, ExLlamaV2's wheel) Llama-2-7B-shaped random EXL2 at 4.0 bpw: ExLlamaV2 0.3.2's batch-1 decode speed beside
 #                                 `qtool generate` (speed-exllamav2.sh, QuantBench included), then --gpu-mem 2 (offload)
+#   checks-inference.sh decode    the same 7B-shaped model through qtool alone (two runs of 256 tokens), and --gpu-mem 2
 #   checks-inference.sh smollm2   SmolLM2-135M (refs-smollm2.sh gguf must have imported it): GPTQ 4-bit g128 act-order and
 #                                 EXL2 4.0 bpw conversions; for each, ppl ctx 2048 through the quantized kernels and through
 #                                 dequantized fp16 copies (--dequantize), generation speed both ways, greedy ids compared
@@ -43,6 +44,18 @@ speed)
   Q generate -m $M -p "$prompt" -n 64 --greedy --json --ignore-eos --device cuda --gpu-mem 2 > $W/offload.json 2> $W/offload.err \
     || tail -3 $W/offload.err
   row "7B-shaped EXL2 4.0, --gpu-mem 2 (offload)" "$(grep -h 'gpu-mem' $W/offload.err | tail -1); $(grep -h '^prefill' $W/offload.err | tail -1)" ;;
+decode)
+  M=/tmp/qtool-speed/llama2-7b-exl2-4.0
+  [ -f $M/config.json ] || Q synth --out $M --hidden 4096 --layers 32 --heads 32 --intermediate 11008 --vocab 32000 --format exl2 --bpw 4.0 \
+    --tokenizer $D/tokenizers/llama2 2>&1 | tr '\r' '\n' | tail -1
+  prompt="The history of the city begins with a small settlement on the river"
+  for i in 1 2; do
+    Q generate -m $M -p "$prompt" -n 256 --greedy --ignore-eos --json --device cuda > $W/decode$i.json 2> $W/decode$i.err || tail -3 $W/decode$i.err
+    row "7B-shaped EXL2 4.0 bpw, batch-1 decode, run $i" "$(grep -h '^prefill' $W/decode$i.err | tail -1)"
+  done
+  Q generate -m $M -p "$prompt" -n 64 --greedy --ignore-eos --json --device cuda --gpu-mem 2 > $W/offload.json 2> $W/offload.err \
+    || tail -3 $W/offload.err
+  row "7B-shaped EXL2 4.0, --gpu-mem 2 (offload)" "$(grep -h 'gpu-mem' $W/offload.err | tail -1); $(grep -h '^prefill' $W/offload.err | tail -1)" ;;
 smollm2)
   S=$K/smol; cal=$K/cal.parquet
   [ -f $S/config.json ] || { echo "smollm2: import it first (refs-smollm2.sh gguf)"; exit 1; }
@@ -67,5 +80,5 @@ same = next((i for i, (a, b) in enumerate(zip(k["ids"], d["ids"])) if a != b), l
 print(f"  ppl kernels/dequantized - 1 = {pk / pd - 1:+.5f}; greedy ids equal for the first {same} of {len(k['ids'])}")
 PY
   done ;;
-*) echo "usage: checks-inference.sh kernels|speed|smollm2"; exit 2 ;;
+*) echo "usage: checks-inference.sh kernels|speed|decode|smollm2"; exit 2 ;;
 esac
