@@ -87,6 +87,16 @@ public interface Backend extends AutoCloseable {
     void linear(Tensor out, Tensor x, Tensor weight, Tensor bias);
 
     /**
+     * Products of one input, in order: {@code outs[j] = x · weights[j]ᵀ (+ biases[j])}, each as {@link #linear} (q/k/v,
+     * gate/up). A backend may share work between them: the CUDA backend puts x into a quantized weight's input order
+     * once for consecutive weights with the same order (the linears of one input in an EXL2 or act-order GPTQ model).
+     * {@code biases} may be null.
+     */
+    default void linears(Tensor x, Tensor[] outs, Tensor[] weights, Tensor[] biases) {
+        for (int j = 0; j < outs.length; j++) linear(outs[j], x, weights[j], biases == null ? null : biases[j]);
+    }
+
+    /**
      * out[r, o] += sum_i x[r, i] * weight[o, i] (+ bias[o]): the residual add fused into the product. out F32
      * [rows, outF]; x as for {@link #linear}. This default runs {@link #linear} into a temporary and {@link #add}s it.
      */

@@ -65,6 +65,10 @@ public final class CudaBackend implements Backend {
     /** Device blocks of freed QMATRIX arrays by size, reused by the next upload (see freeQMatrixArrays). */
     private final Map<Long, ArrayDeque<Long>> spareQMatrixBlocks = new HashMap<>();
     private final Map<Long, Long> blockBytes = new HashMap<>();
+    /** QMATRIX tensors with a perm: a hash of the input order, and the struct that reads x already in that order. */
+    private final Map<Long, InputOrder> inputOrders = new HashMap<>();
+
+    private record InputOrder(int hash, MemorySegment ordered) {}
     /** Page-locked host blocks of staged QMATRIX tensors (see stage), freed at close. */
     private final List<MemorySegment> stagedBlocks = new ArrayList<>();
     private MemorySegment pinned = MemorySegment.NULL;  // PINNED_STAGING_BYTES of page-locked host memory
@@ -181,6 +185,8 @@ public final class CudaBackend implements Backend {
             if (arrays == null) return;
             freeQMatrixArrays(arrays);
             freeStructs.push(t.data());
+            InputOrder order = inputOrders.remove(t.address());
+            if (order != null) freeStructs.push(order.ordered());
             return;
         }
         if (t != null && owned.remove(t.address())) check(qt_free(t.data()), "qt_free");
@@ -237,6 +243,14 @@ public final class CudaBackend implements Backend {
         }
         Tensor t = new Tensor(struct, DType.QMATRIX, host.shape());
         qmatrixArrays.put(t.address(), arrays);
+        MemorySegment hostPerm = qt_qmatrix.perm(src);
+        if (hostPerm.address() != 0) {
+            // The same matrix reading x already in its input order (see linears): its struct without the perm.
+            MemorySegment ordered = freeStructs.isEmpty() ? structArena.allocate(qt_qmatrix.layout()) : freeStructs.pop();
+            ordered.copyFrom(struct);
+            qt_qmatrix.perm(ordered, MemorySegment.NULL);
+            inputOrders.put(t.address(), new InputOrder(hostPerm.reinterpret((long) in * 4).asByteBuffer().hashCode(), ordered));
+        }
         long gemvScratch = qmatrixGemvScratchBytes(t, QMATRIX_GEMV_MAX_ROWS);
         if (gemvScratch > 0) qmatrixScratch.ensure(gemvScratch);
         linearScratch.ensure(2L * QMATRIX_GEMV_MAX_ROWS * in);
@@ -294,9 +308,13 @@ public final class CudaBackend implements Backend {
     }
 
     private static long qmatrixGemvScratchBytes(Tensor w, int rows) {
+        return qmatrixGemvScratchBytes(w.data(), rows);
+    }
+
+    private static long qmatrixGemvScratchBytes(MemorySegment w, int rows) {
         try (Arena arena = Arena.ofConfined()) {
             MemorySegment bytes = arena.allocate(ValueLayout.JAVA_LONG);
-            check(qt_qmatrix_gemv_scratch_bytes(w.data(), rows, bytes), "qt_qmatrix_gemv_scratch_bytes");
+            check(qt_qmatrix_gemv_scratch_bytes(w, rows, bytes), "qt_qmatrix_gemv_scratch_bytes");
             return bytes.get(ValueLayout.JAVA_LONG, 0);
         }
     }
@@ -727,6 +745,28 @@ public final class CudaBackend implements Backend {
      * for linearAdd), the bias added after as qt_linear adds it. More rows: qt_qmatrix_dequant into a scratch F16
      * weight, then the dense product.
      */
+    /**
+     * Consecutive quantized weights with the same input order multiply, at up to {@link #QMATRIX_GEMV_MAX_ROWS} rows,
+     * the x that the first one's product gathered into that order (in the GEMV scratch): one gather for q/k/v, one for
+     * gate/up. Orders are compared by their arrays' hashes and sizes, taken at upload.
+     */
+    @Override
+    public void linears(Tensor x, Tensor[] outs, Tensor[] weights, Tensor[] biases) {
+        for (int j = 0; j < outs.length; j++) {
+            Tensor w = weights[j], bias = biases == null ? null : biases[j];
+            InputOrder order = w.dtype() == DType.QMATRIX ? inputOrders.get(w.address()) : null;
+            InputOrder before = j > 0 && weights[j - 1].dtype() == DType.QMATRIX ? inputOrders.get(weights[j - 1].address()) : null;
+            boolean gathered = order != null && before != null && order.hash() == before.hash() && w.cols() == weights[j - 1].cols()
+                    && x.rows() >= 1 && x.rows() <= QMATRIX_GEMV_MAX_ROWS && qmatrixGemvScratchBytes(w, x.rows()) > 0;
+            if (gathered) {
+                requireCount(outs[j], (long) x.rows() * w.rows(), "linears out");
+                gemv(outs[j], MemorySegment.ofAddress(qmatrixScratch.address), order.ordered(), x.rows(), w.rows(), bias, false);
+            } else {
+                linear(outs[j], x, w, bias);
+            }
+        }
+    }
+
     private void qmatrixLinear(Tensor out, Tensor x, Tensor w, Tensor bias, boolean accumulate) {
         if (!qmatrixArrays.containsKey(w.address())) throw new IllegalArgumentException("linear weight " + w + " is not a QMATRIX tensor of this backend (upload it)");
         int rows = x.rows(), in = x.cols(), outF = w.rows();
@@ -750,9 +790,14 @@ public final class CudaBackend implements Backend {
             x16 = MemorySegment.ofAddress(linearScratch.ensure(2L * rows * in));
             check(qt_cast(x16, QT_F16(), x.data(), QT_F32(), x.numel(), stream), "qt_cast");
         }
+        gemv(out, x16, w.data(), rows, outF, bias, accumulate);
+    }
+
+    /** qt_qmatrix_gemv of F16 rows x16 with the struct {@code w} (perm gathered into the GEMV scratch), then the bias. */
+    private void gemv(Tensor out, MemorySegment x16, MemorySegment w, int rows, int outF, Tensor bias, boolean accumulate) {
         long scratchBytes = qmatrixGemvScratchBytes(w, rows);
         MemorySegment scratch = scratchBytes == 0 ? MemorySegment.NULL : MemorySegment.ofAddress(qmatrixScratch.ensure(scratchBytes));
-        check(qt_qmatrix_gemv(out.data(), code(out.dtype()), accumulate ? 1 : 0, x16, w.data(), rows, scratch, scratchBytes, stream),
+        check(qt_qmatrix_gemv(out.data(), code(out.dtype()), accumulate ? 1 : 0, x16, w, rows, scratch, scratchBytes, stream),
                 "qt_qmatrix_gemv");
         if (bias != null) {
             // out += bias: qt_linear's empty product (in_features 0 reads neither x nor weight) plus its bias kernel

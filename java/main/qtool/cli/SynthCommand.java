@@ -218,8 +218,14 @@ public final class SynthCommand implements Callable<Integer> {
         }
 
         long writeExl2(SafetensorsWriter w, String key, Exl2Params option, int out, int in, float[] bias) {
-            RandomExl2Linear.of(key, out, in, option, quantizedStd(in), bias, seedOf(key)).write(w);
+            RandomExl2Linear.of(key, out, in, option, quantizedStd(in), bias, seedOf(key), permSeed(key)).write(w);
             return (long) out * in + (bias == null ? 0 : out);
+        }
+
+        /** Linears reading one input (q/k/v, gate/up) share their act-order permutation, as a real conversion's do. */
+        private long permSeed(String key) {
+            int block = Math.max(key.indexOf(".self_attn."), key.indexOf(".mlp."));
+            return block < 0 ? seedOf(key + ".perm") : seedOf(key.substring(0, block) + "." + qtool.model.Forward.Site.of(key) + ".perm");
         }
 
         private float[] randomBias(String key, int out) {

@@ -321,9 +321,7 @@ public final class Forward implements AutoCloseable {
         int rows = batchRows * seqLen;
         Tensor qv = q.rowSlice(0, rows), kv = k.rowSlice(0, rows), vv = v.rowSlice(0, rows), a = attn.rowSlice(0, rows);
         Backend b = backend;
-        b.linear(qv, n, w.q(), w.qBias());
-        b.linear(kv, n, w.k(), w.kBias());
-        b.linear(vv, n, w.v(), w.vBias());
+        b.linears(n, new Tensor[] {qv, kv, vv}, new Tensor[] {w.q(), w.k(), w.v()}, new Tensor[] {w.qBias(), w.kBias(), w.vBias()});
         b.rope(qv, cfg.numHeads(), cfg.headDim(), seqLen, startPos, invFreq);
         b.rope(kv, cfg.numKvHeads(), cfg.headDim(), seqLen, startPos, invFreq);
         b.attention(a, qv, kv, vv, kc, vc, batchRows, seqLen, startPos, cfg.numHeads(), cfg.numKvHeads(), cfg.headDim());
@@ -333,8 +331,7 @@ public final class Forward implements AutoCloseable {
     /** silu(gate(n)) · up(n): the down_proj input (this forward's buffer). */
     private Tensor gatedUp(LlamaModel.Layer w, Tensor n, int rows) {
         Tensor g = gate.rowSlice(0, rows), u = up.rowSlice(0, rows);
-        backend.linear(g, n, w.gate(), null);
-        backend.linear(u, n, w.up(), null);
+        backend.linears(n, new Tensor[] {g, u}, new Tensor[] {w.gate(), w.up()}, null);
         backend.siluMul(g, g, u);
         return g;
     }
@@ -391,9 +388,7 @@ public final class Forward implements AutoCloseable {
         for (int i = 0; i < cfg.numLayers(); i++) {
             LlamaModel.Layer w = resident[i];
             backend.rmsNorm(n, x, w.inputNorm(), cfg.rmsNormEps());
-            backend.linear(qv, n, w.q(), w.qBias());
-            backend.linear(kv, n, w.k(), w.kBias());
-            backend.linear(vv, n, w.v(), w.vBias());
+            backend.linears(n, new Tensor[] {qv, kv, vv}, new Tensor[] {w.q(), w.k(), w.v()}, new Tensor[] {w.qBias(), w.kBias(), w.vBias()});
             backend.decodeAttention(a, qv, kv, vv, kCache[i], vCache[i], 1, cfg.numHeads(), cfg.numKvHeads(), cfg.headDim(), pos, invFreq);
             backend.linearAdd(x, a, w.o(), w.oBias());
             mlpHalf(w, x, null);

@@ -618,6 +618,49 @@ public final class CudaBackendCheck {
                 qmatrixCase(String.format("exl2 %dx%d %s", out, in, option), QMatrix.fromExl2(p, out), x -> product(x, w, out, in));
             }
         }
+        sharedInputOrder(random);
+    }
+
+    /**
+     * Backend.linears over three EXL2 matrices of one input order (q/k/v) and one of another: the second and third
+     * multiply the x the first gathered; each output against its double product, 1 and 5 rows.
+     */
+    private void sharedInputOrder(Random random) {
+        int in = 4096;
+        int[] outs = {4096, 1024, 1024, 4096};
+        qtool.format.exl2.Exl2Packer.PackedLinear first = RandomExl2.of(random, outs[0], in, "0.05:8b_32g/0.1:4b_128g/0.85:3b_128g");
+        qtool.format.exl2.Exl2Packer.PackedLinear[] ps = new qtool.format.exl2.Exl2Packer.PackedLinear[outs.length];
+        ps[0] = first;
+        for (int j = 1; j < outs.length; j++) {
+            var p = RandomExl2.of(random, outs[j], in, j == 3 ? "1:4b_128g" : "0.1:6b_32g/0.9:5b_32g");
+            ps[j] = j == 3 ? p : new qtool.format.exl2.Exl2Packer.PackedLinear(p.key(), p.in(), p.columns(), p.qWeight(), p.qScale(),
+                    p.qScaleMax(), p.qGroups(), first.qInvperm(), p.bias());
+        }
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor[] ws = new Tensor[outs.length];
+            float[][] dense = new float[outs.length][];
+            for (int j = 0; j < outs.length; j++) {
+                ws[j] = gpu.upload(QMatrix.fromExl2(ps[j], outs[j]).toTensor(arena), DType.QMATRIX);
+                dense[j] = qtool.format.exl2.Exl2Packer.dequantize(ps[j], outs[j]);
+            }
+            for (int rows : new int[] {1, 5}) {
+                float[] x = roundAll(randn(rows * in), DType.F16);
+                Tensor dx = gpu.upload(host(x, rows, in), DType.F16);
+                Tensor[] ys = new Tensor[outs.length];
+                for (int j = 0; j < outs.length; j++) ys[j] = gpu.upload(host(nans(rows * outs[j]), rows, outs[j]), DType.F32);
+                gpu.linears(dx, ys, ws, null);
+                for (int j = 0; j < outs.length; j++) {
+                    record(String.format("linears, shared input order: matrix %d of %d, %d rows", j + 1, outs.length, rows),
+                            relL2(downloadAny(ys[j]), product(x, dense[j], outs[j], in)), 1e-2);
+                    gpu.free(ys[j]);
+                }
+                gpu.free(dx);
+            }
+            for (Tensor w : ws) gpu.free(w);
+        } catch (RuntimeException e) {
+            e.printStackTrace(System.out);
+            record("linears, shared input order threw " + e.getClass().getSimpleName(), Double.POSITIVE_INFINITY, 0);
+        }
     }
 
     private void qmatrixCase(String name, QMatrix m, java.util.function.Function<float[], double[]> reference) {

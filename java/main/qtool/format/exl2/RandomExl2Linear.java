@@ -9,7 +9,8 @@ import qtool.quantize.Exl2Params;
  * A random EXL2 linear for speed tests ({@code qtool synth --format exl2}): the tensors of {@link Exl2Layout} shaped
  * exactly as {@link Exl2Packer} writes a real quantization with the same option, without a float weight or
  * calibration. Codes are uniform over each group's grid, so q_weight is drawn as uniform random words; q_invperm is a
- * random permutation (act-order); sub-scales are random in 9..16 (padded columns 1, as ExLlamaV2 writes them) and each
+ * random permutation (act-order) drawn from {@code permSeed}, which linears reading one input share (in a real conversion
+ * they share the Hessian the order comes from); sub-scales are random in 9..16 (padded columns 1, as ExLlamaV2 writes them) and each
  * group's super-scale makes a weight of sub-scale 13 have standard deviation {@code std} at the group's width.
  */
 public final class RandomExl2Linear {
@@ -18,11 +19,13 @@ public final class RandomExl2Linear {
     private RandomExl2Linear() {}
 
     /**
-     * Linear {@code key} [out, in] quantized with {@code option}; {@code bias} ([out] floats) or null.
+     * Linear {@code key} [out, in] quantized with {@code option}; {@code bias} ([out] floats) or null; {@code permSeed}
+     * draws the input order.
      *
      * @throws qtool.QtoolException when the shape does not fit the layout (see {@link Exl2Params#requireStorable})
      */
-    public static Exl2Packer.PackedLinear of(String key, int out, int in, Exl2Params option, double std, float[] bias, long seed) {
+    public static Exl2Packer.PackedLinear of(String key, int out, int in, Exl2Params option, double std, float[] bias, long seed,
+                                            long permSeed) {
         option.requireStorable(in, out, key);
         int columns = Exl2Layout.paddedColumns(out);
         Exl2Params.GroupLayout layout = option.layout(in);
@@ -48,7 +51,7 @@ public final class RandomExl2Linear {
             }
         });
         int[] invperm = IntStream.range(0, in).toArray();
-        RandomGptqLinear.shuffle(invperm, new SplittableRandom(seed ^ 0x2545F4914F6CDD1DL));
+        RandomGptqLinear.shuffle(invperm, new SplittableRandom(permSeed));
         short[] b = null;
         if (bias != null) {
             b = new short[columns];
