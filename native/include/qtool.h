@@ -291,6 +291,11 @@ QT_API int qt_qmatrix_gemv(void* y, int y_dtype, int accumulate, const void* x, 
  * once: what qt_linear then multiplies for more rows than qt_qmatrix_gemv takes (prefill, perplexity). */
 QT_API int qt_qmatrix_dequant(void* weight, const qt_qmatrix* w, void* stream);
 
+/* out [rows, cols] = x's columns in the order perm: out[r, k] = x[r, perm[k]], F16, perm I32 [cols] on the device. With
+ * the perm-less copy of a qt_qmatrix (perm NULL: W's inputs in processing order), a product over many rows becomes
+ * gather + qt_qmatrix_dequant (contiguous writes) + qt_linear, where dequantizing with the perm would scatter its writes. */
+QT_API int qt_gather_columns(void* out, const void* x, const int32_t* perm, int rows, int cols, void* stream);
+
 /* ---- Decoding with the position on the device (CUDA graphs replay the same calls at every step) ---- */
 
 /*

@@ -382,6 +382,16 @@ int qt_qmatrix_gemv(void* y, int y_dtype, int accumulate, const void* x, const q
     return check_launch("qmatrix_gemv");
 }
 
+int qt_gather_columns(void* out, const void* x, const int32_t* perm, int rows, int cols, void* stream) {
+    QT_REQUIRE(out && x && perm, "qt_gather_columns: NULL out, x or perm");
+    QT_REQUIRE(rows >= 0 && cols > 0, "qt_gather_columns: rows %d, cols %d", rows, cols);
+    QT_REQUIRE(out != x, "qt_gather_columns: out and x must not overlap");
+    if (rows == 0) return QT_OK;
+    gather_columns<<<blocks_for(static_cast<size_t>(rows) * cols, 256, 4096), 256, 0, as_stream(stream)>>>(
+        static_cast<__half*>(out), static_cast<const __half*>(x), perm, rows, cols);
+    return check_launch("gather_columns");
+}
+
 int qt_qmatrix_dequant(void* weight, const qt_qmatrix* w, void* stream) {
     QT_TRY(check_qmatrix("qt_qmatrix_dequant", w));
     QT_REQUIRE(weight != nullptr, "qt_qmatrix_dequant: NULL weight");

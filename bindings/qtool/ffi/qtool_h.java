@@ -3090,6 +3090,71 @@ public class qtool_h extends qtool_h$shared {
         }
     }
 
+    private static class qt_gather_columns {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            qtool_h.C_INT,
+            qtool_h.C_POINTER,
+            qtool_h.C_POINTER,
+            qtool_h.C_POINTER,
+            qtool_h.C_INT,
+            qtool_h.C_INT,
+            qtool_h.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("qt_gather_columns");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * int qt_gather_columns(void *out, const void *x, const int32_t *perm, int rows, int cols, void *stream)
+     * }
+     */
+    public static FunctionDescriptor qt_gather_columns$descriptor() {
+        return qt_gather_columns.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * int qt_gather_columns(void *out, const void *x, const int32_t *perm, int rows, int cols, void *stream)
+     * }
+     */
+    public static MethodHandle qt_gather_columns$handle() {
+        return qt_gather_columns.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * int qt_gather_columns(void *out, const void *x, const int32_t *perm, int rows, int cols, void *stream)
+     * }
+     */
+    public static MemorySegment qt_gather_columns$address() {
+        return qt_gather_columns.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * int qt_gather_columns(void *out, const void *x, const int32_t *perm, int rows, int cols, void *stream)
+     * }
+     */
+    public static int qt_gather_columns(MemorySegment out, MemorySegment x, MemorySegment perm, int rows, int cols, MemorySegment stream) {
+        var mh$ = qt_gather_columns.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("qt_gather_columns", out, x, perm, rows, cols, stream);
+            }
+            return (int)mh$.invokeExact(out, x, perm, rows, cols, stream);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
     private static class qt_decode_attention_scratch_bytes {
         public static final FunctionDescriptor DESC = FunctionDescriptor.of(
             qtool_h.C_INT,

@@ -672,10 +672,10 @@ public final class CudaBackendCheck {
             float[] bias = randn(out), init = randn(3 * out);
             Tensor dBias = gpu.upload(host(bias, out), DType.F32);
             int[][] parts = {{0, 1}, {1, 5}, {6, 16}, {22, 3}};
-            String[] how = {"gemv 1 F32", "gemv 5 F16", "dequant+gemm 16", "gemv 3 linearAdd+bias"};
+            String[] how = {"gemv 1 F32", "gemv 5 F16", "dequant+gemm 16 F16", "gemv 3 linearAdd+bias"};
             for (int k = 0; k < parts.length; k++) {
                 int from = parts[k][0], rows = parts[k][1];
-                DType type = k == 1 ? DType.F16 : DType.F32;
+                DType type = k == 1 || k == 2 ? DType.F16 : DType.F32;  // 16 F16 rows: a perm gathers x, no scattered dequant
                 float[] xs = java.util.Arrays.copyOfRange(x, from * in, (from + rows) * in);
                 double[] r = java.util.Arrays.copyOfRange(ref, from * out, (from + rows) * out);
                 Tensor dx = gpu.upload(host(xs, rows, in), type);
