@@ -37,8 +37,12 @@
 // 1×11008→4096 16.4 µs (48 %), 1×4096→4096 8.4 µs (35 %), 1×4096→32000 35.7 µs (65 %); an EXL2 mix with perm 18.3 µs.
 // Two variants measured slower and were dropped: a software-pipelined batch-1 walk (next unit's loads in flight, 71-122
 // registers; 19.8 µs on 4096→11008, 7B decode 201 vs 210 tokens/s) and x staged in shared memory with the perm gather
-// fused (22.2 µs). 4 warps per block instead of 8: slower at every shape (11008→4096 21.8 µs). The gap to the memory
-// bound is still unexplained; the next step is a profile (ncu) rather than another guess.
+// fused (22.2 µs). 4 warps per block instead of 8: slower at every shape (11008→4096 21.8 µs).
+// ncu (1×4096→4096, grid 256 × 256 threads): 0.48 waves, achieved occupancy 23 % (3.75 warps per scheduler, 0.56
+// eligible), 74 % of cycles with no eligible warp, 14.5 cycles per issued instruction of which 8.7 waiting for an
+// instruction fetch (instruction-cache misses: the per-unit switch over six unrolled widths is a large body). So the
+// kernel is latency- and fetch-bound, not bandwidth-bound: the next steps are more warps in flight (split the inputs
+// over several blocks at small `out`, ≥ 2 waves) and a smaller body for one-width matrices (no width switch).
 #include <cuda_fp16.h>
 
 #include <cstdlib>
