@@ -313,11 +313,7 @@ public final class CudaBackend implements Backend {
     }
 
     private static long qmatrixGemvScratchBytes(MemorySegment w, int rows) {
-        try (Arena arena = Arena.ofConfined()) {
-            MemorySegment bytes = arena.allocate(ValueLayout.JAVA_LONG);
-            check(qt_qmatrix_gemv_scratch_bytes(w, rows, bytes), "qt_qmatrix_gemv_scratch_bytes");
-            return bytes.get(ValueLayout.JAVA_LONG, 0);
-        }
+        return queryBytes("qt_qmatrix_gemv_scratch_bytes", b -> qt_qmatrix_gemv_scratch_bytes(w, rows, b));
     }
 
     @Override
@@ -414,21 +410,10 @@ public final class CudaBackend implements Backend {
         double meanDiag = qtool.quantize.Gptq.meanDiagonal(diag);
         int groups = params.numGroups(in);
 
-        long wsBytes;
-        try (Arena arena = Arena.ofConfined()) {
-            MemorySegment b = arena.allocate(ValueLayout.JAVA_LONG);
-            check(qt_gptq_workspace_bytes(out, in, params.blockSize(), b), "qt_gptq_workspace_bytes");
-            wsBytes = b.get(ValueLayout.JAVA_LONG, 0);
-        }
+        long wsBytes = queryBytes("qt_gptq_workspace_bytes", b -> qt_gptq_workspace_bytes(out, in, params.blockSize(), b));
         // One device buffer, carved: workspace | U | perm | codes | scales | zeros | dequantized.
-        long[] sizes = {wsBytes, 4L * in * in, 4L * in, (long) out * in, 4L * groups * out, 4L * groups * out, 4L * out * in};
-        long[] at = new long[sizes.length];
-        long total = 0;
-        for (int k = 0; k < sizes.length; k++) {
-            at[k] = total;
-            total += (sizes[k] + 255) & ~255L;
-        }
-        long base = gptqScratch.ensure(total);
+        long[] at = carve(wsBytes, 4L * in * in, 4L * in, (long) out * in, 4L * groups * out, 4L * groups * out, 4L * out * in);
+        long base = gptqScratch.ensure(at[at.length - 1]);
         MemorySegment ws = MemorySegment.ofAddress(base + at[0]), u = MemorySegment.ofAddress(base + at[1]);
         MemorySegment permDev = MemorySegment.ofAddress(base + at[2]);
         Tensor codesDev = new Tensor(MemorySegment.ofAddress(base + at[3]), DType.U8, new long[] {out, in});
@@ -533,11 +518,8 @@ public final class CudaBackend implements Backend {
         Tensor u = allocate(DType.F32, in, in), permDev = allocate(DType.I32, in);
         try {
             copyIn(MemorySegment.ofArray(perm), permDev.address(), 4L * in);
-            long wsBytes;
+            long wsBytes = queryBytes("qt_gptq_workspace_bytes", b -> qt_gptq_workspace_bytes(1, in, 1, b));
             try (Arena arena = Arena.ofConfined()) {
-                MemorySegment b = arena.allocate(ValueLayout.JAVA_LONG);
-                check(qt_gptq_workspace_bytes(1, in, 1, b), "qt_gptq_workspace_bytes");
-                wsBytes = b.get(ValueLayout.JAVA_LONG, 0);
                 MemorySegment ws = MemorySegment.ofAddress(exl2Scratch.ensure(wsBytes));
                 MemorySegment info = arena.allocate(ValueLayout.JAVA_INT);
                 for (int attempt = 1; attempt <= qtool.quantize.Exl2Gptq.MAX_ATTEMPTS; attempt++) {
@@ -608,29 +590,17 @@ public final class CudaBackend implements Backend {
         int out = weight.rows(), in = weight.cols();
         if (in != f.in) throw new IllegalArgumentException("exl2Quantize: weight has " + in + " inputs, the factor " + f.in);
         var layout = params.layout(in);
-        int groups = layout.count(), maxRows = 0;
-        for (int r : layout.rows()) maxRows = Math.max(maxRows, r);
+        int groups = layout.count(), maxRows = java.util.Arrays.stream(layout.rows()).max().orElse(0);
         if (maxRows > EXL2_MAX_GROUP_ROWS) {
             CpuBackend cpu = new CpuBackend();
             Tensor w = cpu.allocate(DType.F32, weight.shape());
             copyToHost(weight, w.data());
             return qtool.quantize.Exl2Gptq.quantize(f.toHost(), CpuBackend.f(w), out, params);
         }
-        long wsBytes;
-        try (Arena arena = Arena.ofConfined()) {
-            MemorySegment b = arena.allocate(ValueLayout.JAVA_LONG);
-            check(qt_exl2_workspace_bytes(out, in, maxRows, b), "qt_exl2_workspace_bytes");
-            wsBytes = b.get(ValueLayout.JAVA_LONG, 0);
-        }
+        long wsBytes = queryBytes("qt_exl2_workspace_bytes", b -> qt_exl2_workspace_bytes(out, in, maxRows, b));
         // One device buffer: workspace | codes | qscale | qscale_max.
-        long[] sizes = {wsBytes, (long) in * out, (long) groups * out, 4L * groups};
-        long[] at = new long[sizes.length];
-        long total = 0;
-        for (int k = 0; k < sizes.length; k++) {
-            at[k] = total;
-            total += (sizes[k] + 255) & ~255L;
-        }
-        long base = exl2Scratch.ensure(total);
+        long[] at = carve(wsBytes, (long) in * out, (long) groups * out, 4L * groups);
+        long base = exl2Scratch.ensure(at[at.length - 1]);
         Tensor codesDev = new Tensor(MemorySegment.ofAddress(base + at[1]), DType.U8, new long[] {in, out});
         Tensor qscaleDev = new Tensor(MemorySegment.ofAddress(base + at[2]), DType.U8, new long[] {groups, out});
         Tensor qscaleMaxDev = new Tensor(MemorySegment.ofAddress(base + at[3]), DType.F32, new long[] {groups});
@@ -850,11 +820,8 @@ public final class CudaBackend implements Backend {
     }
 
     private static long decodeScratchBytes(int batch, int maxSeq, int heads, int kvHeads, int headDim) {
-        try (Arena arena = Arena.ofConfined()) {
-            MemorySegment bytes = arena.allocate(ValueLayout.JAVA_LONG);
-            check(qt_decode_attention_scratch_bytes(batch, maxSeq, heads, kvHeads, headDim, bytes), "qt_decode_attention_scratch_bytes");
-            return bytes.get(ValueLayout.JAVA_LONG, 0);
-        }
+        return queryBytes("qt_decode_attention_scratch_bytes",
+                b -> qt_decode_attention_scratch_bytes(batch, maxSeq, heads, kvHeads, headDim, b));
     }
 
     /**
@@ -935,13 +902,8 @@ public final class CudaBackend implements Backend {
             throw new IllegalArgumentException("attention: caches " + kCache + ", " + vCache + " are not [batch, maxSeq, kvHeads * headDim]");
         }
         int maxSeq = Math.toIntExact(kCache.numel() / perPosition);
-        long scratchBytes;
-        try (Arena arena = Arena.ofConfined()) {
-            MemorySegment bytes = arena.allocate(ValueLayout.JAVA_LONG);
-            check(qt_attention_scratch_bytes(code(type), batch, seqLen, startPos, heads, kvHeads, headDim, bytes),
-                    "qt_attention_scratch_bytes");
-            scratchBytes = bytes.get(ValueLayout.JAVA_LONG, 0);
-        }
+        long scratchBytes = queryBytes("qt_attention_scratch_bytes",
+                b -> qt_attention_scratch_bytes(code(type), batch, seqLen, startPos, heads, kvHeads, headDim, b));
         MemorySegment scratch = scratchBytes == 0 ? MemorySegment.NULL : MemorySegment.ofAddress(attentionScratch.ensure(scratchBytes));
         check(qt_attention(out.data(), q.data(), k.data(), v.data(), kCache.data(), vCache.data(), code(type), batch, seqLen,
                 startPos, maxSeq, heads, kvHeads, headDim, scratch, scratchBytes, stream), "qt_attention");
@@ -1006,6 +968,22 @@ public final class CudaBackend implements Backend {
     }
 
     // ---- helpers -----------------------------------------------------------------------------------------------
+
+    /** One of libqtool's size queries: {@code query} gets a place for the size_t answer, which is returned. */
+    private static long queryBytes(String call, java.util.function.ToIntFunction<MemorySegment> query) {
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment bytes = arena.allocate(ValueLayout.JAVA_LONG);
+            check(query.applyAsInt(bytes), call);
+            return bytes.get(ValueLayout.JAVA_LONG, 0);
+        }
+    }
+
+    /** Offsets of blocks of the given sizes carved one after another, 256-byte aligned, from one buffer; the last entry is its size. */
+    private static long[] carve(long... sizes) {
+        long[] at = new long[sizes.length + 1];
+        for (int k = 0; k < sizes.length; k++) at[k + 1] = at[k] + ((sizes[k] + 255) & ~255L);
+        return at;
+    }
 
     private long malloc(long bytes) {
         if (capturing) throw new IllegalStateException("a device allocation of " + bytes + " bytes inside a CUDA graph capture: "
