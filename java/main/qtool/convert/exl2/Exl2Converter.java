@@ -219,36 +219,65 @@ public final class Exl2Converter {
             List<Measurement.Block> blocks = new ArrayList<>(start == 0 ? List.of() : Measurement.read(job.file("measurement.json"), model, true).blocks());
             if (blocks.size() != start) throw new QtoolException(job.file("measurement.json") + ": corrupted job state (" + blocks.size() + " blocks, job.json says " + start + "); use -nr");
             MeasurementPass pass = new MeasurementPass(stream, linearType);
-            SaveSchedule schedule = new SaveSchedule();
             try (Progress bar = new Progress("measure", 2L * layers, "blocks")) {
-                bar.step(start);
-                LlamaModel.Layer host = null, dev = null;
-                for (int k = start; k < 2 * layers; k++) {
-                    int i = k / 2;
-                    if (dev == null) {
-                        host = model.layer(i);
-                        dev = f.upload(host);
+                walkBlocks(f, stream, start, "measure_states.f32", "measured_blocks", bar, new BlockStage() {
+                    @Override
+                    public LlamaModel.Layer run(int i, boolean attention, LlamaModel.Layer host, LlamaModel.Layer dev) {
+                        blocks.add(pass.measure(i, attention, host, dev, seconds));
+                        return dev;
                     }
-                    blocks.add(pass.measure(i, k % 2 == 0, host, dev, seconds));
-                    stream.checkFinite(Measurement.blockKey(k));
-                    if (k % 2 == 1) {
-                        f.free(dev);
-                        LlamaModel.release(host);
-                        dev = null;
-                    }
-                    if (schedule.due(k == 2 * layers - 1)) {
-                        long t0 = System.nanoTime();
-                        stream.save(job.dir(), "measure_states.f32");
+
+                    @Override
+                    public void save() {
                         new Measurement(List.copyOf(blocks), layers).write(job.file("measurement.json"));
-                        commitTimes();
-                        job.dir().commit("measured_blocks", k + 1);
-                        schedule.saved(t0);
                     }
-                    bar.step(1);
-                }
-                if (dev != null) f.free(dev);
+                });
             }
         }
+    }
+
+    /** What a stage does to one block (half a decoder layer), and what it saves beside the residual stream. */
+    private interface BlockStage {
+        /** Block {@code attention ? 0 : 1} of layer i; returns the device layer to go on with. */
+        LlamaModel.Layer run(int i, boolean attention, LlamaModel.Layer host, LlamaModel.Layer dev);
+
+        default void save() {}
+    }
+
+    /**
+     * Runs {@code stage} over blocks {@code start} .. 2·layers − 1 (each layer uploaded once for its two blocks, the stream
+     * checked after each), saving the stream to {@code states}, the stage's own state and the count of blocks done
+     * ({@code doneKey} in job.json) on the save schedule.
+     */
+    private void walkBlocks(Forward f, BlockStream stream, int start, String states, String doneKey, Progress bar, BlockStage stage) {
+        int layers = model.config.numLayers();
+        SaveSchedule schedule = new SaveSchedule();
+        bar.step(start);
+        LlamaModel.Layer host = null, dev = null;
+        for (int k = start; k < 2 * layers; k++) {
+            int i = k / 2;
+            if (dev == null) {
+                host = model.layer(i);
+                dev = f.upload(host);
+            }
+            dev = stage.run(i, k % 2 == 0, host, dev);
+            stream.checkFinite(Measurement.blockKey(k));
+            if (k % 2 == 1) {
+                f.free(dev);
+                LlamaModel.release(host);
+                dev = null;
+            }
+            if (schedule.due(k == 2 * layers - 1)) {
+                long t0 = System.nanoTime();
+                stream.save(job.dir(), states);
+                stage.save();
+                commitTimes();
+                job.dir().commit(doneKey, k + 1);
+                schedule.saved(t0);
+            }
+            bar.step(1);
+        }
+        if (dev != null) f.free(dev);
     }
 
     // ---- stage 2: optimize ---------------------------------------------------------------------------------------
@@ -307,33 +336,9 @@ public final class Exl2Converter {
         try (Forward f = forward(s.length()); BlockStream stream = new BlockStream(f, s.rows(), s.length())) {
             int start = restore(stream, "quant_states.f32", "quantized_blocks", cal);
             Exl2Quantization pass = new Exl2Quantization(stream, linearType);
-            SaveSchedule schedule = new SaveSchedule();
             try (Progress bar = new Progress("quantize", 2L * layers + 1, "blocks")) {
-                bar.step(start);
-                LlamaModel.Layer host = null, dev = null;
-                for (int k = start; k < 2 * layers; k++) {
-                    int i = k / 2;
-                    if (dev == null) {
-                        host = model.layer(i);
-                        dev = f.upload(host);
-                    }
-                    dev = pass.quantize(i, k % 2 == 0, strategyOf(Measurement.blockKey(k)), host, dev, job.dir(), seconds);
-                    stream.checkFinite(Measurement.blockKey(k));
-                    if (k % 2 == 1) {
-                        f.free(dev);
-                        LlamaModel.release(host);
-                        dev = null;
-                    }
-                    if (schedule.due(k == 2 * layers - 1)) {
-                        long t0 = System.nanoTime();
-                        stream.save(job.dir(), "quant_states.f32");
-                        commitTimes();
-                        job.dir().commit("quantized_blocks", k + 1);
-                        schedule.saved(t0);
-                    }
-                    bar.step(1);
-                }
-                if (dev != null) f.free(dev);
+                walkBlocks(f, stream, start, "quant_states.f32", "quantized_blocks", bar, (i, attention, host, dev) ->
+                        pass.quantize(i, attention, strategyOf(Measurement.blockKey(2 * i + (attention ? 0 : 1))), host, dev, job.dir(), seconds));
                 head(f, stream, cal);
                 bar.step(1);
             }
