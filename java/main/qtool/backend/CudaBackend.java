@@ -225,18 +225,13 @@ public final class CudaBackend implements Backend {
     private Tensor uploadQMatrix(Tensor host) {
         if (qmatrixArrays.containsKey(host.address())) throw new IllegalArgumentException("upload: " + host + " is on the device already");
         MemorySegment src = host.data().reinterpret(qt_qmatrix.sizeof());
-        int in = qt_qmatrix.in(src), out = qt_qmatrix.out(src), groups = qt_qmatrix.groups(src), qrows = qt_qmatrix.qrows(src);
+        int in = qt_qmatrix.in(src);
         MemorySegment struct = freeStructs.isEmpty() ? structArena.allocate(qt_qmatrix.layout()) : freeStructs.pop();
-        struct.copyFrom(src);
         List<Long> arrays = new ArrayList<>();
         try {
             // Straight from the host arrays (no Java copy), into device blocks of the same sizes as the last layer's
             // when layers stream (see freeQMatrixArrays).
-            qt_qmatrix.qweight(struct, place(qt_qmatrix.qweight(src), (long) qrows * out * 4, arrays));
-            qt_qmatrix.units(struct, place(qt_qmatrix.units(src), (long) in / 32 * 8, arrays));
-            qt_qmatrix.scales(struct, place(qt_qmatrix.scales(src), (long) groups * out * 2, arrays));
-            qt_qmatrix.zeros(struct, place(qt_qmatrix.zeros(src), (long) groups * out * 2, arrays));
-            qt_qmatrix.perm(struct, place(qt_qmatrix.perm(src), (long) in * 4, arrays));
+            QMatrix.copyStruct(src, struct, (array, bytes) -> place(array, bytes, arrays));
         } catch (RuntimeException e) {
             freeQMatrixArrays(arrays);
             freeStructs.push(struct);
@@ -262,37 +257,28 @@ public final class CudaBackend implements Backend {
     @Override
     public Tensor stage(Tensor host) {
         if (host.dtype() != DType.QMATRIX || qmatrixArrays.containsKey(host.address())) return host;
-        MemorySegment src = host.data().reinterpret(qt_qmatrix.sizeof());
-        int in = qt_qmatrix.in(src), out = qt_qmatrix.out(src), groups = qt_qmatrix.groups(src), qrows = qt_qmatrix.qrows(src);
         MemorySegment struct = structArena.allocate(qt_qmatrix.layout());
-        struct.copyFrom(src);
-        qt_qmatrix.qweight(struct, pin(qt_qmatrix.qweight(src), (long) qrows * out * 4));
-        qt_qmatrix.units(struct, pin(qt_qmatrix.units(src), (long) in / 32 * 8));
-        qt_qmatrix.scales(struct, pin(qt_qmatrix.scales(src), (long) groups * out * 2));
-        qt_qmatrix.zeros(struct, pin(qt_qmatrix.zeros(src), (long) groups * out * 2));
-        qt_qmatrix.perm(struct, pin(qt_qmatrix.perm(src), (long) in * 4));
+        QMatrix.copyStruct(host.data().reinterpret(qt_qmatrix.sizeof()), struct, this::pin);
         return new Tensor(struct, DType.QMATRIX, host.shape());
     }
 
     private MemorySegment pin(MemorySegment host, long bytes) {
-        if (host.address() == 0) return MemorySegment.NULL;
         try (Arena arena = Arena.ofConfined()) {
             MemorySegment out = arena.allocate(ValueLayout.ADDRESS);
             check(qt_host_alloc_pinned(out, bytes), "qt_host_alloc_pinned");
             MemorySegment block = out.get(ValueLayout.ADDRESS, 0).reinterpret(bytes);
             stagedBlocks.add(block);
-            return block.copyFrom(host.reinterpret(bytes));
+            return block.copyFrom(host);
         }
     }
 
-    /** A device copy of {@code bytes} at host address {@code host} (NULL stays NULL), recorded in {@code arrays}. */
+    /** A device copy of {@code bytes} at host address {@code host}, recorded in {@code arrays}. */
     private MemorySegment place(MemorySegment host, long bytes, List<Long> arrays) {
-        if (host.address() == 0) return MemorySegment.NULL;
         ArrayDeque<Long> spare = spareQMatrixBlocks.get(bytes);
         long address = spare != null && !spare.isEmpty() ? spare.pop() : malloc(bytes);
         arrays.add(address);
         blockBytes.put(address, bytes);
-        copyIn(host.reinterpret(bytes), address, bytes);
+        copyIn(host, address, bytes);
         return MemorySegment.ofAddress(address);
     }
 

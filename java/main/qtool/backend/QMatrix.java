@@ -193,10 +193,34 @@ public record QMatrix(int in, int out, int groups, int qrows, int[] qweight, int
 
     /** Bytes of a QMATRIX tensor's arrays (host or device), read from its struct. */
     public static long bytes(Tensor t) {
-        MemorySegment m = t.data().reinterpret(qt_qmatrix.sizeof());
-        long in = qt_qmatrix.in(m), out = qt_qmatrix.out(m), groups = qt_qmatrix.groups(m);
-        boolean zeros = qt_qmatrix.zeros(m).address() != 0, perm = qt_qmatrix.perm(m).address() != 0;
-        return qt_qmatrix.qrows(m) * out * 4 + in / 32 * 8 + groups * out * 2 * (zeros ? 2 : 1) + (perm ? in * 4 : 0);
+        long[] sizes = arrayBytes(t.data().reinterpret(qt_qmatrix.sizeof()));
+        return java.util.Arrays.stream(sizes).sum();
+    }
+
+    /** Bytes of each array a qt_qmatrix struct points at, in field order (qweight, units, scales, zeros, perm); 0 for NULL. */
+    static long[] arrayBytes(MemorySegment s) {
+        long in = qt_qmatrix.in(s), out = qt_qmatrix.out(s), groups = qt_qmatrix.groups(s);
+        return new long[] {qt_qmatrix.qrows(s) * out * 4, in / 32 * 8, groups * out * 2,
+                qt_qmatrix.zeros(s).address() == 0 ? 0 : groups * out * 2, qt_qmatrix.perm(s).address() == 0 ? 0 : in * 4};
+    }
+
+    /**
+     * Copies the struct {@code src} into {@code dst}, each non-NULL array replaced by {@code place(array, bytes)}: where
+     * a copy of it lies (device memory, page-locked host memory).
+     */
+    static void copyStruct(MemorySegment src, MemorySegment dst, java.util.function.BiFunction<MemorySegment, Long, MemorySegment> place) {
+        long[] sizes = arrayBytes(src);
+        dst.copyFrom(src);
+        MemorySegment[] arrays = {qt_qmatrix.qweight(src), qt_qmatrix.units(src), qt_qmatrix.scales(src), qt_qmatrix.zeros(src), qt_qmatrix.perm(src)};
+        MemorySegment[] placed = new MemorySegment[arrays.length];
+        for (int k = 0; k < arrays.length; k++) {
+            placed[k] = arrays[k].address() == 0 ? MemorySegment.NULL : place.apply(arrays[k].reinterpret(sizes[k]), sizes[k]);
+        }
+        qt_qmatrix.qweight(dst, placed[0]);
+        qt_qmatrix.units(dst, placed[1]);
+        qt_qmatrix.scales(dst, placed[2]);
+        qt_qmatrix.zeros(dst, placed[3]);
+        qt_qmatrix.perm(dst, placed[4]);
     }
 
     /** The arrays of a host QMATRIX tensor (one whose struct points at host memory, as {@link #toTensor(Arena)} makes). */
