@@ -72,6 +72,8 @@ public final class ConvertCommand implements Callable<Integer> {
     @Option(names = "--q-group-size", description = "AWQ: inputs per group (AutoAWQ's q_group_size). Default: --group-size.") Integer qGroupSize;
     @Option(names = "--zero-point", negatable = true, defaultValue = "true", fallbackValue = "true",
             description = "AWQ: asymmetric grid with zero points (default) or --no-zero-point (symmetric).") boolean zeroPoint;
+    @Option(names = "--autoawq-exact", description = "AWQ: search exactly as AutoAWQ: symmetric clip ranges, q/k not clipped, each layer "
+            + "calibrated on the unquantized layers before it (default: two-sided clip ranges, q/k clipped, quantized layers before).") boolean autoawqExact;
     @Option(names = "--awq-scale", description = "GPTQ: AWQ's scale search and folding on each layer first; also converts without it "
             + "(in WORK/without-awq) and reports both calibration perplexities.") boolean awqScale;
     @Option(names = "--candidate-bits", arity = "2..*", description = "GPTQ: give each linear one of these widths (2, 3, 4, 8), chosen by "
@@ -126,7 +128,8 @@ public final class ConvertCommand implements Callable<Integer> {
         if (awqScale) throw new QtoolException("--awq-scale goes with --format gptq (AWQ scales anyway)");
         AwqParams params = new AwqParams(wBit != null ? wBit : bits, qGroupSize != null ? qGroupSize : groupSize, zeroPoint);
         if (params.bits() != AwqLayout.BITS) throw new QtoolException("--w-bit " + params.bits() + ": the AWQ GEMM layout holds 4-bit codes only");
-        var options = new AwqConverter.Options(input, work, compileDir, params, calibration, rows, length, seed, (long) (shardMb * 1_000_000L), batch, noResume);
+        var options = new AwqConverter.Options(input, work, compileDir, params, calibration, rows, length, seed, (long) (shardMb * 1_000_000L), batch, noResume,
+                autoawqExact);
         long t0 = System.nanoTime();
         GptqConverter.Report r;
         try (LlamaModel model = LlamaModel.open(input); Backend b = device.open()) {

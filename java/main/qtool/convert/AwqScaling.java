@@ -41,8 +41,8 @@ public final class AwqScaling {
 
     /**
      * @param layer      the layer with the scales folded in (host F32 tensors)
-     * @param clipInputs for each linear but q/k (which AutoAWQ does not clip): sampled input rows [clipTokens, in],
-     *                   divided by the scales of its group, as the clipping search wants them
+     * @param clipInputs for each linear: sampled input rows [clipTokens, in], divided by the scales of its group, as
+     *                   the clipping search wants them
      * @param notes      groups skipped, and why (the same for every layer of a model)
      */
     public record Result(LlamaModel.Layer layer, Map<String, float[]> clipInputs, int clipTokens, List<Group> groups, List<String> notes) {}
@@ -135,7 +135,8 @@ public final class AwqScaling {
 
             // 4. the clip search's inputs, in the scaled space
             Map<String, float[]> clip = new LinkedHashMap<>();
-            clip.put("self_attn.v_proj", divideColumns(sampled.get(Site.ATTN_IN), s1));
+            float[] attnIn = divideColumns(sampled.get(Site.ATTN_IN), s1);
+            for (String l : qkv) clip.put(l, attnIn);
             clip.put("self_attn.o_proj", s2 == null ? sampled.get(Site.O_IN) : divideColumns(sampled.get(Site.O_IN), s2));
             float[] mlpIn = divideColumns(sampled.get(Site.MLP_IN), s3);
             clip.put("mlp.gate_proj", mlpIn);

@@ -197,37 +197,64 @@ public final class Awq {
     }
 
     /**
-     * {@code _compute_best_clip}: for each output row and group, the largest |w| to keep, among max|w|·(1 − k/20)
-     * for k = 0 … 9, that minimises the mean over sampled tokens of (x_g · (Q(clamp(w_g)) − w_g))². Returns [out,
-     * groups].
+     * The clipping candidates of one group whose values span [min, max] (min ≤ 0 ≤ max) and whose largest magnitude
+     * is {@code absMax}, as {lo, hi} pairs. AutoAWQ's ({@code asymmetric} false): ±absMax·(1 − k/20), k = 0 … 9.
+     * qtool's ({@code asymmetric} true, for the zero-point grid, whose two ends are set apart): those, then every
+     * pair (min·(1 − a/20), max·(1 − b/20)), a, b = 0 … 9 — an outlier on one side can be clipped without the other
+     * side's range, and the choice is never worse than AutoAWQ's on the search's objective.
+     */
+    static float[][] clipCandidates(float min, float max, float absMax, boolean asymmetric) {
+        int shrinks = (int) (CLIP_MAX_SHRINK * CLIP_GRID);
+        float[][] c = new float[asymmetric ? shrinks + shrinks * shrinks : shrinks][];
+        for (int k = 0; k < shrinks; k++) {
+            float m = absMax * (1 - (float) k / CLIP_GRID);
+            c[k] = new float[] {-m, m};
+        }
+        if (asymmetric) {
+            for (int a = 0; a < shrinks; a++) {
+                for (int b = 0; b < shrinks; b++) {
+                    c[shrinks + a * shrinks + b] = new float[] {min * (1 - (float) a / CLIP_GRID), max * (1 - (float) b / CLIP_GRID)};
+                }
+            }
+        }
+        return c;
+    }
+
+    /**
+     * {@code _compute_best_clip}: for each output row and group, the range [lo, hi] to clamp w to, among
+     * {@link #clipCandidates}, that minimises the mean over sampled tokens of (x_g · (Q(clamp(w_g)) − w_g))².
+     * Returns {lo, hi} per [out, groups], flattened.
      *
      * <p>That mean is dᵀ·H_g·d / tokens with d = Q(clamp(w_g)) − w_g and H_g = X_gᵀX_g, the group's block of the
      * sampled inputs' Gram matrix: each candidate then costs width² products instead of tokens × width (AutoAWQ's
      * direct form), a quarter of the work for 512 tokens and groups of 128 — the direct form is kept where the
      * sample is smaller than a group.
      *
-     * @param x sampled inputs [tokens, in] (already divided by the scale search's scales)
+     * @param x          sampled inputs [tokens, in] (already divided by the scale search's scales)
+     * @param asymmetric search qtool's two-sided candidates (zero-point grids only; see {@link #clipCandidates})
      */
-    public static float[] searchClip(float[] w, int out, int in, float[] x, int tokens, AwqParams p) {
+    public static float[] searchClip(float[] w, int out, int in, float[] x, int tokens, AwqParams p, boolean asymmetric) {
         int width = p.groupWidth(in), groups = p.numGroups(in);
-        float[] best = new float[out * groups];
-        int shrinks = (int) (CLIP_MAX_SHRINK * CLIP_GRID);
+        boolean twoSided = asymmetric && p.zeroPoint();
+        float[] best = new float[2 * out * groups];
         boolean gram = tokens > width;
         double[][] h = gram ? groupGrams(x, tokens, in, width, groups) : null;
         IntStream.range(0, out).parallel().forEach(o -> {
             float[] cur = new float[in], deq = new float[in];
-            double[] d = new double[width], hd = new double[width];
+            double[] d = new double[width];
             float[] orgOut = gram ? null : new float[tokens];
             for (int g = 0; g < groups; g++) {
                 int g0 = g * width, g1 = Math.min(in, g0 + width), n = g1 - g0, row = o * in;
-                float orgMax = 0;
-                for (int i = g0; i < g1; i++) orgMax = Math.max(orgMax, Math.abs(w[row + i]));
+                float min = 0, max = 0;
+                for (int i = g0; i < g1; i++) {
+                    min = Math.min(min, w[row + i]);
+                    max = Math.max(max, w[row + i]);
+                }
                 if (!gram) for (int t = 0; t < tokens; t++) orgOut[t] = dot(x, t * in, w, row, g0, g1);
                 double minErr = Double.POSITIVE_INFINITY;
-                float bestMax = orgMax;
-                for (int k = 0; k < shrinks; k++) {
-                    float maxVal = orgMax * (1 - (float) k / CLIP_GRID);
-                    for (int i = g0; i < g1; i++) cur[i] = Math.min(Math.max(w[row + i], -maxVal), maxVal);
+                float[] bestRange = null;
+                for (float[] range : clipCandidates(min, max, Math.max(-min, max), twoSided)) {
+                    for (int i = g0; i < g1; i++) cur[i] = Math.min(Math.max(w[row + i], range[0]), range[1]);
                     quantizeGroup(cur, g0, g1, p, deq, null);
                     double err = 0;
                     if (gram) {
@@ -247,10 +274,11 @@ public final class Awq {
                     err /= tokens;
                     if (err < minErr) {
                         minErr = err;
-                        bestMax = maxVal;
+                        bestRange = range;
                     }
                 }
-                best[o * groups + g] = bestMax;
+                best[2 * (o * groups + g)] = bestRange == null ? min : bestRange[0];
+                best[2 * (o * groups + g) + 1] = bestRange == null ? max : bestRange[1];
             }
         });
         return best;
@@ -275,13 +303,13 @@ public final class Awq {
         return h;
     }
 
-    /** {@code apply_clip}: clamps every group of W to ±its max value, in place. */
-    public static void applyClip(float[] w, int out, int in, float[] maxVal, AwqParams p) {
+    /** {@code apply_clip}: clamps every group of W to its {lo, hi} from {@link #searchClip}, in place. */
+    public static void applyClip(float[] w, int out, int in, float[] range, AwqParams p) {
         int width = p.groupWidth(in), groups = p.numGroups(in);
         for (int o = 0; o < out; o++) {
             for (int i = 0; i < in; i++) {
-                float m = maxVal[o * groups + i / width];
-                w[o * in + i] = Math.min(Math.max(w[o * in + i], -m), m);
+                int k = 2 * (o * groups + i / width);
+                w[o * in + i] = Math.min(Math.max(w[o * in + i], range[k]), range[k + 1]);
             }
         }
     }

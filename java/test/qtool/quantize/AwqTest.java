@@ -1,5 +1,6 @@
 package qtool.quantize;
 
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
@@ -86,13 +87,15 @@ class AwqTest {
         float[] x = gaussian(tokens * in, 5);
         for (int t = 0; t < tokens; t++) x[t * in + 5] *= 0.01f;
         AwqParams p = new AwqParams(4, 32, true);
-        float[] maxVal = Awq.searchClip(w, out, in, x, tokens, p);
-        float[] clipped = w.clone();
-        Awq.applyClip(clipped, out, in, maxVal, p);
-        double before = outputError(w, Awq.pseudoQuantize(w, out, in, p), x, out, in, tokens);
-        double after = outputError(w, Awq.pseudoQuantize(clipped, out, in, p), x, out, in, tokens);
-        assertTrue(after <= before, after + " > " + before);
-        assertTrue(maxVal[0] < 9, "the outlier's group is clipped: " + maxVal[0]);
+        for (boolean twoSided : new boolean[] {false, true}) {
+            float[] range = Awq.searchClip(w, out, in, x, tokens, p, twoSided);
+            float[] clipped = w.clone();
+            Awq.applyClip(clipped, out, in, range, p);
+            double before = outputError(w, Awq.pseudoQuantize(w, out, in, p), x, out, in, tokens);
+            double after = outputError(w, Awq.pseudoQuantize(clipped, out, in, p), x, out, in, tokens);
+            assertTrue(after <= before, after + " > " + before);
+            assertTrue(range[1] < 9, "the outlier's group is clipped: " + range[1]);
+        }
     }
 
     @Test
@@ -102,33 +105,48 @@ class AwqTest {
         int out = 6, in = 96, tokens = 200;
         AwqParams p = new AwqParams(4, 32, true);
         float[] w = gaussian(out * in, 7), x = gaussian(tokens * in, 8);
-        float[] maxVal = Awq.searchClip(w, out, in, x, tokens, p);
-        int groups = p.numGroups(in), width = p.groupWidth(in), shrinks = (int) (Awq.CLIP_MAX_SHRINK * Awq.CLIP_GRID);
-        for (int o = 0; o < out; o++) {
-            for (int g = 0; g < groups; g++) {
-                float orgMax = 0;
-                for (int i = g * width; i < (g + 1) * width; i++) orgMax = Math.max(orgMax, Math.abs(w[o * in + i]));
-                double bestErr = Double.POSITIVE_INFINITY;
-                float best = orgMax;
-                for (int k = 0; k < shrinks; k++) {
-                    float m = orgMax * (1 - (float) k / Awq.CLIP_GRID);
-                    float[] row = java.util.Arrays.copyOfRange(w, o * in, o * in + in);
-                    for (int i = g * width; i < (g + 1) * width; i++) row[i] = Math.min(Math.max(row[i], -m), m);
-                    float[] q = Awq.pseudoQuantize(row, 1, in, p);
-                    double err = 0;
-                    for (int t = 0; t < tokens; t++) {
-                        double e = 0;
-                        for (int i = g * width; i < (g + 1) * width; i++) e += x[t * in + i] * ((double) q[i] - w[o * in + i]);
-                        err += e * e;
+        int groups = p.numGroups(in), width = p.groupWidth(in);
+        for (boolean twoSided : new boolean[] {false, true}) {
+            float[] range = Awq.searchClip(w, out, in, x, tokens, p, twoSided);
+            for (int o = 0; o < out; o++) {
+                for (int g = 0; g < groups; g++) {
+                    float min = 0, max = 0;
+                    for (int i = g * width; i < (g + 1) * width; i++) {
+                        min = Math.min(min, w[o * in + i]);
+                        max = Math.max(max, w[o * in + i]);
                     }
-                    if (err < bestErr) {
-                        bestErr = err;
-                        best = m;
+                    double bestErr = Double.POSITIVE_INFINITY;
+                    float[] best = null;
+                    for (float[] c : Awq.clipCandidates(min, max, Math.max(-min, max), twoSided)) {
+                        float[] row = java.util.Arrays.copyOfRange(w, o * in, o * in + in);
+                        for (int i = g * width; i < (g + 1) * width; i++) row[i] = Math.min(Math.max(row[i], c[0]), c[1]);
+                        float[] q = Awq.pseudoQuantize(row, 1, in, p);
+                        double err = 0;
+                        for (int t = 0; t < tokens; t++) {
+                            double e = 0;
+                            for (int i = g * width; i < (g + 1) * width; i++) e += x[t * in + i] * ((double) q[i] - w[o * in + i]);
+                            err += e * e;
+                        }
+                        if (err < bestErr) {
+                            bestErr = err;
+                            best = c;
+                        }
                     }
+                    int k = 2 * (o * groups + g);
+                    assertEquals(best[0], range[k], "row " + o + ", group " + g + ", lo, two-sided " + twoSided);
+                    assertEquals(best[1], range[k + 1], "row " + o + ", group " + g + ", hi, two-sided " + twoSided);
                 }
-                assertEquals(best, maxVal[o * groups + g], "row " + o + ", group " + g);
             }
         }
+    }
+
+    @Test
+    void twoSidedClipCandidatesHoldAutoAwqsAndClipOneSideAlone() {
+        float[][] sym = Awq.clipCandidates(-1, 3, 3, false), two = Awq.clipCandidates(-1, 3, 3, true);
+        assertEquals(10, sym.length);
+        for (int k = 0; k < sym.length; k++) assertArrayEquals(sym[k], two[k]);
+        // (min·1, max·(1 − 9/20)): the positive side shrunk alone, which no symmetric range can do here
+        assertTrue(java.util.Arrays.stream(two).anyMatch(c -> c[0] == -1f && c[1] == 3f * (1 - 9f / 20)));
     }
 
     /** Σ over tokens and outputs of (x·wᵀ − x·qᵀ)². */
