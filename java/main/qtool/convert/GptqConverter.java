@@ -192,7 +192,7 @@ public final class GptqConverter {
         LlamaModel.Layer host = model.layer(i);
         if (awqScale != null) {
             long t0 = System.nanoTime();
-            AwqScaling.Result scaled = AwqScaling.apply(f, host, stream, false, awqScale);
+            AwqScaling.Result scaled = AwqScaling.apply(f, host, stream, false, awqScale, o.params);
             for (String n : scaled.notes()) if (!warnings.contains(n)) warnings.add(n);
             seconds.merge("awq_scale", (System.nanoTime() - t0) / 1e9, Double::sum);
             host = scaled.layer();

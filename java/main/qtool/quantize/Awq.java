@@ -104,9 +104,9 @@ public final class Awq {
      * The outcome of one group's search.
      *
      * @param scales        per input channel; the linears' columns are multiplied by them, the op before divided
-     * @param ratio         the exponent chosen (0, 0.05, …, 0.95)
+     * @param ratio         the exponent chosen (0, 0.05, …, 0.95), or −1 for no scaling
      * @param loss          block output MSE with Q(W·s)/s
-     * @param unscaledLoss  block output MSE with plain round-to-nearest Q(W), for reporting what the scaling gained
+     * @param unscaledLoss  block output MSE with plain Q(W), for reporting what the scaling gained
      */
     public record ScaleSearch(float[] scales, double ratio, double loss, double unscaledLoss) {}
 
@@ -151,31 +151,44 @@ public final class Awq {
         return s;
     }
 
-    /** Q(W·diag(s))·diag(s)⁻¹: the weight the scaled, quantized linear acts as on unscaled inputs. */
-    public static float[] quantizeScaled(float[] w, int out, int in, float[] s, AwqParams p) {
-        float[] ws = new float[w.length];
-        for (int o = 0; o < out; o++) for (int i = 0; i < in; i++) ws[o * in + i] = w[o * in + i] * s[i];
-        float[] q = pseudoQuantize(ws, out, in, p);
-        for (int o = 0; o < out; o++) for (int i = 0; i < in; i++) q[o * in + i] /= s[i];
-        return q;
+    /** How the search quantizes a candidate: Q(W·diag(s)) of the group's linear {@code linear} (its index). */
+    @FunctionalInterface
+    public interface ScaledQuantizer {
+        float[] quantize(int linear, float[] scaledWeight, float[] scales);
     }
 
     /**
      * {@code _search_best_scale}: for r on the grid, scales s = candidateScales(x̄, w̄, r), every linear replaced by
-     * Q(W·s)/s, the block run; the s with the least output error wins (the first on ties).
+     * Q(W·s)/s with AWQ's round-to-nearest, the block run; the s with the least output error wins (the first on ties).
      *
      * @param weights the linears that share the scaled input, [outs[l], in] each
      * @param xMean   mean |x| of each input channel over every calibration token
      */
     public static ScaleSearch searchScale(float[][] weights, int[] outs, int in, float[] xMean, AwqParams p, BlockLoss loss) {
+        return searchScale(weights, outs, in, xMean, p, (l, ws, s) -> pseudoQuantize(ws, outs[l], in, p), false, loss);
+    }
+
+    /**
+     * The search with the candidates quantized by {@code quantizer} — the quantizer that will quantize the scaled
+     * model (GPTQ for {@code --awq-scale}), since scales that suit round-to-nearest need not suit it. With
+     * {@code orNone}, no scaling (s = 1, reported as ratio −1) is a candidate too and wins ties: the search then never
+     * makes the block's error on the calibration rows worse than the quantizer alone.
+     */
+    public static ScaleSearch searchScale(float[][] weights, int[] outs, int in, float[] xMean, AwqParams p, ScaledQuantizer quantizer,
+                                          boolean orNone, BlockLoss loss) {
         float[] wMean = weightMean(weights, outs, in, p);
-        double best = Double.POSITIVE_INFINITY, bestRatio = -1;
-        float[] bestScales = null;
+        float[] ones = new float[in];
+        java.util.Arrays.fill(ones, 1f);
+        float[][] plain = new float[weights.length][];
+        for (int l = 0; l < weights.length; l++) plain[l] = quantizer.quantize(l, weights[l].clone(), ones);
+        double unscaled = loss.loss(plain);
+        double best = orNone ? unscaled : Double.POSITIVE_INFINITY, bestRatio = -1;
+        float[] bestScales = orNone ? ones : null;
         for (int k = 0; k < SCALE_GRID; k++) {
             double ratio = (double) k / SCALE_GRID;
             float[] s = candidateScales(xMean, wMean, ratio);
             float[][] q = new float[weights.length][];
-            for (int l = 0; l < weights.length; l++) q[l] = quantizeScaled(weights[l], outs[l], in, s, p);
+            for (int l = 0; l < weights.length; l++) q[l] = unscale(quantizer.quantize(l, scaleColumns(weights[l], in, s), s), in, s);
             double e = loss.loss(q);
             if (e < best) {
                 best = e;
@@ -184,9 +197,20 @@ public final class Awq {
             }
         }
         if (bestScales == null) throw new IllegalStateException("AWQ scale search: the block loss is NaN for every scale (NaN or Inf in the inputs)");
-        float[][] plain = new float[weights.length][];
-        for (int l = 0; l < weights.length; l++) plain[l] = pseudoQuantize(weights[l], outs[l], in, p);
-        return new ScaleSearch(bestScales, bestRatio, best, loss.loss(plain));
+        return new ScaleSearch(bestScales, bestRatio, best, unscaled);
+    }
+
+    /** W·diag(s) for a row-major [·, in] matrix, as a new array. */
+    public static float[] scaleColumns(float[] w, int in, float[] s) {
+        float[] ws = new float[w.length];
+        for (int r = 0; r < w.length / in; r++) for (int i = 0; i < in; i++) ws[r * in + i] = w[r * in + i] * s[i];
+        return ws;
+    }
+
+    /** q·diag(s)⁻¹ in place; returns q. */
+    private static float[] unscale(float[] q, int in, float[] s) {
+        for (int r = 0; r < q.length / in; r++) for (int i = 0; i < in; i++) q[r * in + i] /= s[i];
+        return q;
     }
 
     // ---- clipping ------------------------------------------------------------------------------------------------
