@@ -213,9 +213,10 @@ __device__ __forceinline__ void unit_products_of_width(int bits, float (&acc)[Ro
     }
 }
 
-// Sums the slices of a block (the 8 of each warp by shuffles: lanes differing in bits 2..4; then the warps through
-// shared memory) and stores its 16 outputs: y = or += the sum, or, with atomic (blocks splitting the inputs), F32
-// y += it by atomicAdd.
+// The end of qmatrix_gemv (kept there as measured: moved into this function, its 4-row kernel compiled to 113 registers
+// instead of 117) for the variants: sums the slices of a block (the 8 of each warp by shuffles, lanes differing in bits
+// 2..4; then the warps through shared memory) and stores its 16 outputs: y = or += the sum, or with atomic (blocks
+// splitting the inputs) F32 y += it by atomicAdd.
 template <int Rows>
 __device__ __forceinline__ void store_block_sums(const float (&acc)[Rows][4], void* __restrict__ y, bool y_f16,
                                                  bool accumulate, bool atomic, int out, int rows) {
@@ -282,7 +283,30 @@ __global__ void __launch_bounds__(kMaxThreads) qmatrix_gemv(void* __restrict__ y
         }
     }
 
-    store_block_sums<Rows>(acc, y, y_f16, accumulate, false, m.out, rows);
+    // Sum the 8 slices of each warp (lanes differing in bits 2..4), then the warps through shared memory.
+    __shared__ float partial[kMaxThreads / 32][Rows][kOutputsPerBlock];
+#pragma unroll
+    for (int r = 0; r < Rows; r++) {
+        if (r >= rows) break;
+#pragma unroll
+        for (int c = 0; c < 4; c++) {
+            float v = acc[r][c];
+#pragma unroll
+            for (int offset = kQuadsPerWarp; offset < 32; offset <<= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+            if (lane < kQuadsPerWarp) partial[warp][r][quad * 4 + c] = v;
+        }
+    }
+    __syncthreads();
+    for (int t = threadIdx.x; t < rows * kOutputsPerBlock; t += blockDim.x) {
+        const int r = t / kOutputsPerBlock, col = t % kOutputsPerBlock, oc = blockIdx.x * kOutputsPerBlock + col;
+        if (oc >= m.out) continue;
+        float sum = 0.0f;
+        for (int k = 0; k < warps; k++) sum += partial[k][r][col];
+        const size_t at = static_cast<size_t>(r) * m.out + oc;
+        if (y_f16) static_cast<__half*>(y)[at] = __float2half_rn(sum);
+        else if (accumulate) static_cast<float*>(y)[at] += sum;
+        else static_cast<float*>(y)[at] = sum;
+    }
 }
 
 // ---- Variants of qmatrix_gemv, chosen by QTOOL_QMATRIX_VARIANT (see the header comment) ----
