@@ -264,7 +264,8 @@ QT_API int qt_linear(void* out, int out_dtype, const void* x, int x_dtype, const
  *     W[o, perm[32u + j]] = scales[g, o] * (q - z),  z = zeros[g, o] if zeros != NULL, else 2^(bits - 1) (EXL2),
  * with g the unit's group. Shapes: qweight U32 [qrows, out] (16-byte aligned), units I32 [in / 32, 2],
  * scales F16 [groups, out], zeros F16 [groups, out] (integers) or NULL, perm I32 [in] or NULL.
- * Requires in % 32 == 0 and out % 8 == 0.
+ * Requires in % 32 == 0 and out % 8 == 0. uniform_bits: every unit's width when all units have the same one, else 0
+ * (0 is always correct; a width lets qt_qmatrix_gemv take a kernel made for that width alone).
  */
 typedef struct qt_qmatrix {
     const void* qweight;
@@ -276,6 +277,7 @@ typedef struct qt_qmatrix {
     int out;
     int groups;
     int qrows;
+    int uniform_bits;
 } qt_qmatrix;
 
 /* Scratch bytes qt_qmatrix_gemv needs for `rows` rows of x (0 when w has no perm: x is read in place). */

@@ -45,6 +45,16 @@
 // over several blocks at small `out`, ≥ 2 waves) and a smaller body for one-width matrices (no width switch). Tried:
 // 16 warps per block at 1 row (one wave at out 4096): 4096→4096 8.2 µs (from 8.3), but 4096→11008 18.1 µs (from
 // 15.9) and 7B decode 207-208 tokens/s (from 216): more warps alone do not help.
+//
+// Variants for measurement, chosen at every launch by QTOOL_QMATRIX_VARIANT (0 or unset: qmatrix_gemv above, as it was;
+// test_kernels checks them all, `test_kernels --bench-only --bench qvariants` / scripts/gpu/gemv-variants.sh times them):
+//   1  4-bit units in half2 arithmetic (unit_products_half4: magic-number codes, HADD2 − (1024 + z), HFMA2 with x paired
+//      by PRMT; ~1.1 instructions a code instead of ~3.5), a unit's sums in half, the scale and the sums across units F32.
+//   2  a matrix of one width (qt_qmatrix.uniform_bits, set by QMatrix.java) takes a kernel made for that width alone: no
+//      per-unit switch over six widths (the instruction-fetch stalls), no width check between the units of a pair.
+//   3  F32 y: the inputs split over up to 4 blocks (grid.y) while out/16 blocks are under 2 waves and each slice keeps a
+//      unit; atomicAdd into y (zeroed first by cudaMemsetAsync unless accumulating). F16 y keeps one block per output.
+//   4 = 1 + 2, 5 = 1 + 3, 6 = 2 + 3, 7 = 1 + 2 + 3 (qmatrix_gemv_variant<Rows, Bits, Half4> with grid.y splits).
 #include <cuda_fp16.h>
 
 #include <cstdlib>
@@ -203,6 +213,40 @@ __device__ __forceinline__ void unit_products_of_width(int bits, float (&acc)[Ro
     }
 }
 
+// The end of qmatrix_gemv (kept there as measured: moved into this function, its 4-row kernel compiled to 113 registers
+// instead of 117) for the variants: sums the slices of a block (the 8 of each warp by shuffles, lanes differing in bits
+// 2..4; then the warps through shared memory) and stores its 16 outputs: y = or += the sum, or with atomic (blocks
+// splitting the inputs) F32 y += it by atomicAdd.
+template <int Rows>
+__device__ __forceinline__ void store_block_sums(const float (&acc)[Rows][4], void* __restrict__ y, bool y_f16,
+                                                 bool accumulate, bool atomic, int out, int rows) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5, quad = lane % kQuadsPerWarp;
+    __shared__ float partial[kMaxThreads / 32][Rows][kOutputsPerBlock];
+#pragma unroll
+    for (int r = 0; r < Rows; r++) {
+        if (r >= rows) break;
+#pragma unroll
+        for (int c = 0; c < 4; c++) {
+            float v = acc[r][c];
+#pragma unroll
+            for (int offset = kQuadsPerWarp; offset < 32; offset <<= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+            if (lane < kQuadsPerWarp) partial[warp][r][quad * 4 + c] = v;
+        }
+    }
+    __syncthreads();
+    for (int t = threadIdx.x; t < rows * kOutputsPerBlock; t += blockDim.x) {
+        const int r = t / kOutputsPerBlock, col = t % kOutputsPerBlock, oc = blockIdx.x * kOutputsPerBlock + col;
+        if (oc >= out) continue;
+        float sum = 0.0f;
+        for (int k = 0; k < warps; k++) sum += partial[k][r][col];
+        const size_t at = static_cast<size_t>(r) * out + oc;
+        if (atomic) atomicAdd(static_cast<float*>(y) + at, sum);
+        else if (y_f16) static_cast<__half*>(y)[at] = __float2half_rn(sum);
+        else if (accumulate) static_cast<float*>(y)[at] += sum;
+        else static_cast<float*>(y)[at] = sum;
+    }
+}
+
 // y[r, o] (+)= Σ_i x[r, i] · W[o, i] for r < rows ≤ Rows, x in processing order. Slice k of a block takes the unit
 // pairs starting at 2k, 2k + 2·slices, ... (one unit at a time above 2 rows).
 template <int Rows>
@@ -263,6 +307,129 @@ __global__ void __launch_bounds__(kMaxThreads) qmatrix_gemv(void* __restrict__ y
         else if (accumulate) static_cast<float*>(y)[at] += sum;
         else static_cast<float*>(y)[at] = sum;
     }
+}
+
+// ---- Variants of qmatrix_gemv, chosen by QTOOL_QMATRIX_VARIANT (see the header comment) ----
+
+// Variant 1: unit_products for 4-bit units in half2 arithmetic. ((w >> 4i) & 0x000f000f) | 0x64006400 is the half2
+// (1024 + q_i, 1024 + q_{i+4}) of a word's codes i and i + 4 (one shift and one LOP3 for two codes); one HADD2 with
+// −(1024 + z) makes both (q − z) exactly, and one HFMA2 per row multiplies them by (x_i, x_{i+4}), x's halves paired
+// the same way by two PRMTs per 4 pairs (shared by the 4 outputs): ~1.1 instructions a code instead of ~3.5. Each
+// lane sums a unit's 16 products in half (about 1e-3 relative rounding; |Σ| ≤ 16 · 15 · max|x| must stay under 65504,
+// which holds for |x| < 270 in the worst case), then the two lanes go to F32, get the scale and join acc (F32).
+template <int Rows, int N>
+__device__ __forceinline__ void unit_products_half4(float (&acc)[Rows][4], const QMatrix& m,
+                                                    const __half* __restrict__ x, int rows, int o, const int (&u)[N],
+                                                    const int2 (&d)[N]) {
+    uint32_t w[N][4][4];
+    float s[N][4], zb[N][4];
+#pragma unroll
+    for (int n = 0; n < N; n++) {
+        load_unit<4>(w[n], m.qweight + static_cast<size_t>(d[n].x) * m.out + o, m.out);
+        load_group<4>(s[n], zb[n], m, d[n].y >> 8, o);
+    }
+    auto as_half2 = [](uint32_t v) { return *reinterpret_cast<const __half2*>(&v); };
+#pragma unroll
+    for (int n = 0; n < N; n++) {
+        __half2 minus_base[4], dot[Rows][4];
+#pragma unroll
+        for (int c = 0; c < 4; c++) minus_base[c] = __float2half2_rn(-(zb[n][c] + 1008.0f));  // zb = z + 16
+#pragma unroll
+        for (int r = 0; r < Rows; r++)
+#pragma unroll
+            for (int c = 0; c < 4; c++) dot[r][c] = __float2half2_rn(0.0f);
+        const uint4* xu = reinterpret_cast<const uint4*>(x + u[n] * 32);
+#pragma unroll
+        for (int k = 0; k < 4; k++) {  // word k: codes 8k .. 8k + 7, x's halves 8k .. 8k + 7 (one 128-bit load)
+            __half2 xp[Rows][4];     // xp[r][i] = (x_i, x_{i+4})
+#pragma unroll
+            for (int r = 0; r < Rows; r++) {
+                const uint4 xv = Rows == 1 || r < rows ? __ldg(xu + static_cast<size_t>(r) * (m.in / 8) + k)
+                                                       : make_uint4(0, 0, 0, 0);
+                xp[r][0] = as_half2(__byte_perm(xv.x, xv.z, 0x5410));
+                xp[r][1] = as_half2(__byte_perm(xv.x, xv.z, 0x7632));
+                xp[r][2] = as_half2(__byte_perm(xv.y, xv.w, 0x5410));
+                xp[r][3] = as_half2(__byte_perm(xv.y, xv.w, 0x7632));
+            }
+#pragma unroll
+            for (int c = 0; c < 4; c++) {
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    const __half2 q = __hadd2(as_half2(((w[n][c][k] >> (4 * i)) & 0x000f000fu) | 0x64006400u),
+                                              minus_base[c]);
+#pragma unroll
+                    for (int r = 0; r < Rows; r++) dot[r][c] = __hfma2(q, xp[r][i], dot[r][c]);
+                }
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < Rows; r++)
+#pragma unroll
+            for (int c = 0; c < 4; c++) {
+                const float2 f = __half22float2(dot[r][c]);
+                acc[r][c] = fmaf(s[n][c], f.x + f.y, acc[r][c]);
+            }
+    }
+}
+
+// unit_products for a unit `bits` wide: Bits (known; variant 2) or, when Bits is 0, the run-time `bits` through a
+// switch; 4-bit units in half2 arithmetic when Half4 (variant 1).
+template <int Rows, int N, int Bits, bool Half4>
+__device__ __forceinline__ void unit_products_variant(int bits, float (&acc)[Rows][4], const QMatrix& m,
+                                                      const __half* __restrict__ x, int rows, int o,
+                                                      const int (&u)[N], const int2 (&d)[N]) {
+    if constexpr (Bits == 4 && Half4) unit_products_half4<Rows, N>(acc, m, x, rows, o, u, d);
+    else if constexpr (Bits != 0) unit_products<Bits, Rows, N>(acc, m, x, rows, o, u, d);
+    else switch (bits) {
+        case 2: unit_products_variant<Rows, N, 2, Half4>(2, acc, m, x, rows, o, u, d); break;
+        case 3: unit_products_variant<Rows, N, 3, Half4>(3, acc, m, x, rows, o, u, d); break;
+        case 4: unit_products_variant<Rows, N, 4, Half4>(4, acc, m, x, rows, o, u, d); break;
+        case 5: unit_products_variant<Rows, N, 5, Half4>(5, acc, m, x, rows, o, u, d); break;
+        case 6: unit_products_variant<Rows, N, 6, Half4>(6, acc, m, x, rows, o, u, d); break;
+        default: unit_products_variant<Rows, N, 8, Half4>(8, acc, m, x, rows, o, u, d); break;
+    }
+}
+
+// qmatrix_gemv's variants: Bits != 0 for a matrix all of that width (variant 2: no width switch, no width check
+// between the units of a pair), Half4 as above (variant 1), and gridDim.y > 1 blocks along the inputs (variant 3):
+// block y takes units [y · units / gridDim.y, (y + 1) · units / gridDim.y) and adds its sums to F32 y by atomicAdd.
+// A range too short to give every slice a pair of units walks single units, so that all slices have work.
+template <int Rows, int Bits, bool Half4>
+__global__ void __launch_bounds__(kMaxThreads) qmatrix_gemv_variant(void* __restrict__ y, bool y_f16, bool accumulate,
+                                                                    const __half* __restrict__ x, QMatrix m, int rows) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int quad = lane % kQuadsPerWarp, slice = warp * kSlicesPerWarp + lane / kQuadsPerWarp;
+    const int slices = (blockDim.x >> 5) * kSlicesPerWarp, units = m.in / 32;
+    const int begin = blockIdx.y * units / gridDim.y, end = (blockIdx.y + 1) * units / gridDim.y;
+    const int o = blockIdx.x * kOutputsPerBlock + quad * 4;
+
+    float acc[Rows][4];
+#pragma unroll
+    for (int r = 0; r < Rows; r++)
+#pragma unroll
+        for (int c = 0; c < 4; c++) acc[r][c] = 0.0f;
+
+    bool paired = false;
+    if constexpr (Rows <= 2) {  // pairs of units, as qmatrix_gemv walks them
+        paired = end - begin >= 2 * slices;
+        for (int u = begin + 2 * slice; paired && o < m.out && u < end; u += 2 * slices) {
+            const int2 d0 = __ldg(m.units + u);
+            if (u + 1 < end) {
+                const int2 d1 = __ldg(m.units + u + 1);
+                if (Bits != 0 || ((d0.y ^ d1.y) & 0xff) == 0) {
+                    unit_products_variant<Rows, 2, Bits, Half4>(d0.y & 0xff, acc, m, x, rows, o, {u, u + 1}, {d0, d1});
+                    continue;
+                }
+                unit_products_variant<Rows, 1, Bits, Half4>(d1.y & 0xff, acc, m, x, rows, o, {u + 1}, {d1});  // widths differ
+            }
+            unit_products_variant<Rows, 1, Bits, Half4>(d0.y & 0xff, acc, m, x, rows, o, {u}, {d0});
+        }
+    }
+    for (int u = begin + slice; !paired && o < m.out && u < end; u += slices) {
+        const int2 d0 = __ldg(m.units + u);
+        unit_products_variant<Rows, 1, Bits, Half4>(d0.y & 0xff, acc, m, x, rows, o, {u}, {d0});
+    }
+    store_block_sums<Rows>(acc, y, y_f16, accumulate, gridDim.y > 1, m.out, rows);
 }
 
 // x_out[r, k] = x[r, perm[k]]: x's columns in processing order.
@@ -329,6 +496,10 @@ int check_qmatrix(const char* fn, const qt_qmatrix* w) {
     QT_REQUIRE(w->groups > 0 && w->qrows >= 2 * (w->in / 32) && w->qrows <= 8 * (w->in / 32),
                "%s: %d groups, %d qweight rows for %d inputs (need groups > 0, 2..8 rows per 32 inputs)", fn, w->groups,
                w->qrows, w->in);
+    const int ub = w->uniform_bits;
+    QT_REQUIRE(ub == 0 || ((ub >= 2 && ub <= 6) || ub == 8) && w->qrows == ub * (w->in / 32),
+               "%s: uniform_bits %d with %d qweight rows for %d inputs (need 0, or 2..6 or 8 and bits rows per 32 inputs)",
+               fn, ub, w->qrows, w->in);
     QT_REQUIRE(aligned(w->qweight, 16), "%s: qweight is not 16-byte aligned", fn);
     QT_REQUIRE(aligned(w->units, 8) && aligned(w->scales, 8) && aligned(w->zeros, 8) && aligned(w->perm, 4),
                "%s: units, scales or zeros not 8-byte aligned, or perm not 4-byte aligned", fn);
@@ -338,6 +509,67 @@ int check_qmatrix(const char* fn, const qt_qmatrix* w) {
 QMatrix device_view(const qt_qmatrix* w) {
     return QMatrix{static_cast<const uint32_t*>(w->qweight), static_cast<const int2*>(w->units),
                    static_cast<const __half*>(w->scales), static_cast<const __half*>(w->zeros), w->in, w->out};
+}
+
+// The variant QTOOL_QMATRIX_VARIANT names (0 or unset: qmatrix_gemv), read at every launch so that one process (the
+// kernel test, a timing run) can compare them all; getenv costs far less than a launch.
+struct GemvVariant {
+    bool half4, uniform, split;  // variants 1, 2, 3
+};
+GemvVariant gemv_variant() {
+    const char* e = getenv("QTOOL_QMATRIX_VARIANT");
+    switch (e != nullptr ? atoi(e) : 0) {
+        case 1: return {true, false, false};
+        case 2: return {false, true, false};
+        case 3: return {false, false, true};
+        case 4: return {true, true, false};
+        case 5: return {true, false, true};
+        case 6: return {false, true, true};
+        case 7: return {true, true, true};
+        default: return {false, false, false};
+    }
+}
+
+constexpr int kMaxSplits = 4;
+
+// Launches qmatrix_gemv_variant<Rows, Bits, Half4>. With split (F32 y only), the inputs go over up to kMaxSplits
+// blocks while the grid is under 2 waves and every slice keeps at least one unit; y is zeroed first unless accumulating.
+template <int Rows, int Bits, bool Half4>
+int launch_gemv_variant(void* y, bool f16, bool accumulate, const __half* x, const QMatrix& m, int rows, bool split,
+                        cudaStream_t s) {
+    const auto kernel = qmatrix_gemv_variant<Rows, Bits, Half4>;
+    const int threads = 32 * gemv_warps(), blocks = (m.out + kOutputsPerBlock - 1) / kOutputsPerBlock;
+    int splits = 1;
+    if (split && !f16) {
+        static const int per_sm = [&] {  // blocks an SM holds (registers decide), asked once per kernel
+            int n = 0;
+            return cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, 0) == cudaSuccess && n > 0 ? n : 1;
+        }();
+        const int wave = multiprocessor_count() * per_sm, slices = threads / 32 * kSlicesPerWarp, units = m.in / 32;
+        while (splits < kMaxSplits && blocks * splits < 2 * wave && units / (splits + 1) >= slices) splits++;
+        if (splits > 1 && !accumulate)
+            QT_CUDA_TRY(cudaMemsetAsync(y, 0, static_cast<size_t>(rows) * m.out * sizeof(float), s));
+    }
+    kernel<<<dim3(blocks, splits), threads, 0, s>>>(y, f16, accumulate, x, m, rows);
+    return check_launch("qmatrix_gemv_variant");
+}
+
+template <int Rows>
+int gemv_variant_rows(const GemvVariant& v, int uniform_bits, void* y, bool f16, bool accumulate, const __half* x,
+                      const QMatrix& m, int rows, cudaStream_t s) {
+    switch (v.uniform ? uniform_bits : 0) {
+        case 2: return launch_gemv_variant<Rows, 2, false>(y, f16, accumulate, x, m, rows, v.split, s);
+        case 3: return launch_gemv_variant<Rows, 3, false>(y, f16, accumulate, x, m, rows, v.split, s);
+        case 4:
+            return v.half4 ? launch_gemv_variant<Rows, 4, true>(y, f16, accumulate, x, m, rows, v.split, s)
+                           : launch_gemv_variant<Rows, 4, false>(y, f16, accumulate, x, m, rows, v.split, s);
+        case 5: return launch_gemv_variant<Rows, 5, false>(y, f16, accumulate, x, m, rows, v.split, s);
+        case 6: return launch_gemv_variant<Rows, 6, false>(y, f16, accumulate, x, m, rows, v.split, s);
+        case 8: return launch_gemv_variant<Rows, 8, false>(y, f16, accumulate, x, m, rows, v.split, s);
+        default:
+            return v.half4 ? launch_gemv_variant<Rows, 0, true>(y, f16, accumulate, x, m, rows, v.split, s)
+                           : launch_gemv_variant<Rows, 0, false>(y, f16, accumulate, x, m, rows, v.split, s);
+    }
 }
 
 }  // namespace
@@ -379,6 +611,14 @@ int qt_qmatrix_gemv(void* y, int y_dtype, int accumulate, const void* x, const q
         xp = gathered;
     }
     const QMatrix m = device_view(w);
+    const GemvVariant v = gemv_variant();
+    if (v.half4 || v.uniform || v.split) {
+        const bool f16 = y_dtype == QT_F16, acc = accumulate != 0;
+        if (rows == 1) return gemv_variant_rows<1>(v, w->uniform_bits, y, f16, acc, xp, m, rows, s);
+        if (rows == 2) return gemv_variant_rows<2>(v, w->uniform_bits, y, f16, acc, xp, m, rows, s);
+        if (rows <= 4) return gemv_variant_rows<4>(v, w->uniform_bits, y, f16, acc, xp, m, rows, s);
+        return gemv_variant_rows<8>(v, w->uniform_bits, y, f16, acc, xp, m, rows, s);
+    }
     const unsigned blocks = (w->out + kOutputsPerBlock - 1) / kOutputsPerBlock, threads = 32 * gemv_warps();
     const bool f16 = y_dtype == QT_F16, acc = accumulate != 0;
     if (rows == 1) qmatrix_gemv<1><<<blocks, threads, 0, s>>>(y, f16, acc, xp, m, rows);

@@ -4,17 +4,20 @@
 // (copy bandwidth, attention prefill TFLOP/s); exits 1 if any check fails, 2 if the GPU or cuBLAS is missing.
 //
 // Usage: test_kernels [--seed N] [--cuda-lib-dir DIR[:DIR...]] [--no-bench] [--filter NAME] [--bench NAME] [--bench-only]
-//   --bench NAME runs only the timing sections (copy, attention, linear, layer, decode, qmatrix) whose name contains NAME.
+//   --bench NAME runs only the timing sections (copy, attention, linear, layer, decode, qmatrix) whose name contains NAME;
+//   --bench qvariants times every QTOOL_QMATRIX_VARIANT of the quantized GEMV (only when named).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -683,7 +686,9 @@ struct DeviceQMatrix {
         : qweight(Device::from(h.qweight)), units(Device::from(h.units)), scales(Device::from(h.scales)),
           zeros(h.zeros.empty() ? Device(0) : Device::from(h.zeros)),  // Device(0) holds NULL
           perm(h.perm.empty() ? Device(0) : Device::from(h.perm)) {
-        w = qt_qmatrix{qweight.ptr, units.ptr, scales.ptr, zeros.ptr, perm.ptr, h.in, h.out, h.groups, h.qrows};
+        const bool uniform = std::all_of(h.unit_bits.begin(), h.unit_bits.end(), [&](int b) { return b == h.unit_bits[0]; });
+        w = qt_qmatrix{qweight.ptr, units.ptr, scales.ptr, zeros.ptr, perm.ptr, h.in, h.out, h.groups, h.qrows,
+                       uniform ? h.unit_bits[0] : 0};
     }
 };
 
@@ -696,8 +701,14 @@ double f16_ulps(float got, double v) {
     return std::fabs(got - v) / ulp;
 }
 
-// qt_qmatrix_gemv (rows 1, 2, 3, 8; F32 and F16 y; += into F32 y) against the double product W·x, and
-// qt_qmatrix_dequant value by value, in the original input order.
+// The variants of qt_qmatrix_gemv (QTOOL_QMATRIX_VARIANT, read at every call: qgemm.cu): 0 today's kernel, 1 half2
+// arithmetic for 4-bit units, 2 a kernel for one width, 3 inputs split over blocks, 4..7 their combinations.
+constexpr int kGemvVariants = 8;
+bool gemv_variant_in_half(int variant) { return variant == 1 || variant == 4 || variant == 5 || variant == 7; }
+void set_gemv_variant(int variant) { setenv("QTOOL_QMATRIX_VARIANT", std::to_string(variant).c_str(), 1); }
+
+// qt_qmatrix_gemv in every variant (rows 1, 2, 3, 8; F32 and F16 y; += into F32 y) against the double product W·x,
+// and qt_qmatrix_dequant value by value, in the original input order.
 void test_qmatrix(const std::string& name, int in, int out, const std::vector<int>& widths,
                   const std::vector<int>& group_rows, bool with_zeros, bool with_perm) {
     const std::string label = "qmatrix " + name;
@@ -717,27 +728,33 @@ void test_qmatrix(const std::string& name, int in, int out, const std::vector<in
                 for (int r = 0; r < kRows; r++) ref[size_t(r) * out + o] += xs[r] * wv;
             }
         }
-        for (int rows : {1, 2, 3, 8}) {
-            size_t scratch_bytes = 0;
-            CHECK(qt_qmatrix_gemv_scratch_bytes(&d.w, rows, &scratch_bytes));
-            Device scratch(std::max<size_t>(scratch_bytes, 256));
-            const std::vector<double> want(ref.begin(), ref.begin() + size_t(rows) * out);
-            for (int y_dtype : {QT_F32, QT_F16}) {
-                Device y(size_t(rows) * out * dtype_size(y_dtype));
-                y.poison();
-                CHECK(qt_qmatrix_gemv(y.ptr, y_dtype, 0, dx.ptr, &d.w, rows, scratch.ptr, scratch_bytes, nullptr));
-                record(label + " gemv r" + std::to_string(rows) + " " + dtype_str(y_dtype),
-                       rel_l2(download_as(y, size_t(rows) * out, y_dtype), want), y_dtype == QT_F32 ? 1e-3 : 1e-2);
-            }
-            if (rows == 3) {  // the fused residual add
-                const std::vector<float> y0 = randn(size_t(rows) * out);
-                Device y = Device::from(y0);
-                CHECK(qt_qmatrix_gemv(y.ptr, QT_F32, 1, dx.ptr, &d.w, rows, scratch.ptr, scratch_bytes, nullptr));
-                std::vector<double> sum(want);
-                for (size_t i = 0; i < sum.size(); i++) sum[i] += y0[i];
-                record(label + " gemv r3 F32 +=", rel_l2(y.to_host<float>(sum.size()), sum), 1e-3);
+        for (int variant = 0; variant < kGemvVariants; variant++) {
+            set_gemv_variant(variant);
+            const std::string vlabel = label + (variant == 0 ? "" : " v" + std::to_string(variant));
+            const double f32_limit = gemv_variant_in_half(variant) ? 1e-2 : 1e-3;  // half2 sums: ~1e-3 rounding
+            for (int rows : {1, 2, 3, 8}) {
+                size_t scratch_bytes = 0;
+                CHECK(qt_qmatrix_gemv_scratch_bytes(&d.w, rows, &scratch_bytes));
+                Device scratch(std::max<size_t>(scratch_bytes, 256));
+                const std::vector<double> want(ref.begin(), ref.begin() + size_t(rows) * out);
+                for (int y_dtype : {QT_F32, QT_F16}) {
+                    Device y(size_t(rows) * out * dtype_size(y_dtype));
+                    y.poison();
+                    CHECK(qt_qmatrix_gemv(y.ptr, y_dtype, 0, dx.ptr, &d.w, rows, scratch.ptr, scratch_bytes, nullptr));
+                    record(vlabel + " gemv r" + std::to_string(rows) + " " + dtype_str(y_dtype),
+                           rel_l2(download_as(y, size_t(rows) * out, y_dtype), want), y_dtype == QT_F32 ? f32_limit : 1e-2);
+                }
+                if (rows == 3) {  // the fused residual add
+                    const std::vector<float> y0 = randn(size_t(rows) * out);
+                    Device y = Device::from(y0);
+                    CHECK(qt_qmatrix_gemv(y.ptr, QT_F32, 1, dx.ptr, &d.w, rows, scratch.ptr, scratch_bytes, nullptr));
+                    std::vector<double> sum(want);
+                    for (size_t i = 0; i < sum.size(); i++) sum[i] += y0[i];
+                    record(vlabel + " gemv r3 F32 +=", rel_l2(y.to_host<float>(sum.size()), sum), f32_limit);
+                }
             }
         }
+        unsetenv("QTOOL_QMATRIX_VARIANT");
         Device dw(size_t(out) * in * 2);
         dw.poison();
         CHECK(qt_qmatrix_dequant(dw.ptr, &d.w, nullptr));
@@ -782,6 +799,11 @@ void test_qmatrix_errors() {
         invalid(qt_qmatrix_dequant(weight.ptr, &bad, nullptr));
         bad = d.w;
         bad.qweight = static_cast<const char*>(d.w.qweight) + 4;  // misaligned
+        invalid(qt_qmatrix_dequant(weight.ptr, &bad, nullptr));
+        bad = d.w;
+        bad.uniform_bits = 7;  // no such width
+        invalid(gemv(bad, QT_F32, 0, x.ptr, 2, need));
+        bad.uniform_bits = 3;  // 4 qweight rows a unit, not 3
         invalid(qt_qmatrix_dequant(weight.ptr, &bad, nullptr));
         bad = d.w;
         bad.units = nullptr;
@@ -1257,14 +1279,78 @@ void bench_layer() {
     }
 }
 
-// Quantized GEMV (qt_qmatrix_gemv) at batch 1, 4 and 8 on Llama-2-7B's shapes: µs per product and GB/s of the bytes it
-// reads (qweight, scales, zeros, units, x) and writes (y), beside the copy bandwidth. Each timing cycles through enough
-// copies of the matrix (> 200 MB) that the 50 MB L2 holds none of them between uses.
+// A random qt_qmatrix to time, in enough copies (> 200 MB) that the 50 MB L2 holds none of them between uses.
+// Random words are random codes of any width. GPTQ: group 128 with zeros, every unit `bits` wide (mixed: the last 8,
+// so that the mixed-width walk is timed). exl2: no zeros, group 128, widths in EXL2's decreasing segments averaging
+// 4.125 bits (1/16 at 8 and 6, 2/16 at 5, 8/16 at 4, 2/16 at 3 and 2).
+struct BenchQMatrix {
+    int bits, in, out;
+    bool perm, mixed, exl2;
+    std::vector<Device> buffers;
+    std::vector<qt_qmatrix> mats;
+    size_t matrix_bytes = 0;
+
+    BenchQMatrix(int bits_, int in_, int out_, bool perm_, bool mixed_, bool exl2_ = false)
+        : bits(bits_), in(in_), out(out_), perm(perm_), mixed(mixed_), exl2(exl2_) {
+        static const int kExl2Widths[16] = {8, 6, 5, 5, 4, 4, 4, 4, 4, 4, 4, 4, 3, 3, 2, 2};
+        const int units = in / 32, groups = in / 128;
+        std::vector<int32_t> unit_rows;
+        int qrows = 0;
+        for (int u = 0; u < units; u++) {
+            const int b = exl2 ? kExl2Widths[u * 16 / units] : mixed && u == units - 1 ? 8 : bits;
+            unit_rows.push_back(qrows);
+            unit_rows.push_back((u / 4) << 8 | b);
+            qrows += b;
+        }
+        std::vector<uint32_t> qweight(size_t(qrows) * out);
+        for (auto& v : qweight) v = static_cast<uint32_t>(rng());
+        std::vector<float> zf(size_t(groups) * out);
+        for (auto& z : zf) z = static_cast<float>(rng() % (1u << bits));
+        const std::vector<uint16_t> scales = to_f16(uniform(size_t(groups) * out, 0.002f, 0.02f)), zeros = to_f16(zf);
+        std::vector<int32_t> order(in);
+        for (int i = 0; i < in; i++) order[i] = i;
+        std::shuffle(order.begin(), order.end(), rng);
+        matrix_bytes = (qweight.size() + unit_rows.size()) * 4 + scales.size() * 2 + (exl2 ? 0 : zeros.size() * 2);
+        const int copies = static_cast<int>(std::max<size_t>(2, (size_t(200) << 20) / matrix_bytes + 1));
+        buffers.reserve(5 * copies + 1);
+        buffers.push_back(Device::from(order));
+        const void* dperm = perm ? buffers[0].ptr : nullptr;
+        for (int k = 0; k < copies; k++) {
+            buffers.push_back(Device::from(qweight));
+            buffers.push_back(Device::from(unit_rows));
+            buffers.push_back(Device::from(scales));
+            buffers.push_back(exl2 ? Device(0) : Device::from(zeros));
+            const Device* b = &buffers[buffers.size() - 4];
+            mats.push_back(qt_qmatrix{b[0].ptr, b[1].ptr, b[2].ptr, b[3].ptr, dperm, in, out, groups, qrows,
+                                      exl2 || mixed ? 0 : bits});
+        }
+    }
+
+    // µs per product of `rows` rows (F32 y), and the GB/s of the bytes it reads (matrix, x) and writes (y).
+    std::pair<double, double> time(int rows) const {
+        Device x = upload_as(randn(size_t(8) * in), QT_F16), y(size_t(8) * out * 4), scratch(size_t(8) * in * 2);
+        const double ms = time_ms([&] {
+            for (const qt_qmatrix& w : mats)
+                CHECK(qt_qmatrix_gemv(y.ptr, QT_F32, 0, x.ptr, &w, rows, scratch.ptr, scratch.bytes, nullptr));
+        }) / mats.size();
+        const double bytes = double(matrix_bytes) + 2.0 * rows * in + 4.0 * rows * out;
+        return {ms * 1e3, bytes / (ms * 1e-3) / 1e9};
+    }
+
+    std::string name(int rows) const {
+        char label[128];
+        snprintf(label, sizeof label, "%d-bit %dx%d->%d%s", exl2 ? 4 : bits, rows, in, out,
+                 exl2 ? " exl2 mix + perm" : perm ? " perm (+gather)" : mixed ? " mixed walk" : "");
+        return label;
+    }
+};
+
+// Quantized GEMV (qt_qmatrix_gemv) at batch 1, 4 and 8 on Llama-2-7B's shapes: µs per product and GB/s beside the
+// copy bandwidth.
 void bench_qmatrix() {
     float copy_gbps = 0;
     CHECK(qt_bench_copy(size_t(1) << 30, 20, &copy_gbps));
     printf("  %-58s %10.1f GB/s (read + write)\n", "device copy, 1 GiB", copy_gbps);
-    // mixed: the last unit 8 bits wide, so that batch 1 takes the mixed-width walk instead of the one-width pipeline.
     struct Case { int bits, in, out; bool perm, mixed; };
     const std::vector<Case> cases = {{4, 4096, 4096, false, false},  {4, 4096, 11008, false, false},
                                      {4, 11008, 4096, false, false}, {4, 4096, 32000, false, false},
@@ -1273,53 +1359,35 @@ void bench_qmatrix() {
                                      {3, 11008, 4096, false, false}, {8, 4096, 11008, false, false},
                                      {8, 11008, 4096, false, false}};
     for (const Case& c : cases) {
-        // Random words are random codes of any width; GPTQ's group 128 with zeros.
-        const int units = c.in / 32, groups = c.in / 128;
-        std::vector<int32_t> unit_rows;
-        int qrows = 0;
-        for (int u = 0; u < units; u++) {
-            const int bits = c.mixed && u == units - 1 ? 8 : c.bits;
-            unit_rows.push_back(qrows);
-            unit_rows.push_back((u / 4) << 8 | bits);
-            qrows += bits;
-        }
-        std::vector<uint32_t> qweight(size_t(qrows) * c.out);
-        for (auto& v : qweight) v = static_cast<uint32_t>(rng());
-        std::vector<float> zf(size_t(groups) * c.out);
-        for (auto& z : zf) z = static_cast<float>(rng() % (1u << c.bits));
-        const std::vector<uint16_t> scales = to_f16(uniform(size_t(groups) * c.out, 0.002f, 0.02f)), zeros = to_f16(zf);
-        std::vector<int32_t> perm(c.in);
-        for (int i = 0; i < c.in; i++) perm[i] = i;
-        std::shuffle(perm.begin(), perm.end(), rng);
-        const size_t matrix_bytes = (qweight.size() + unit_rows.size()) * 4 + (scales.size() + zeros.size()) * 2;
-        const int copies = static_cast<int>(std::max<size_t>(2, (size_t(200) << 20) / matrix_bytes + 1));
-        std::vector<Device> buffers;
-        std::vector<qt_qmatrix> mats;
-        Device dperm = Device::from(perm);
-        for (int k = 0; k < copies; k++) {
-            buffers.push_back(Device::from(qweight));
-            buffers.push_back(Device::from(unit_rows));
-            buffers.push_back(Device::from(scales));
-            buffers.push_back(Device::from(zeros));
-            const Device* b = &buffers[buffers.size() - 4];
-            mats.push_back(qt_qmatrix{b[0].ptr, b[1].ptr, b[2].ptr, b[3].ptr, c.perm ? dperm.ptr : nullptr, c.in, c.out,
-                                      groups, qrows});
-        }
-        Device x = upload_as(randn(size_t(8) * c.in), QT_F16), y(size_t(8) * c.out * 4), scratch(size_t(8) * c.in * 2);
+        const BenchQMatrix b(c.bits, c.in, c.out, c.perm, c.mixed);
         for (int rows : {1, 4, 8}) {
             if ((c.perm || c.mixed) && rows > 1) continue;
-            const double ms = time_ms([&] {
-                for (const qt_qmatrix& w : mats)
-                    CHECK(qt_qmatrix_gemv(y.ptr, QT_F32, 0, x.ptr, &w, rows, scratch.ptr, scratch.bytes, nullptr));
-            }) / copies;
-            const double bytes = double(matrix_bytes) + 2.0 * rows * c.in + 4.0 * rows * c.out;
-            const double gbps = bytes / (ms * 1e-3) / 1e9;
-            char label[128];
-            snprintf(label, sizeof label, "qmatrix gemv %d-bit %dx%d->%d%s", c.bits, rows, c.in, c.out,
-                     c.perm ? " perm (+gather)" : c.mixed ? " mixed walk" : "");
-            printf("  %-58s %10.2f us  %6.0f GB/s  %3.0f %% of copy\n", label, ms * 1e3, gbps, 100.0 * gbps / copy_gbps);
+            const auto [us, gbps] = b.time(rows);
+            printf("  %-58s %10.2f us  %6.0f GB/s  %3.0f %% of copy\n", ("qmatrix gemv " + b.name(rows)).c_str(), us,
+                   gbps, 100.0 * gbps / copy_gbps);
         }
     }
+}
+
+// Every variant of qt_qmatrix_gemv (QTOOL_QMATRIX_VARIANT 0..7) at batch 1 on 4-bit GPTQ shapes of Llama-2-7B and an
+// EXL2 mix with its perm: one row per variant and shape. Runs only when named (--bench qvariants).
+void bench_qmatrix_variants() {
+    float copy_gbps = 0;
+    CHECK(qt_bench_copy(size_t(1) << 30, 20, &copy_gbps));
+    printf("  %-58s %10.1f GB/s (read + write)\n", "device copy, 1 GiB", copy_gbps);
+    const std::vector<std::array<int, 2>> shapes = {{4096, 11008}, {11008, 4096}, {4096, 4096}, {4096, 32000}};
+    std::vector<std::unique_ptr<BenchQMatrix>> mats;
+    for (const auto& [in, out] : shapes) mats.push_back(std::make_unique<BenchQMatrix>(4, in, out, false, false));
+    mats.push_back(std::make_unique<BenchQMatrix>(4, 4096, 11008, true, false, true));
+    for (const auto& b : mats) {
+        for (int variant = 0; variant < kGemvVariants; variant++) {
+            set_gemv_variant(variant);
+            const auto [us, gbps] = b->time(1);
+            printf("  qmatrix variant %d  %-38s %10.2f us  %6.0f GB/s  %3.0f %% of copy\n", variant, b->name(1).c_str(),
+                   us, gbps, 100.0 * gbps / copy_gbps);
+        }
+    }
+    unsetenv("QTOOL_QMATRIX_VARIANT");
 }
 
 // qt_decode_attention on Llama-2-7B shapes (MHA, and GQA with 8 kv heads) at a few positions of a 4096-row cache:
@@ -1384,6 +1452,7 @@ void bench() {
         if (bench_section("layer")) bench_layer();
         if (bench_section("decode")) bench_decode_attention();
         if (bench_section("qmatrix")) bench_qmatrix();
+        if (!bench_only.empty() && bench_section("qvariants")) bench_qmatrix_variants();
     } catch (const std::exception& e) {
         printf("  benchmark failed: %s\n", e.what());
         failures++;

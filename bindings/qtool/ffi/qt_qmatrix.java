@@ -24,6 +24,7 @@ import static java.lang.foreign.MemoryLayout.PathElement.*;
  *     int out;
  *     int groups;
  *     int qrows;
+ *     int uniform_bits;
  * }
  * }
  */
@@ -42,7 +43,9 @@ public class qt_qmatrix {
         qtool_h.C_INT.withName("in"),
         qtool_h.C_INT.withName("out"),
         qtool_h.C_INT.withName("groups"),
-        qtool_h.C_INT.withName("qrows")
+        qtool_h.C_INT.withName("qrows"),
+        qtool_h.C_INT.withName("uniform_bits"),
+        MemoryLayout.paddingLayout(4)
     ).withName("qt_qmatrix");
 
     /**
@@ -446,6 +449,50 @@ public class qt_qmatrix {
      */
     public static void qrows(MemorySegment struct, int fieldValue) {
         struct.set(qrows$LAYOUT, qrows$OFFSET, fieldValue);
+    }
+
+    private static final OfInt uniform_bits$LAYOUT = (OfInt)$LAYOUT.select(groupElement("uniform_bits"));
+
+    /**
+     * Layout for field:
+     * {@snippet lang=c :
+     * int uniform_bits
+     * }
+     */
+    public static final OfInt uniform_bits$layout() {
+        return uniform_bits$LAYOUT;
+    }
+
+    private static final long uniform_bits$OFFSET = $LAYOUT.byteOffset(groupElement("uniform_bits"));
+
+    /**
+     * Offset for field:
+     * {@snippet lang=c :
+     * int uniform_bits
+     * }
+     */
+    public static final long uniform_bits$offset() {
+        return uniform_bits$OFFSET;
+    }
+
+    /**
+     * Getter for field:
+     * {@snippet lang=c :
+     * int uniform_bits
+     * }
+     */
+    public static int uniform_bits(MemorySegment struct) {
+        return struct.get(uniform_bits$LAYOUT, uniform_bits$OFFSET);
+    }
+
+    /**
+     * Setter for field:
+     * {@snippet lang=c :
+     * int uniform_bits
+     * }
+     */
+    public static void uniform_bits(MemorySegment struct, int fieldValue) {
+        struct.set(uniform_bits$LAYOUT, uniform_bits$OFFSET, fieldValue);
     }
 
     /**

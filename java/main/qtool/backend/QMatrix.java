@@ -188,7 +188,15 @@ public record QMatrix(int in, int out, int groups, int qrows, int[] qweight, int
         qt_qmatrix.out(s, out);
         qt_qmatrix.groups(s, groups);
         qt_qmatrix.qrows(s, qrows);
+        qt_qmatrix.uniform_bits(s, uniformBits());
         return new Tensor(s, DType.QMATRIX, new long[] {out, in});
+    }
+
+    /** Every unit's width when all units have the same one (GPTQ always), else 0: lets the GEMV take a one-width kernel. */
+    int uniformBits() {
+        int bits = units[1] & 0xFF;
+        for (int u = 1; u < in / 32; u++) if ((units[2 * u + 1] & 0xFF) != bits) return 0;
+        return bits;
     }
 
     /** Bytes of a QMATRIX tensor's arrays (host or device), read from its struct. */
