@@ -4,6 +4,7 @@
 #   refs-smollm2.sh gguf PART...   append carried pieces of SmolLM2-135M-Instruct.Q4_1.gguf (split here, as one
 #                                  call carries at most 64 MiB), import it to an fp16 HF dir once complete
 #   refs-smollm2.sh gptq           qtool GPTQ (3 settings) and IST-DASLab/gptq on the same calibration tokens: ppl ctx 2048
+#   refs-smollm2.sh awq            qtool AWQ g128 (its search and AutoAWQ's), GPTQ asym g128 with and without --awq-scale
 #   refs-smollm2.sh exl2ref BPW... ExLlamaV2 0.3.2's own convert (one measurement, reused) and its ppl per bpw
 #   refs-smollm2.sh exl2 BPW...    qtool's EXL2 convert (the first BPW measures, the others reuse qtool's measurement.json),
 #                                  qtool ppl, and ExLlamaV2 0.3.2 loading qtool's output (its own ppl on the same ids)
@@ -40,20 +41,38 @@ gguf)
     du -sh $S
   else echo "have $(stat -c %s $K/smol.gguf) of ${GGUF_BYTES:-?} bytes"; fi ;;
 gptq)
+  # GPTQ_SETTINGS (one per line) picks the settings; QTOOL_EXTRA adds flags to qtool's conversions (e.g. --mse);
+  # NO_REF=1 skips IST-DASLab/gptq
   text_ids
-  Q ppl -m $S -d $D/data/wikitext-2-raw-v1_test.parquet --ctx 2048 --json --device cuda > $W/ppl-fp16.json 2>/dev/null
+  [ -f $W/ppl-fp16.json ] || Q ppl -m $S -d $D/data/wikitext-2-raw-v1_test.parquet --ctx 2048 --json --device cuda > $W/ppl-fp16.json 2>/dev/null
   row "SmolLM2 fp16 (imported) ppl ctx 2048, qtool" "$(jget $W/ppl-fp16.json "round(d['ppl'],4)")"
-  for s in "4 --act-order --asym" "4 --sym" "3 --act-order --asym"; do
-    set -- $s; b=$1; shift; tag="$b-bit g128 $*"; n=g$b$(echo "$*" | tr -d ' -')
+  while read -r s; do
+    [ -n "$s" ] || continue
+    set -- $s; b=$1; shift; tag="$b-bit g128 $*"; n=g$b$(echo "$* ${QTOOL_EXTRA:-}" | tr -d ' -')
     t0=$(date +%s.%N)
-    Q convert --format gptq -i $S -o $W/$n -nr -c $cal -r 128 -l 2048 --bits $b --group-size 128 $* --damp 0.01 --device cuda --json > $W/$n.json 2> $W/$n.err || tail -3 $W/$n.err
+    Q convert --format gptq -i $S -o $W/$n -nr -c $cal -r 128 -l 2048 --bits $b --group-size 128 $* ${QTOOL_EXTRA:-} --damp 0.01 --device cuda --json > $W/$n.json 2> $W/$n.err || tail -3 $W/$n.err
     t1=$(date +%s.%N)
     Q ppl -m $W/$n/out -d $D/data/wikitext-2-raw-v1_test.parquet --ctx 2048 --json --device cuda > $W/$n.ppl.json 2>/dev/null
-    row "qtool GPTQ $tag" "ppl $(jget $W/$n.ppl.json "round(d['ppl'],4)"), $(du -b $W/$n/out/*.safetensors | awk '{s+=$1} END {printf "%.1f MB", s/1e6}'), $(python3 -c "print(round($t1-$t0,1))") s wall ($(jget $W/$n.json "round(d['seconds_total'],1)") s in-job)"
+    row "qtool GPTQ $tag ${QTOOL_EXTRA:-}" "ppl $(jget $W/$n.ppl.json "round(d['ppl'],4)"), $(du -b $W/$n/out/*.safetensors | awk '{s+=$1} END {printf "%.1f MB", s/1e6}'), $(python3 -c "print(round($t1-$t0,1))") s wall ($(jget $W/$n.json "round(d['seconds_total'],1)") s in-job)"
+    [ "${NO_REF:-0}" = 1 ] && continue
     ref=""; for f in $*; do case $f in --asym) ref="$ref --asym";; --act-order) ref="$ref --act-order";; esac; done
     python3 scripts/gpu/gptq_pipeline_reference.py $K/gpu/ist $S $W/$n/calibration.i32 128 2048 $W/wt2.ids.json 2048 --bits $b \
       --group-size 128 $ref --damp 0.01 > $W/$n.ref.json 2> $W/$n.ref.err || tail -3 $W/$n.ref.err
     row "IST-DASLab/gptq $tag (same tokens)" "ppl $(jget $W/$n.ref.json "round(d['ppl'],4)"), $(jget $W/$n.ref.json "round(d['seconds'],1)") s quantization"
+  done <<< "${GPTQ_SETTINGS:-4 --act-order --asym
+4 --sym
+3 --act-order --asym}" ;;
+awq)
+  # AWQ 4-bit g128 (qtool's search and AutoAWQ's exact one) beside GPTQ 4-bit g128 asym and GPTQ + --awq-scale, same
+  # calibration (128 x 2048 tokens of the calibration mix); ppl ctx 2048
+  text_ids
+  for v in "awq" "awq --autoawq-exact" "gptq --asym" "gptq --asym --awq-scale"; do
+    n=a$(echo "$v" | tr -d ' -')
+    t0=$(date +%s.%N)
+    Q convert --format $v -i $S -o $W/$n -nr -c $cal -r 128 -l 2048 --group-size 128 --device cuda --json > $W/$n.json 2> $W/$n.err || tail -3 $W/$n.err
+    t1=$(date +%s.%N)
+    Q ppl -m $W/$n/out -d $D/data/wikitext-2-raw-v1_test.parquet --ctx 2048 --json --device cuda > $W/$n.ppl.json 2>/dev/null
+    row "qtool $v 4-bit g128" "ppl $(jget $W/$n.ppl.json "round(d['ppl'],4)"), cal ppl $(jget $W/$n.json "round(d['calibration_ppl'],3), d.get('calibration_ppl_without_awq_scale')"), $(python3 -c "print(round($t1-$t0,1))") s, stages $(jget $W/$n.json "{k: round(v, 1) for k, v in d['seconds_per_stage'].items()}")"
   done ;;
 exl2ref)
   shift; source scripts/gpu/exllamav2-setup.sh >/dev/null; text_ids; cal1
