@@ -396,6 +396,20 @@ QT_API int qt_exl2_quantize(const void* w, const void* u, const int32_t* perm, i
                             const int* group_bits, const int* group_rows, void* codes, void* qscale, void* qscale_max,
                             void* workspace, size_t workspace_bytes, void* stream);
 
+/* ---- quantization: AWQ ---- */
+
+/*
+ * AWQ's clipping search, as qtool.quantize.Awq.searchClip (the reference): for each row of w F32 [out, in] and each
+ * group of group_size input columns (-1: the whole row; a shorter last group when group_size does not divide in),
+ * the clamp range {lo, hi} among Awq.clipCandidates (10 symmetric ranges; with two_sided 100 two-sided ones after
+ * them) minimising d^T H_g d, d = Q(clamp(w_g)) - w_g, Q the grid of Awq.quantizeGroup (bits 2..8, zero_point or
+ * symmetric), H_g the group's diagonal block of gram F32 [in, in] (the sampled inputs' X^T X, as
+ * qt_gram_accumulate makes it); the first minimum wins. range_out: device F32 [out, groups, 2]. Groups wider than
+ * 128 columns give QT_ERR_UNSUPPORTED (search those on the host). Queued on stream; does not wait.
+ */
+QT_API int qt_awq_clip_search(float* range_out, const void* w, const void* gram, int out, int in, int group_size, int bits,
+                              int zero_point, int two_sided, void* stream);
+
 #ifdef __cplusplus
 }
 #endif

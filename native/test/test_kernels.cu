@@ -5,7 +5,8 @@
 //
 // Usage: test_kernels [--seed N] [--cuda-lib-dir DIR[:DIR...]] [--no-bench] [--filter NAME] [--bench NAME] [--bench-only]
 //   --bench NAME runs only the timing sections (copy, attention, linear, layer, decode, qmatrix) whose name contains NAME;
-//   --bench qvariants times every QTOOL_QMATRIX_VARIANT of the quantized GEMV (only when named).
+//   --bench qvariants times every QTOOL_QMATRIX_VARIANT of the quantized GEMV (only when named);
+//   --bench awqclip times qt_awq_clip_search on Llama-2-7B shapes (only when named).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -1095,6 +1096,112 @@ double time_ms(const std::function<void()>& fn, int iters = 20, void* stream = n
     return median(times);
 }
 
+// ---- AWQ clip search ---------------------------------------------------------------------------------------------
+
+// Awq.clipCandidates and Awq.quantizeGroup in float arithmetic as Java does them; the objective dᵀ·H_g·d in double.
+float fp16_round(float v) { return __half2float(__float2half_rn(v)); }
+
+std::vector<std::array<float, 2>> ref_clip_candidates(float min, float max, float abs_max, bool two_sided) {
+    std::vector<std::array<float, 2>> c;
+    for (int k = 0; k < 10; k++) {
+        float m = abs_max * (1 - float(k) / 20);
+        c.push_back({-m, m});
+    }
+    if (two_sided)
+        for (int a = 0; a < 10; a++)
+            for (int b = 0; b < 10; b++) c.push_back({min * (1 - float(a) / 20), max * (1 - float(b) / 20)});
+    return c;
+}
+
+void ref_quantize_group(const float* w, int n, int bits, bool zero_point, float* deq) {
+    int max_int, zero;
+    float scale;
+    if (zero_point) {
+        float mx = -INFINITY, mn = INFINITY;
+        for (int i = 0; i < n; i++) mx = std::max(mx, w[i]), mn = std::min(mn, w[i]);
+        max_int = (1 << bits) - 1;
+        scale = fp16_round(std::max(mx - mn, 1e-5f) / max_int);
+        zero = int(std::min(std::max(-std::rint(double(mn / scale)), 0.0), double(max_int)));
+    } else {
+        float max_abs = 1e-5f;
+        for (int i = 0; i < n; i++) max_abs = std::max(max_abs, std::fabs(w[i]));
+        int half = 1 << (bits - 1);
+        max_int = 2 * half - 1;
+        scale = fp16_round(max_abs / float(half - 1));
+        zero = half;
+    }
+    for (int i = 0; i < n; i++) {
+        int q = int(std::min(std::max(std::rint(double(w[i] / scale)) + zero, 0.0), double(max_int)));
+        deq[i] = float(q - zero) * scale;
+    }
+}
+
+// qt_awq_clip_search against the host search: each {lo, hi} must be one of its group's candidates, with an objective
+// within 1e-4 (relative) of the best candidate's (the argmin itself may flip on near-ties between fp32 and double).
+void test_awq_clip(int out, int in, int group_size, int bits, bool zero_point, bool two_sided) {
+    const int tokens = 256, width = group_size == -1 ? in : group_size, groups = (in + width - 1) / width;
+    char name[128];
+    snprintf(name, sizeof name, "awqclip %dx%d g%d %db %s%s", out, in, group_size, bits, zero_point ? "zero-point" : "sym",
+             two_sided ? " two-sided" : "");
+    run(name, [&] {
+        std::vector<float> w = randn(size_t(out) * in, 0.02f), x = randn(size_t(tokens) * in);
+        for (size_t i = 0; i < w.size(); i += 37) w[i] *= 6;  // outliers, so that clipping pays
+        for (int t = 0; t < tokens; t++)
+            for (int i = 0; i < in; i += 9) x[size_t(t) * in + i] *= 4;  // uneven input channels
+        Device dw = Device::from(w), dx = Device::from(x), gram(size_t(in) * in * 4), range(size_t(out) * groups * 2 * 4);
+        CHECK(qt_memset_async(gram.ptr, 0, gram.bytes, nullptr));
+        CHECK(qt_gram_accumulate(gram.ptr, dx.ptr, tokens, in, nullptr));
+        range.poison();
+        CHECK(qt_awq_clip_search(static_cast<float*>(range.ptr), dw.ptr, gram.ptr, out, in, group_size, bits, zero_point,
+                                 two_sided, nullptr));
+        std::vector<float> got = range.to_host<float>(size_t(out) * groups * 2);
+        double worst = 0;
+        int strangers = 0;
+        std::vector<float> cur(width), deq(width);
+        std::vector<double> h(size_t(width) * width), d(width);
+        for (int g = 0; g < groups; g++) {
+            const int g0 = g * width, n = std::min(in, g0 + width) - g0;
+            std::fill(h.begin(), h.end(), 0.0);
+            for (int t = 0; t < tokens; t++)
+                for (int i = 0; i < n; i++)
+                    for (int j = 0; j < n; j++) h[size_t(i) * n + j] += double(x[size_t(t) * in + g0 + i]) * x[size_t(t) * in + g0 + j];
+            for (int o = 0; o < out; o++) {
+                const float* wg = &w[size_t(o) * in + g0];
+                float mn = 0, mx = 0;
+                for (int i = 0; i < n; i++) mn = std::min(mn, wg[i]), mx = std::max(mx, wg[i]);
+                double best = INFINITY, chosen = NAN;
+                const float lo = got[2 * (size_t(o) * groups + g)], hi = got[2 * (size_t(o) * groups + g) + 1];
+                for (const auto& c : ref_clip_candidates(mn, mx, std::max(-mn, mx), two_sided)) {
+                    for (int i = 0; i < n; i++) cur[i] = std::min(std::max(wg[i], c[0]), c[1]);
+                    ref_quantize_group(cur.data(), n, bits, zero_point, deq.data());
+                    for (int i = 0; i < n; i++) d[i] = double(deq[i]) - wg[i];
+                    double err = 0;
+                    for (int i = 0; i < n; i++) {
+                        double s = 0;
+                        for (int j = 0; j < n; j++) s += h[size_t(i) * n + j] * d[j];
+                        err += d[i] * s;
+                    }
+                    best = std::min(best, err);
+                    if (c[0] == lo && c[1] == hi && std::isnan(chosen)) chosen = err;
+                }
+                if (std::isnan(chosen)) strangers++;
+                else worst = std::max(worst, (chosen - best) / std::max(best, 1e-30));
+            }
+        }
+        record(name, strangers ? INFINITY : worst, 1e-4,
+               strangers ? std::to_string(strangers) + " ranges are no candidate" : "objective over the best candidate's");
+    });
+}
+
+void test_awq_clip_errors() {
+    run("awqclip group wider than 128 refused", [&] {
+        Device b(1024);
+        const int status = qt_awq_clip_search(static_cast<float*>(b.ptr), b.ptr, b.ptr, 4, 576, -1, 4, 1, 1, nullptr);
+        record("awqclip group wider than 128 refused", status == QT_ERR_UNSUPPORTED ? 0 : 1, 0,
+               std::string("QT_ERR_UNSUPPORTED: \"") + qt_last_error() + "\"");
+    });
+}
+
 std::string bench_only;  // --bench NAME: only the timing sections whose name contains NAME
 
 // Random normal values for timings of large tensors: a 1 Mi block of fresh draws, repeated (drawing hundreds of
@@ -1439,6 +1546,31 @@ void bench_decode_attention() {
     CHECK(qt_stream_destroy(stream));
 }
 
+// qt_awq_clip_search on Llama-2-7B's linear shapes at group 128 (gate/up 4096 -> 11008, down 11008 -> 4096), the
+// zero-point grid with two-sided ranges (110 candidates) and symmetric (10), beside the Gram of 512 sampled rows.
+// Runs only when named (--bench awqclip).
+void bench_awq_clip() {
+    const int tokens = 512;
+    for (auto [in, out] : {std::array<int, 2>{4096, 11008}, std::array<int, 2>{11008, 4096}}) {
+        const int groups = in / 128;
+        Device w = Device::from(randn_tiled(size_t(out) * in, 0.02f)), x = Device::from(randn_tiled(size_t(tokens) * in));
+        Device gram(size_t(in) * in * 4), range(size_t(out) * groups * 2 * 4);
+        const double gram_ms = time_ms([&] {
+            CHECK(qt_memset_async(gram.ptr, 0, gram.bytes, nullptr));
+            CHECK(qt_gram_accumulate(gram.ptr, x.ptr, tokens, in, nullptr));
+        }, 5);
+        for (int zero_point : {1, 0}) {
+            const double ms = time_ms([&] {
+                CHECK(qt_awq_clip_search(static_cast<float*>(range.ptr), w.ptr, gram.ptr, out, in, 128, 4, zero_point,
+                                         zero_point, nullptr));
+            }, 5);
+            char label[128];
+            snprintf(label, sizeof label, "awqclip %dx%d g128 %s", in, out, zero_point ? "zero-point two-sided" : "sym");
+            printf("  %-58s %10.3f ms  (+ Gram of %d rows %.3f ms)\n", label, ms, tokens, gram_ms);
+        }
+    }
+}
+
 void bench() {
     printf("\nTimings (median of CUDA-event-timed runs after warm-up; random inputs)\n");
     try {
@@ -1453,6 +1585,7 @@ void bench() {
         if (bench_section("decode")) bench_decode_attention();
         if (bench_section("qmatrix")) bench_qmatrix();
         if (!bench_only.empty() && bench_section("qvariants")) bench_qmatrix_variants();
+        if (!bench_only.empty() && bench_section("awqclip")) bench_awq_clip();
     } catch (const std::exception& e) {
         printf("  benchmark failed: %s\n", e.what());
         failures++;
@@ -1561,6 +1694,14 @@ int main(int argc, char** argv) {
         // Widths averaging 4 bits: the batch-1 kernel for one width walks the 4-bit half, the rest goes the mixed way.
         test_qmatrix("mixed 4,4,6,2b 4096->1024", 4096, 1024, {4, 4, 6, 2}, {32}, true, false);
         test_qmatrix_errors();
+        for (int zero_point : {1, 0}) {
+            for (int two_sided : {1, 0}) {
+                test_awq_clip(67, 96, 32, 4, zero_point, two_sided);
+                test_awq_clip(67, 200, 64, 4, zero_point, two_sided);   // a ragged last group of 8
+                test_awq_clip(131, 576, 128, 3, zero_point, two_sided);  // three row chunks, the last partial
+            }
+        }
+        test_awq_clip_errors();
 
         printf("%-58s %12s %10s  %s\n", "check", "error", "limit", "result");
         for (const Row& row : rows)

@@ -6,7 +6,7 @@
 #   2. stories260K, 4-bit g32, 32 x 256 tokens of wiki.test.raw: calibration and wiki ppl of AWQ, GPTQ asym, and GPTQ
 #      asym with --awq-scale (expect AWQ within a few % of GPTQ; --awq-scale not worse than GPTQ alone);
 #   3. Llama-2-7B-shaped layers (hidden 4096, intermediate 11008), 2 layers, 32 x 512 tokens, AWQ 4-bit g128: seconds
-#      per stage (the clip search runs on the host CPU).
+#      per stage (the clip search runs on the GPU: qt_awq_clip_search).
 # About 3-5 minutes in all.
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"

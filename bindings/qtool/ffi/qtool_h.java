@@ -4200,5 +4200,74 @@ public class qtool_h extends qtool_h$shared {
            throw new AssertionError("should not reach here", ex$);
         }
     }
+
+    private static class qt_awq_clip_search {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            qtool_h.C_INT,
+            qtool_h.C_POINTER,
+            qtool_h.C_POINTER,
+            qtool_h.C_POINTER,
+            qtool_h.C_INT,
+            qtool_h.C_INT,
+            qtool_h.C_INT,
+            qtool_h.C_INT,
+            qtool_h.C_INT,
+            qtool_h.C_INT,
+            qtool_h.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("qt_awq_clip_search");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * int qt_awq_clip_search(float *range_out, const void *w, const void *gram, int out, int in, int group_size, int bits, int zero_point, int two_sided, void *stream)
+     * }
+     */
+    public static FunctionDescriptor qt_awq_clip_search$descriptor() {
+        return qt_awq_clip_search.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * int qt_awq_clip_search(float *range_out, const void *w, const void *gram, int out, int in, int group_size, int bits, int zero_point, int two_sided, void *stream)
+     * }
+     */
+    public static MethodHandle qt_awq_clip_search$handle() {
+        return qt_awq_clip_search.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * int qt_awq_clip_search(float *range_out, const void *w, const void *gram, int out, int in, int group_size, int bits, int zero_point, int two_sided, void *stream)
+     * }
+     */
+    public static MemorySegment qt_awq_clip_search$address() {
+        return qt_awq_clip_search.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * int qt_awq_clip_search(float *range_out, const void *w, const void *gram, int out, int in, int group_size, int bits, int zero_point, int two_sided, void *stream)
+     * }
+     */
+    public static int qt_awq_clip_search(MemorySegment range_out, MemorySegment w, MemorySegment gram, int out, int in, int group_size, int bits, int zero_point, int two_sided, MemorySegment stream) {
+        var mh$ = qt_awq_clip_search.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("qt_awq_clip_search", range_out, w, gram, out, in, group_size, bits, zero_point, two_sided, stream);
+            }
+            return (int)mh$.invokeExact(range_out, w, gram, out, in, group_size, bits, zero_point, two_sided, stream);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
 }
 

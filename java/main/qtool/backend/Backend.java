@@ -193,6 +193,14 @@ public interface Backend extends AutoCloseable {
      */
     qtool.quantize.Exl2Tensor exl2Quantize(qtool.quantize.Exl2Gptq.Factor factor, Tensor weight, qtool.quantize.Exl2Params params);
 
+    /**
+     * AWQ's clipping search of one linear ({@link qtool.quantize.Awq#searchClip}, the CPU reference): {@code weight}
+     * F32 [out, in] and its sampled inputs {@code x} F32 [tokens, in] (divided by the scale search's scales) on this
+     * device, neither modified; {@code asymmetric} as for searchClip. Returns {lo, hi} per [out, groups] in host
+     * memory, for {@link qtool.quantize.Awq#applyClip}.
+     */
+    float[] awqClip(Tensor weight, Tensor x, qtool.quantize.AwqParams params, boolean asymmetric);
+
     /** Waits for all work queued on this backend. */
     void synchronize();
 

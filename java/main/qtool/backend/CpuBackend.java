@@ -470,6 +470,12 @@ public final class CpuBackend implements Backend {
     }
 
     @Override
+    public float[] awqClip(Tensor weight, Tensor x, qtool.quantize.AwqParams params, boolean asymmetric) {
+        if (off(weight) != 0 || off(x) != 0) throw new IllegalArgumentException("awqClip takes whole tensors");
+        return qtool.quantize.Awq.searchClip(f(weight), weight.rows(), weight.cols(), f(x), x.rows(), params, asymmetric);
+    }
+
+    @Override
     public void synchronize() {
         // synchronous
     }

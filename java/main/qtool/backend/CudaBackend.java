@@ -623,6 +623,43 @@ public final class CudaBackend implements Backend {
     /** EXL2's device workspace, kept between linears; freed with the backend. */
     private final DeviceScratch exl2Scratch = new DeviceScratch();
 
+    /**
+     * AWQ's clipping search on the GPU: the inputs' Gram matrix XᵀX [in, in] (qt_gram_accumulate), whose diagonal
+     * blocks qt_awq_clip_search reads. Groups wider than {@link #AWQ_CLIP_MAX_WIDTH} columns (group size -1 on a wide
+     * linear) go through the CPU reference.
+     */
+    @Override
+    public float[] awqClip(Tensor weight, Tensor x, qtool.quantize.AwqParams params, boolean asymmetric) {
+        requireType(weight, DType.F32, "awqClip weight");
+        requireType(x, DType.F32, "awqClip x");
+        int out = weight.rows(), in = weight.cols(), groups = params.numGroups(in);
+        if (x.cols() != in) throw new IllegalArgumentException("awqClip: weight has " + in + " inputs, x " + x.cols() + " columns");
+        if (params.groupWidth(in) > AWQ_CLIP_MAX_WIDTH) {
+            CpuBackend cpu = new CpuBackend();
+            Tensor w = cpu.allocate(DType.F32, weight.shape()), xh = cpu.allocate(DType.F32, x.shape());
+            copyToHost(weight, w.data());
+            copyToHost(x, xh.data());
+            return cpu.awqClip(w, xh, params, asymmetric);
+        }
+        Tensor gram = allocate(DType.F32, in, in), range = null;
+        try {
+            check(qt_memset_async(gram.data(), 0, gram.byteSize(), stream), "qt_memset_async");
+            accumulateGram(gram, x);
+            range = allocate(DType.F32, out, groups, 2);
+            check(qt_awq_clip_search(range.data(), weight.data(), gram.data(), out, in, params.groupSize(), params.bits(),
+                    params.zeroPoint() ? 1 : 0, asymmetric && params.zeroPoint() ? 1 : 0, stream), "qt_awq_clip_search");
+            float[] host = new float[2 * out * groups];
+            copyToHost(range, MemorySegment.ofArray(host));
+            return host;
+        } finally {
+            free(gram);
+            if (range != null) free(range);
+        }
+    }
+
+    /** The widest group qt_awq_clip_search takes (it keeps the group's block of XᵀX in shared memory). */
+    private static final int AWQ_CLIP_MAX_WIDTH = 128;
+
     // ---- kernels -----------------------------------------------------------------------------------------------
 
     @Override

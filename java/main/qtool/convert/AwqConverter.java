@@ -33,7 +33,7 @@ import qtool.write.SafetensorsWriter;
  * {@code qtool convert --format awq}: AutoAWQ's pipeline. The calibration rows' residual stream lives on the
  * device; for each decoder layer in turn: one pass over the rows captures every linear's inputs;
  * {@link AwqScaling} searches and folds the four groups' scales; each linear gets its clipping searched
- * ({@link Awq#searchClip}); all seven are rounded to the group grid and packed in the GEMM layout
+ * ({@link Awq#searchClip}, on the device through {@link Backend#awqClip}); all seven are rounded to the group grid and packed in the GEMM layout
  * ({@link AwqLayout}); the stream moves on through the QUANTIZED layer. The finished checkpoint is then read back
  * and run over the calibration rows for the summary's perplexity.
  *
@@ -149,8 +149,7 @@ public final class AwqConverter {
             float[] w = layer.linear(l).toFloatArray();
             int out = (int) layer.linear(l).shape()[0], in = layer.linear(l).cols();
             if (!(o.autoawqExact && AUTOAWQ_NOT_CLIPPED.contains(l))) {
-                float[] range = Awq.searchClip(w, out, in, scaled.clipInputs().get(l), scaled.clipTokens(), o.params, !o.autoawqExact);
-                Awq.applyClip(w, out, in, range, o.params);
+                Awq.applyClip(w, out, in, searchClip(w, out, in, scaled.clipInputs().get(l), scaled.clipTokens()), o.params);
             }
             AwqResult r = Awq.quantize(w, out, in, o.params);
             for (float v : r.dequantized()) {
@@ -162,6 +161,19 @@ public final class AwqConverter {
         if (!o.autoawqExact) advance(f, stream, layer, results);
         writeLayer(job, i, layer, results);
         LlamaModel.release(host);
+    }
+
+    /** The clip search of one linear on the backend's device ({@link Backend#awqClip}); returns {lo, hi} per [out, groups]. */
+    private float[] searchClip(float[] w, int out, int in, float[] x, int tokens) {
+        Tensor wd = null, xd = null;
+        try {
+            wd = backend.upload(new Tensor(MemorySegment.ofArray(w), DType.F32, new long[] {out, in}), DType.F32);
+            xd = backend.upload(new Tensor(MemorySegment.ofArray(x), DType.F32, new long[] {tokens, in}), DType.F32);
+            return backend.awqClip(wd, xd, o.params, !o.autoawqExact);
+        } finally {
+            if (wd != null) backend.free(wd);
+            if (xd != null) backend.free(xd);
+        }
     }
 
     /** Moves the stream through the layer as quantized: its norms, with each linear's dequantized weights. */

@@ -87,6 +87,7 @@ public final class CudaBackendCheck {
         gram();
         gptqAgainstCpu();
         exl2AgainstCpu();
+        awqClipAgainstCpu();
         return runQuantized();
     }
 
@@ -890,6 +891,57 @@ public final class CudaBackendCheck {
     }
 
     // ---- helpers -------------------------------------------------------------------------------------------------
+
+    /**
+     * AWQ's clip search on the GPU against {@link qtool.quantize.Awq#searchClip}: per [row, group], how much the GPU's
+     * range raises dᵀ·H_g·d (in double) over the CPU's choice, the best of the same candidates (argmins may flip on
+     * near-ties); group size -1 over 128 columns runs the host search, so it must match exactly.
+     */
+    private void awqClipAgainstCpu() {
+        int out = 200, tokens = 512;
+        // {in, group size, zero point}: Llama's g128 with the zero-point grid (110 candidates), a ragged symmetric g64,
+        // and one group per row (the host fallback)
+        int[][] cases = {{576, 128, 1}, {200, 64, 0}, {300, -1, 1}};
+        for (int[] c : cases) {
+            int in = c[0];
+            qtool.quantize.AwqParams p = new qtool.quantize.AwqParams(4, c[1], c[2] == 1);
+            float[] w = randn(out * in), x = randn(tokens * in);
+            for (int i = 0; i < w.length; i++) w[i] *= i % 37 == 0 ? 0.12f : 0.02f;
+            Tensor dw = gpu.upload(host(w, out, in), DType.F32), dx = gpu.upload(host(x, tokens, in), DType.F32);
+            float[] got = gpu.awqClip(dw, dx, p, true);
+            gpu.free(dw);
+            gpu.free(dx);
+            float[] want = qtool.quantize.Awq.searchClip(w, out, in, x, tokens, p, true);
+            String name = "awqClip " + out + "x" + in + " g" + c[1] + (c[2] == 1 ? " zero-point" : " sym");
+            if (c[1] == -1) {
+                record(name + " (host)", java.util.Arrays.equals(got, want) ? 0 : 1, 0);
+                continue;
+            }
+            double[] eGot = clipObjective(w, out, in, x, tokens, p, got), eWant = clipObjective(w, out, in, x, tokens, p, want);
+            double worst = 0;
+            for (int k = 0; k < eGot.length; k++) worst = Math.max(worst, (eGot[k] - eWant[k]) / Math.max(eWant[k], 1e-30));
+            record(name + " (objective over CPU's)", worst, 1e-4);
+        }
+    }
+
+    /** dᵀ·H_g·d per [row, group] for W clipped to {@code range} and quantized, d = Q(clip(W)) − W, in double. */
+    private static double[] clipObjective(float[] w, int out, int in, float[] x, int tokens, qtool.quantize.AwqParams p, float[] range) {
+        float[] clipped = w.clone();
+        qtool.quantize.Awq.applyClip(clipped, out, in, range, p);
+        float[] q = qtool.quantize.Awq.pseudoQuantize(clipped, out, in, p);
+        int width = p.groupWidth(in), groups = p.numGroups(in);
+        double[] e = new double[out * groups];
+        IntStream.range(0, out).parallel().forEach(o -> {
+            for (int t = 0; t < tokens; t++) {
+                for (int g = 0; g < groups; g++) {
+                    double s = 0;
+                    for (int i = g * width; i < Math.min(in, (g + 1) * width); i++) s += (double) x[t * in + i] * ((double) q[o * in + i] - w[o * in + i]);
+                    e[o * groups + g] += s * s;
+                }
+            }
+        });
+        return e;
+    }
 
     private void record(String name, double error, double limit) {
         results.add(new Result(name, error, limit));

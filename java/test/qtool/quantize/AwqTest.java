@@ -69,11 +69,11 @@ class AwqTest {
             losses[calls[0]++] = e;
             return e;
         });
-        assertEquals(Awq.SCALE_GRID + 1, calls[0]);  // the grid, then plain round-to-nearest for the report
+        assertEquals(Awq.SCALE_GRID + 1, calls[0]);  // plain round-to-nearest for the report, then the grid
         double min = Double.POSITIVE_INFINITY;
-        for (int k = 0; k < Awq.SCALE_GRID; k++) min = Math.min(min, losses[k]);
+        for (int k = 1; k <= Awq.SCALE_GRID; k++) min = Math.min(min, losses[k]);
         assertEquals(min, s.loss());
-        assertEquals(losses[Awq.SCALE_GRID], s.unscaledLoss());
+        assertEquals(losses[0], s.unscaledLoss());
         assertTrue(s.ratio() > 0, "salient channels need scaling: ratio " + s.ratio());
         assertTrue(s.loss() < 0.7 * s.unscaledLoss(), s.loss() + " vs round-to-nearest " + s.unscaledLoss());
         for (int i = 0; i < 4; i++) assertTrue(s.scales()[i] > s.scales()[10], "salient channel " + i + " scaled up");
