@@ -65,15 +65,20 @@ gptq)
 awq)
   # AWQ 4-bit g128 (qtool's search and AutoAWQ's exact one) beside GPTQ 4-bit g128 asym and GPTQ + --awq-scale, same
   # calibration (128 x 2048 tokens of the calibration mix); ppl ctx 2048
+  # AWQ_VARIANTS (one per line) picks some of them
   text_ids
-  for v in "awq" "awq --autoawq-exact" "gptq --asym" "gptq --asym --awq-scale"; do
+  while read -r v; do
+    [ -n "$v" ] || continue
     n=a$(echo "$v" | tr -d ' -')
     t0=$(date +%s.%N)
     Q convert --format $v -i $S -o $W/$n -nr -c $cal -r 128 -l 2048 --group-size 128 --device cuda --json > $W/$n.json 2> $W/$n.err || tail -3 $W/$n.err
     t1=$(date +%s.%N)
     Q ppl -m $W/$n/out -d $D/data/wikitext-2-raw-v1_test.parquet --ctx 2048 --json --device cuda > $W/$n.ppl.json 2>/dev/null
     row "qtool $v 4-bit g128" "ppl $(jget $W/$n.ppl.json "round(d['ppl'],4)"), cal ppl $(jget $W/$n.json "round(d['calibration_ppl'],3), d.get('calibration_ppl_without_awq_scale')"), $(python3 -c "print(round($t1-$t0,1))") s, stages $(jget $W/$n.json "{k: round(v, 1) for k, v in d['seconds_per_stage'].items()}")"
-  done ;;
+  done <<< "${AWQ_VARIANTS:-awq
+awq --autoawq-exact
+gptq --asym
+gptq --asym --awq-scale}" ;;
 exl2ref)
   shift; source scripts/gpu/exllamav2-setup.sh >/dev/null; text_ids; cal1
   if [ ! -f $W/exl2-measurement.json ]; then

@@ -63,7 +63,8 @@ public final class ConvertCommand implements Callable<Integer> {
     @Option(names = {"--act-order", "--desc-act"}, description = "Quantize columns in order of decreasing Hessian diagonal.") boolean actOrder;
     @Option(names = "--static-groups", description = "Group parameters from the original weights, up front.") boolean staticGroups;
     @Option(names = "--true-sequential", description = "Quantize q/k/v, o, gate/up, down in turn, each on inputs of the quantized ones before.") boolean trueSequential;
-    @Option(names = "--mse", description = "Search each group's scale for the least error (gptq.py's mse grid).") boolean mse;
+    @Option(names = "--mse", negatable = true, defaultValue = "true", fallbackValue = "true", description = "GPTQ: search each group's "
+            + "range for the least error (gptq.py's mse grid; default), or --no-mse: its plain min/max range, as IST-DASLab/gptq's llama.py.") boolean mse;
     @Option(names = "--damp", defaultValue = "0.01", description = "Dampening, a fraction of the mean Hessian diagonal (default ${DEFAULT-VALUE}).") double damp;
     @Option(names = "--checkpoint-format", defaultValue = "gptq", description = "gptq (v1: zero points stored minus one) or gptq_v2.") String checkpointFormat;
     @Option(names = {"-ss", "--shard-size", "--shard_size"}, defaultValue = "8192", description = "Output shard size in MB, 0 = one file (default ${DEFAULT-VALUE}).") double shardMb;
