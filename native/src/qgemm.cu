@@ -23,7 +23,7 @@
 // Input split, for mixed-width matrices (qt_qmatrix.uniform_bits == 0, i.e. EXL2) with F32 y: the inputs go over up
 // to 4 blocks (grid.y) while out/16 blocks are under 2 waves and every slice keeps a unit, each block adding its sums
 // into y by atomicAdd (y zeroed first by cudaMemsetAsync unless accumulating). It took the 7B-shaped EXL2 mix from
-// 32.7 to 23.7 µs but slowed every one-width GPTQ shape by 15-35 % (table below), so one-width matrices, and F16 y
+// 32.7 to 23.7 µs but slowed the one-width GPTQ shapes by up to 36 % (table below), so one-width matrices, and F16 y
 // (no atomics into half in one pass), keep one block per output range.
 // ptxas (sm_90, nvcc 13.0): 64 registers at 1 row, 106 at 2, 113 at 3..4, 205 at 5..8; no spills, no stack.
 //
@@ -45,10 +45,10 @@
 //   v7 = v1 + v2 + v3                       17.87       17.76       9.97       34.48          23.42   233.5
 // So this file is v1 everywhere plus v3 where it pays (mixed widths), expected at v1's times on one-width shapes and
 // v5's on the EXL2 mix (test_kernels --bench qmatrix times both kinds).
-// v2 gained nothing (the instruction-fetch stalls were not what held the kernel back) and is gone, and with it the
-// one-width instantiations; uniform_bits now only decides the split.
+// v2 gained nothing alone (the instruction-fetch stalls were not what held the kernel back) and ~1 % on top of v5 (v7),
+// not worth a kernel per width and row count: it is gone, and uniform_bits now only decides the split.
 // Tried earlier and dropped, all slower: a software-pipelined batch-1 walk (next unit's loads in flight: 19.8 µs on
-// 4096→11008 and 255 registers with spills at more rows); x staged in shared memory with the perm gather fused
+// 4096→11008, decode 201 tokens/s); x staged in shared memory with the perm gather fused
 // (22.2 µs); 4 warps per block (11008→4096 21.8 µs); 16 warps per block at 1 row (4096→11008 18.1 µs, decode 207).
 #include <cuda_fp16.h>
 
