@@ -265,7 +265,8 @@ QT_API int qt_linear(void* out, int out_dtype, const void* x, int x_dtype, const
  * with g the unit's group. Shapes: qweight U32 [qrows, out] (16-byte aligned), units I32 [in / 32, 2],
  * scales F16 [groups, out], zeros F16 [groups, out] (integers) or NULL, perm I32 [in] or NULL.
  * Requires in % 32 == 0 and out % 8 == 0. uniform_bits: every unit's width when all units have the same one, else 0
- * (0 is always correct; a width lets qt_qmatrix_gemv take a kernel made for that width alone).
+ * (either is correct: with 0 and F32 y, qt_qmatrix_gemv splits the inputs over blocks, which pays only for mixed
+ * widths, so one-width matrices should say their width).
  */
 typedef struct qt_qmatrix {
     const void* qweight;

@@ -4,57 +4,52 @@
 //
 // Work item: one unit (32 processing rows) of 4 adjacent outputs. Whatever the width, a unit of one output is `bits`
 // whole words of qweight (a 3-bit unit is 32 codes in 3 words), so a thread reads `bits` qweight rows as one 128-bit
-// load each; the width is a template parameter, so every field's word and shift is a constant. A unit has one group,
-// so its sum factors as s · (Σ q·x − z · Σ x): the inner loop is one FMA per code and output, and Σ x is shared by the
-// 4 outputs. Codes become floats without a conversion instruction (I2F issues at a quarter of the FMA rate, which
-// would cap 4-bit batch-1 GEMV below the memory bound): the field is moved into the top bits of a float's mantissa
-// under the exponent of 2^bits, which reads as exactly 2^bits + q (one shift, one LOP3); the constant goes with z.
+// load each. A unit has one group, so its sum factors as s · (Σ q·x − z · Σ x) or s · Σ (q − z)·x. The width is read
+// per unit and switched on (a warp's slices mostly share one, so the switch rarely diverges) into code made for it:
+//   4-bit units (GPTQ 4-bit, most of an EXL2 mix) in half2 arithmetic: a LOP3 turns two codes into the halves
+//   1024 + q, one HADD2 makes both (q − z) exactly, one HFMA2 per row multiplies them by a pair of x's halves:
+//   ~1.1 instructions a code. A unit's 16 products per lane are summed in half (~1e-3 relative rounding, so F32 y is
+//   checked to 1e-2, as F16 y is), then get the scale in F32; the sums across units are F32.
+//   Other widths in F32: the field is moved into the top bits of a float's mantissa under the exponent of 2^bits,
+//   which reads as exactly 2^bits + q (one shift, one LOP3; no I2F, which issues at a quarter of the FMA rate), then
+//   one FMA per code and output, Σ x shared by the 4 outputs: ~3.5 instructions a code.
 //
-// GEMV block: 16 outputs (4 quads) × 8 input slices per warp × 8 warps (QTOOL_QMATRIX_WARPS=4 or 8). A slice walks
-// pairs of units (both units' `bits` 128-bit loads issued before either is used; batches over 2 rows take one unit at a
-// time: their arithmetic per byte hides the latency), the 8 slices of a warp are summed by shuffles, the warps through
-// shared memory. Every block covers all inputs of its 16 outputs; no split over the inputs (which would need atomics
-// into a zeroed F32 y and could not produce F16 y in one pass), because out/16 blocks already fill the machine at the
-// shapes that matter:
-//   out = 4096: 256 blocks of 256 threads on 132 SMs, ~2 per SM = 512 threads per SM, each with a pair of 4-bit units
-//   in flight (2 × 4 × 16 B = 128 B) = 64 KB per SM. Little's law at 3.0 TB/s and ~0.8 µs of loaded DRAM latency
-//   needs 3.0e12 × 0.8e-6 / 132 ≈ 18 KB per SM; the 2-to-1 block imbalance of 256 blocks on 132 SMs costs
-//   256 / 264 = 3 %. out = 11008: 688 blocks, 4 resident per SM (528) at batch 1's 64 registers, 1.3 waves.
-// ptxas (sm_90, nvcc 13.0): 64 registers at 1 row, 80 at 2, 117 at 3..4, 203 at 5..8; no spills, no stack. Keeping
-// the next unit's loads in flight while multiplying the current one (software pipelining across iterations) took every
-// instantiation to 255 registers with spills, so each iteration issues its pair's loads and then uses them.
-// x is read through the read-only path (__ldg): a unit's 64 bytes of one row go to its quad's 4 lanes in one broadcast
-// load, and no other slice of the block reads them, so staging x in shared memory would copy without reuse; the reuse
-// is across blocks (every block reads all of x: 22 KB at in = 11008), which L1 and L2 serve.
+// GEMV block: 16 outputs (4 quads) × 8 input slices per warp × 8 warps (QTOOL_QMATRIX_WARPS=4 or 8). At 1..2 rows a
+// slice walks pairs of units (both units' `bits` 128-bit loads issued before either is used; a pair of two widths
+// goes one unit at a time); above 2 rows one unit at a time (their arithmetic per byte hides the latency). The 8
+// slices of a warp are summed by shuffles, the warps through shared memory. x is read through the read-only path
+// (__ldg): a unit's 64 bytes of one row go to its quad's 4 lanes in one broadcast load; the reuse is across blocks
+// (every block reads its part of x), which L1 and L2 serve.
+// Input split, for mixed-width matrices (qt_qmatrix.uniform_bits == 0, i.e. EXL2) with F32 y: the inputs go over up
+// to 4 blocks (grid.y) while out/16 blocks are under 2 waves and every slice keeps a unit, each block adding its sums
+// into y by atomicAdd (y zeroed first by cudaMemsetAsync unless accumulating). It took the 7B-shaped EXL2 mix from
+// 32.7 to 23.7 µs but slowed the one-width GPTQ shapes by up to 36 % (table below), so one-width matrices, and F16 y
+// (no atomics into half in one pass), keep one block per output range.
+// ptxas (sm_90, nvcc 13.0): 64 registers at 1 row, 106 at 2, 113 at 3..4, 205 at 5..8; no spills, no stack.
 //
 // Bytes per token (batch 1) = in·out·bits/8 (qweight, read once) + groups·out·2 (scales) + groups·out·2 (zeros, when
-// present) + in/32·8 (units) + in·2 (x) + out·4 (y). 4096 → 11008 at 4 bits, group 128: 22.5 MB + 0.70 + 0.70 + 0.001
-// + 0.008 + 0.044 ≈ 24.0 MB, so at 3.0 TB/s of HBM the floor is 8.0 µs (85 % of the copy bandwidth: 9.4 µs). Scales and
-// zeros are re-read by the 4 units of a 128-row group, from L1/L2. Arithmetic at batch 1: per code and output a shift,
-// a LOP3 and an FMA (+ ~0.5 for x's conversion and Σ x, shared by 4 outputs) = 3.5 instructions over 32 lanes:
-// 45.1e6 × 3.5 / 32 / (4 issues × 132 SMs × 1.98 GHz) ≈ 4.7 µs, under the memory time.
-// Measured (H100 SXM, copy 3014 GB/s, 2026-11-23): 4-bit 1×4096→11008 15.9 µs (50 % of copy, not the 85 % predicted),
-// 1×11008→4096 16.4 µs (48 %), 1×4096→4096 8.4 µs (35 %), 1×4096→32000 35.7 µs (65 %); an EXL2 mix with perm 18.3 µs.
-// Two variants measured slower and were dropped: a software-pipelined batch-1 walk (next unit's loads in flight, 71-122
-// registers; 19.8 µs on 4096→11008, 7B decode 201 vs 210 tokens/s) and x staged in shared memory with the perm gather
-// fused (22.2 µs). 4 warps per block instead of 8: slower at every shape (11008→4096 21.8 µs).
-// ncu (1×4096→4096, grid 256 × 256 threads): 0.48 waves, achieved occupancy 23 % (3.75 warps per scheduler, 0.56
-// eligible), 74 % of cycles with no eligible warp, 14.5 cycles per issued instruction of which 8.7 waiting for an
-// instruction fetch (instruction-cache misses: the per-unit switch over six unrolled widths is a large body). So the
-// kernel is latency- and fetch-bound, not bandwidth-bound: the next steps are more warps in flight (split the inputs
-// over several blocks at small `out`, ≥ 2 waves) and a smaller body for one-width matrices (no width switch). Tried:
-// 16 warps per block at 1 row (one wave at out 4096): 4096→4096 8.2 µs (from 8.3), but 4096→11008 18.1 µs (from
-// 15.9) and 7B decode 207-208 tokens/s (from 216): more warps alone do not help.
+// present) + in/32·8 (units) + in·2 (x) + out·4 (y). 4096 → 11008 at 4 bits, group 128: ≈ 24.0 MB, so at 3.0 TB/s of
+// HBM the floor is 8.0 µs (85 % of the copy bandwidth: 9.4 µs). ncu on the older F32-only kernel (1×4096→4096, 256
+// blocks): 0.48 waves, 23 % achieved occupancy, 74 % of cycles with no eligible warp, much of it instruction-fetch
+// stalls from the six unrolled widths: latency- and fetch-bound, not bandwidth-bound, which is what the variants below
+// went after.
 //
-// Variants for measurement, chosen at every launch by QTOOL_QMATRIX_VARIANT (0 or unset: qmatrix_gemv above, as it was;
-// test_kernels checks them all, `test_kernels --bench-only --bench qvariants` / scripts/gpu/gemv-variants.sh times them):
-//   1  4-bit units in half2 arithmetic (unit_products_half4: magic-number codes, HADD2 − (1024 + z), HFMA2 with x paired
-//      by PRMT; ~1.1 instructions a code instead of ~3.5), a unit's sums in half, the scale and the sums across units F32.
-//   2  a matrix of one width (qt_qmatrix.uniform_bits, set by QMatrix.java) takes a kernel made for that width alone: no
-//      per-unit switch over six widths (the instruction-fetch stalls), no width check between the units of a pair.
-//   3  F32 y: the inputs split over up to 4 blocks (grid.y) while out/16 blocks are under 2 waves and each slice keeps a
-//      unit; atomicAdd into y (zeroed first by cudaMemsetAsync unless accumulating). F16 y keeps one block per output.
-//   4 = 1 + 2, 5 = 1 + 3, 6 = 2 + 3, 7 = 1 + 2 + 3 (qmatrix_gemv_variant<Rows, Bits, Half4> with grid.y splits).
+// Measured (H100 SXM, copy 3014 GB/s, 2026-11-23; 4-bit GPTQ g128 at batch 1 in µs, and 7B-shaped EXL2 4.0 bpw batch-1
+// decode in tokens/s), each variant selected at run time for the measurement:
+//                                      4096→11008  11008→4096  4096→4096  4096→32000  EXL2 mix+perm  decode
+//   v0 F32 arithmetic, no split             15.62       16.22       8.21       35.86          32.89   216.7
+//   v1 4-bit units in half2                 15.73       14.54       7.81       34.88          32.68   232.0
+//   v2 a kernel per width (no switch)       16.27       16.90       8.42       36.54          32.41   214.2
+//   v3 input split + atomicAdd              19.20       19.64      11.15       36.23          24.03   215.9
+//   v5 = v1 + v3                            18.44       18.03      10.55       35.16          23.71   231.3
+//   v7 = v1 + v2 + v3                       17.87       17.76       9.97       34.48          23.42   233.5
+// So this file is v1 everywhere plus v3 where it pays (mixed widths), expected at v1's times on one-width shapes and
+// v5's on the EXL2 mix (test_kernels --bench qmatrix times both kinds).
+// v2 gained nothing alone (the instruction-fetch stalls were not what held the kernel back) and ~1 % on top of v5 (v7),
+// not worth a kernel per width and row count: it is gone, and uniform_bits now only decides the split.
+// Tried earlier and dropped, all slower: a software-pipelined batch-1 walk (next unit's loads in flight: 19.8 µs on
+// 4096→11008, decode 201 tokens/s); x staged in shared memory with the perm gather fused
+// (22.2 µs); 4 warps per block (11008→4096 21.8 µs); 16 warps per block at 1 row (4096→11008 18.1 µs, decode 207).
 #include <cuda_fp16.h>
 
 #include <cstdlib>
@@ -198,120 +193,7 @@ __device__ __forceinline__ void unit_products(float (&acc)[Rows][4], const QMatr
     }
 }
 
-// unit_products for a run-time width (a warp's slices mostly share one, so the switch rarely diverges).
-template <int Rows, int N>
-__device__ __forceinline__ void unit_products_of_width(int bits, float (&acc)[Rows][4], const QMatrix& m,
-                                              const __half* __restrict__ x, int rows, int o, const int (&u)[N],
-                                              const int2 (&d)[N]) {
-    switch (bits) {
-        case 2: unit_products<2, Rows, N>(acc, m, x, rows, o, u, d); break;
-        case 3: unit_products<3, Rows, N>(acc, m, x, rows, o, u, d); break;
-        case 4: unit_products<4, Rows, N>(acc, m, x, rows, o, u, d); break;
-        case 5: unit_products<5, Rows, N>(acc, m, x, rows, o, u, d); break;
-        case 6: unit_products<6, Rows, N>(acc, m, x, rows, o, u, d); break;
-        default: unit_products<8, Rows, N>(acc, m, x, rows, o, u, d); break;
-    }
-}
-
-// The end of qmatrix_gemv (kept there as measured: moved into this function, its 4-row kernel compiled to 113 registers
-// instead of 117) for the variants: sums the slices of a block (the 8 of each warp by shuffles, lanes differing in bits
-// 2..4; then the warps through shared memory) and stores its 16 outputs: y = or += the sum, or with atomic (blocks
-// splitting the inputs) F32 y += it by atomicAdd.
-template <int Rows>
-__device__ __forceinline__ void store_block_sums(const float (&acc)[Rows][4], void* __restrict__ y, bool y_f16,
-                                                 bool accumulate, bool atomic, int out, int rows) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5, quad = lane % kQuadsPerWarp;
-    __shared__ float partial[kMaxThreads / 32][Rows][kOutputsPerBlock];
-#pragma unroll
-    for (int r = 0; r < Rows; r++) {
-        if (r >= rows) break;
-#pragma unroll
-        for (int c = 0; c < 4; c++) {
-            float v = acc[r][c];
-#pragma unroll
-            for (int offset = kQuadsPerWarp; offset < 32; offset <<= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-            if (lane < kQuadsPerWarp) partial[warp][r][quad * 4 + c] = v;
-        }
-    }
-    __syncthreads();
-    for (int t = threadIdx.x; t < rows * kOutputsPerBlock; t += blockDim.x) {
-        const int r = t / kOutputsPerBlock, col = t % kOutputsPerBlock, oc = blockIdx.x * kOutputsPerBlock + col;
-        if (oc >= out) continue;
-        float sum = 0.0f;
-        for (int k = 0; k < warps; k++) sum += partial[k][r][col];
-        const size_t at = static_cast<size_t>(r) * out + oc;
-        if (atomic) atomicAdd(static_cast<float*>(y) + at, sum);
-        else if (y_f16) static_cast<__half*>(y)[at] = __float2half_rn(sum);
-        else if (accumulate) static_cast<float*>(y)[at] += sum;
-        else static_cast<float*>(y)[at] = sum;
-    }
-}
-
-// y[r, o] (+)= Σ_i x[r, i] · W[o, i] for r < rows ≤ Rows, x in processing order. Slice k of a block takes the unit
-// pairs starting at 2k, 2k + 2·slices, ... (one unit at a time above 2 rows).
-template <int Rows>
-__global__ void __launch_bounds__(kMaxThreads) qmatrix_gemv(void* __restrict__ y, bool y_f16, bool accumulate,
-                                                            const __half* __restrict__ x, QMatrix m, int rows) {
-    constexpr int N = Rows <= 2 ? 2 : 1;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    const int quad = lane % kQuadsPerWarp, slice = warp * kSlicesPerWarp + lane / kQuadsPerWarp;
-    const int slices = warps * kSlicesPerWarp, units = m.in / 32;
-    const int o = blockIdx.x * kOutputsPerBlock + quad * 4;
-
-    float acc[Rows][4];
-#pragma unroll
-    for (int r = 0; r < Rows; r++)
-#pragma unroll
-        for (int c = 0; c < 4; c++) acc[r][c] = 0.0f;
-
-    if (o < m.out) {
-        for (int u = slice * N; u < units; u += slices * N) {
-            const int2 d0 = __ldg(m.units + u);
-            if constexpr (N == 2) {
-                if (u + 1 < units) {
-                    const int2 d1 = __ldg(m.units + u + 1);
-                    if (((d0.y ^ d1.y) & 0xff) == 0) {
-                        unit_products_of_width<Rows, 2>(d0.y & 0xff, acc, m, x, rows, o, {u, u + 1}, {d0, d1});
-                    } else {  // a width change between the two
-                        unit_products_of_width<Rows, 1>(d0.y & 0xff, acc, m, x, rows, o, {u}, {d0});
-                        unit_products_of_width<Rows, 1>(d1.y & 0xff, acc, m, x, rows, o, {u + 1}, {d1});
-                    }
-                    continue;
-                }
-            }
-            unit_products_of_width<Rows, 1>(d0.y & 0xff, acc, m, x, rows, o, {u}, {d0});
-        }
-    }
-
-    // Sum the 8 slices of each warp (lanes differing in bits 2..4), then the warps through shared memory.
-    __shared__ float partial[kMaxThreads / 32][Rows][kOutputsPerBlock];
-#pragma unroll
-    for (int r = 0; r < Rows; r++) {
-        if (r >= rows) break;
-#pragma unroll
-        for (int c = 0; c < 4; c++) {
-            float v = acc[r][c];
-#pragma unroll
-            for (int offset = kQuadsPerWarp; offset < 32; offset <<= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-            if (lane < kQuadsPerWarp) partial[warp][r][quad * 4 + c] = v;
-        }
-    }
-    __syncthreads();
-    for (int t = threadIdx.x; t < rows * kOutputsPerBlock; t += blockDim.x) {
-        const int r = t / kOutputsPerBlock, col = t % kOutputsPerBlock, oc = blockIdx.x * kOutputsPerBlock + col;
-        if (oc >= m.out) continue;
-        float sum = 0.0f;
-        for (int k = 0; k < warps; k++) sum += partial[k][r][col];
-        const size_t at = static_cast<size_t>(r) * m.out + oc;
-        if (y_f16) static_cast<__half*>(y)[at] = __float2half_rn(sum);
-        else if (accumulate) static_cast<float*>(y)[at] += sum;
-        else static_cast<float*>(y)[at] = sum;
-    }
-}
-
-// ---- Variants of qmatrix_gemv, chosen by QTOOL_QMATRIX_VARIANT (see the header comment) ----
-
-// Variant 1: unit_products for 4-bit units in half2 arithmetic. ((w >> 4i) & 0x000f000f) | 0x64006400 is the half2
+// unit_products for 4-bit units in half2 arithmetic. ((w >> 4i) & 0x000f000f) | 0x64006400 is the half2
 // (1024 + q_i, 1024 + q_{i+4}) of a word's codes i and i + 4 (one shift and one LOP3 for two codes); one HADD2 with
 // −(1024 + z) makes both (q − z) exactly, and one HFMA2 per row multiplies them by (x_i, x_{i+4}), x's halves paired
 // the same way by two PRMTs per 4 pairs (shared by the 4 outputs): ~1.1 instructions a code instead of ~3.5. Each
@@ -372,31 +254,62 @@ __device__ __forceinline__ void unit_products_half4(float (&acc)[Rows][4], const
     }
 }
 
-// unit_products for a unit `bits` wide: Bits (known; variant 2) or, when Bits is 0, the run-time `bits` through a
-// switch; 4-bit units in half2 arithmetic when Half4 (variant 1).
-template <int Rows, int N, int Bits, bool Half4>
-__device__ __forceinline__ void unit_products_variant(int bits, float (&acc)[Rows][4], const QMatrix& m,
-                                                      const __half* __restrict__ x, int rows, int o,
-                                                      const int (&u)[N], const int2 (&d)[N]) {
-    if constexpr (Bits == 4 && Half4) unit_products_half4<Rows, N>(acc, m, x, rows, o, u, d);
-    else if constexpr (Bits != 0) unit_products<Bits, Rows, N>(acc, m, x, rows, o, u, d);
-    else switch (bits) {
-        case 2: unit_products_variant<Rows, N, 2, Half4>(2, acc, m, x, rows, o, u, d); break;
-        case 3: unit_products_variant<Rows, N, 3, Half4>(3, acc, m, x, rows, o, u, d); break;
-        case 4: unit_products_variant<Rows, N, 4, Half4>(4, acc, m, x, rows, o, u, d); break;
-        case 5: unit_products_variant<Rows, N, 5, Half4>(5, acc, m, x, rows, o, u, d); break;
-        case 6: unit_products_variant<Rows, N, 6, Half4>(6, acc, m, x, rows, o, u, d); break;
-        default: unit_products_variant<Rows, N, 8, Half4>(8, acc, m, x, rows, o, u, d); break;
+// The products of N units all `bits` wide, the width known at run time (a warp's slices mostly share one, so the
+// switch rarely diverges): 4-bit units in half2 arithmetic, the others in F32.
+template <int Rows, int N>
+__device__ __forceinline__ void unit_products_of_width(int bits, float (&acc)[Rows][4], const QMatrix& m,
+                                                       const __half* __restrict__ x, int rows, int o, const int (&u)[N],
+                                                       const int2 (&d)[N]) {
+    switch (bits) {
+        case 2: unit_products<2, Rows, N>(acc, m, x, rows, o, u, d); break;
+        case 3: unit_products<3, Rows, N>(acc, m, x, rows, o, u, d); break;
+        case 4: unit_products_half4<Rows, N>(acc, m, x, rows, o, u, d); break;
+        case 5: unit_products<5, Rows, N>(acc, m, x, rows, o, u, d); break;
+        case 6: unit_products<6, Rows, N>(acc, m, x, rows, o, u, d); break;
+        default: unit_products<8, Rows, N>(acc, m, x, rows, o, u, d); break;
     }
 }
 
-// qmatrix_gemv's variants: Bits != 0 for a matrix all of that width (variant 2: no width switch, no width check
-// between the units of a pair), Half4 as above (variant 1), and gridDim.y > 1 blocks along the inputs (variant 3):
-// block y takes units [y · units / gridDim.y, (y + 1) · units / gridDim.y) and adds its sums to F32 y by atomicAdd.
-// A range too short to give every slice a pair of units walks single units, so that all slices have work.
-template <int Rows, int Bits, bool Half4>
-__global__ void __launch_bounds__(kMaxThreads) qmatrix_gemv_variant(void* __restrict__ y, bool y_f16, bool accumulate,
-                                                                    const __half* __restrict__ x, QMatrix m, int rows) {
+// Sums the slices of a block (the 8 of each warp by shuffles, lanes differing in bits 2..4; then the warps through
+// shared memory) and stores its 16 outputs: y = or += the sum, or with atomic (blocks splitting the inputs) F32
+// y += it by atomicAdd.
+template <int Rows>
+__device__ __forceinline__ void store_block_sums(const float (&acc)[Rows][4], void* __restrict__ y, bool y_f16,
+                                                 bool accumulate, bool atomic, int out, int rows) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5, quad = lane % kQuadsPerWarp;
+    __shared__ float partial[kMaxThreads / 32][Rows][kOutputsPerBlock];
+#pragma unroll
+    for (int r = 0; r < Rows; r++) {
+        if (r >= rows) break;
+#pragma unroll
+        for (int c = 0; c < 4; c++) {
+            float v = acc[r][c];
+#pragma unroll
+            for (int offset = kQuadsPerWarp; offset < 32; offset <<= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+            if (lane < kQuadsPerWarp) partial[warp][r][quad * 4 + c] = v;
+        }
+    }
+    __syncthreads();
+    for (int t = threadIdx.x; t < rows * kOutputsPerBlock; t += blockDim.x) {
+        const int r = t / kOutputsPerBlock, col = t % kOutputsPerBlock, oc = blockIdx.x * kOutputsPerBlock + col;
+        if (oc >= out) continue;
+        float sum = 0.0f;
+        for (int k = 0; k < warps; k++) sum += partial[k][r][col];
+        const size_t at = static_cast<size_t>(r) * out + oc;
+        if (atomic) atomicAdd(static_cast<float*>(y) + at, sum);
+        else if (y_f16) static_cast<__half*>(y)[at] = __float2half_rn(sum);
+        else if (accumulate) static_cast<float*>(y)[at] += sum;
+        else static_cast<float*>(y)[at] = sum;
+    }
+}
+
+// y[r, o] (+)= Σ_i x[r, i] · W[o, i] for r < rows ≤ Rows, x in processing order. Block (bx, by) takes outputs
+// 16·bx .. 16·bx + 15 and units [by · units / gridDim.y, (by + 1) · units / gridDim.y); with gridDim.y > 1 it adds its
+// sums to F32 y by atomicAdd. Slice k takes the unit pairs starting at begin + 2k, begin + 2k + 2·slices, ... (one
+// unit at a time above 2 rows, and when the range is too short to give every slice a pair, so that all slices work).
+template <int Rows>
+__global__ void __launch_bounds__(kMaxThreads) qmatrix_gemv(void* __restrict__ y, bool y_f16, bool accumulate,
+                                                            const __half* __restrict__ x, QMatrix m, int rows) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int quad = lane % kQuadsPerWarp, slice = warp * kSlicesPerWarp + lane / kQuadsPerWarp;
     const int slices = (blockDim.x >> 5) * kSlicesPerWarp, units = m.in / 32;
@@ -410,24 +323,24 @@ __global__ void __launch_bounds__(kMaxThreads) qmatrix_gemv_variant(void* __rest
         for (int c = 0; c < 4; c++) acc[r][c] = 0.0f;
 
     bool paired = false;
-    if constexpr (Rows <= 2) {  // pairs of units, as qmatrix_gemv walks them
+    if constexpr (Rows <= 2) {  // both units' loads in flight before either is used
         paired = end - begin >= 2 * slices;
         for (int u = begin + 2 * slice; paired && o < m.out && u < end; u += 2 * slices) {
             const int2 d0 = __ldg(m.units + u);
             if (u + 1 < end) {
                 const int2 d1 = __ldg(m.units + u + 1);
-                if (Bits != 0 || ((d0.y ^ d1.y) & 0xff) == 0) {
-                    unit_products_variant<Rows, 2, Bits, Half4>(d0.y & 0xff, acc, m, x, rows, o, {u, u + 1}, {d0, d1});
+                if (((d0.y ^ d1.y) & 0xff) == 0) {
+                    unit_products_of_width<Rows, 2>(d0.y & 0xff, acc, m, x, rows, o, {u, u + 1}, {d0, d1});
                     continue;
                 }
-                unit_products_variant<Rows, 1, Bits, Half4>(d1.y & 0xff, acc, m, x, rows, o, {u + 1}, {d1});  // widths differ
+                unit_products_of_width<Rows, 1>(d1.y & 0xff, acc, m, x, rows, o, {u + 1}, {d1});  // widths differ
             }
-            unit_products_variant<Rows, 1, Bits, Half4>(d0.y & 0xff, acc, m, x, rows, o, {u}, {d0});
+            unit_products_of_width<Rows, 1>(d0.y & 0xff, acc, m, x, rows, o, {u}, {d0});
         }
     }
     for (int u = begin + slice; !paired && o < m.out && u < end; u += slices) {
         const int2 d0 = __ldg(m.units + u);
-        unit_products_variant<Rows, 1, Bits, Half4>(d0.y & 0xff, acc, m, x, rows, o, {u}, {d0});
+        unit_products_of_width<Rows, 1>(d0.y & 0xff, acc, m, x, rows, o, {u}, {d0});
     }
     store_block_sums<Rows>(acc, y, y_f16, accumulate, gridDim.y > 1, m.out, rows);
 }
@@ -511,33 +424,15 @@ QMatrix device_view(const qt_qmatrix* w) {
                    static_cast<const __half*>(w->scales), static_cast<const __half*>(w->zeros), w->in, w->out};
 }
 
-// The variant QTOOL_QMATRIX_VARIANT names (0 or unset: qmatrix_gemv), read at every launch so that one process (the
-// kernel test, a timing run) can compare them all; getenv costs far less than a launch.
-struct GemvVariant {
-    bool half4, uniform, split;  // variants 1, 2, 3
-};
-GemvVariant gemv_variant() {
-    const char* e = getenv("QTOOL_QMATRIX_VARIANT");
-    switch (e != nullptr ? atoi(e) : 0) {
-        case 1: return {true, false, false};
-        case 2: return {false, true, false};
-        case 3: return {false, false, true};
-        case 4: return {true, true, false};
-        case 5: return {true, false, true};
-        case 6: return {false, true, true};
-        case 7: return {true, true, true};
-        default: return {false, false, false};
-    }
-}
 
 constexpr int kMaxSplits = 4;
 
-// Launches qmatrix_gemv_variant<Rows, Bits, Half4>. With split (F32 y only), the inputs go over up to kMaxSplits
-// blocks while the grid is under 2 waves and every slice keeps at least one unit; y is zeroed first unless accumulating.
-template <int Rows, int Bits, bool Half4>
-int launch_gemv_variant(void* y, bool f16, bool accumulate, const __half* x, const QMatrix& m, int rows, bool split,
-                        cudaStream_t s) {
-    const auto kernel = qmatrix_gemv_variant<Rows, Bits, Half4>;
+// Launches qmatrix_gemv<Rows>. With split (F32 y only), the inputs go over up to kMaxSplits blocks while the grid is
+// under 2 waves and every slice keeps at least one unit; y is zeroed first unless accumulating.
+template <int Rows>
+int launch_gemv(void* y, bool f16, bool accumulate, const __half* x, const QMatrix& m, int rows, bool split,
+                cudaStream_t s) {
+    const auto kernel = qmatrix_gemv<Rows>;
     const int threads = 32 * gemv_warps(), blocks = (m.out + kOutputsPerBlock - 1) / kOutputsPerBlock;
     int splits = 1;
     if (split && !f16) {
@@ -551,25 +446,7 @@ int launch_gemv_variant(void* y, bool f16, bool accumulate, const __half* x, con
             QT_CUDA_TRY(cudaMemsetAsync(y, 0, static_cast<size_t>(rows) * m.out * sizeof(float), s));
     }
     kernel<<<dim3(blocks, splits), threads, 0, s>>>(y, f16, accumulate, x, m, rows);
-    return check_launch("qmatrix_gemv_variant");
-}
-
-template <int Rows>
-int gemv_variant_rows(const GemvVariant& v, int uniform_bits, void* y, bool f16, bool accumulate, const __half* x,
-                      const QMatrix& m, int rows, cudaStream_t s) {
-    switch (v.uniform ? uniform_bits : 0) {
-        case 2: return launch_gemv_variant<Rows, 2, false>(y, f16, accumulate, x, m, rows, v.split, s);
-        case 3: return launch_gemv_variant<Rows, 3, false>(y, f16, accumulate, x, m, rows, v.split, s);
-        case 4:
-            return v.half4 ? launch_gemv_variant<Rows, 4, true>(y, f16, accumulate, x, m, rows, v.split, s)
-                           : launch_gemv_variant<Rows, 4, false>(y, f16, accumulate, x, m, rows, v.split, s);
-        case 5: return launch_gemv_variant<Rows, 5, false>(y, f16, accumulate, x, m, rows, v.split, s);
-        case 6: return launch_gemv_variant<Rows, 6, false>(y, f16, accumulate, x, m, rows, v.split, s);
-        case 8: return launch_gemv_variant<Rows, 8, false>(y, f16, accumulate, x, m, rows, v.split, s);
-        default:
-            return v.half4 ? launch_gemv_variant<Rows, 0, true>(y, f16, accumulate, x, m, rows, v.split, s)
-                           : launch_gemv_variant<Rows, 0, false>(y, f16, accumulate, x, m, rows, v.split, s);
-    }
+    return check_launch("qmatrix_gemv");
 }
 
 }  // namespace
@@ -611,21 +488,12 @@ int qt_qmatrix_gemv(void* y, int y_dtype, int accumulate, const void* x, const q
         xp = gathered;
     }
     const QMatrix m = device_view(w);
-    const GemvVariant v = gemv_variant();
-    if (v.half4 || v.uniform || v.split) {
-        const bool f16 = y_dtype == QT_F16, acc = accumulate != 0;
-        if (rows == 1) return gemv_variant_rows<1>(v, w->uniform_bits, y, f16, acc, xp, m, rows, s);
-        if (rows == 2) return gemv_variant_rows<2>(v, w->uniform_bits, y, f16, acc, xp, m, rows, s);
-        if (rows <= 4) return gemv_variant_rows<4>(v, w->uniform_bits, y, f16, acc, xp, m, rows, s);
-        return gemv_variant_rows<8>(v, w->uniform_bits, y, f16, acc, xp, m, rows, s);
-    }
-    const unsigned blocks = (w->out + kOutputsPerBlock - 1) / kOutputsPerBlock, threads = 32 * gemv_warps();
-    const bool f16 = y_dtype == QT_F16, acc = accumulate != 0;
-    if (rows == 1) qmatrix_gemv<1><<<blocks, threads, 0, s>>>(y, f16, acc, xp, m, rows);
-    else if (rows == 2) qmatrix_gemv<2><<<blocks, threads, 0, s>>>(y, f16, acc, xp, m, rows);
-    else if (rows <= 4) qmatrix_gemv<4><<<blocks, threads, 0, s>>>(y, f16, acc, xp, m, rows);
-    else qmatrix_gemv<8><<<blocks, threads, 0, s>>>(y, f16, acc, xp, m, rows);
-    return check_launch("qmatrix_gemv");
+    // Mixed widths (EXL2) split the inputs over blocks; one width (GPTQ) measured faster unsplit (header).
+    const bool f16 = y_dtype == QT_F16, acc = accumulate != 0, split = w->uniform_bits == 0;
+    if (rows == 1) return launch_gemv<1>(y, f16, acc, xp, m, rows, split, s);
+    if (rows == 2) return launch_gemv<2>(y, f16, acc, xp, m, rows, split, s);
+    if (rows <= 4) return launch_gemv<4>(y, f16, acc, xp, m, rows, split, s);
+    return launch_gemv<8>(y, f16, acc, xp, m, rows, split, s);
 }
 
 int qt_gather_columns(void* out, const void* x, const int32_t* perm, int rows, int cols, void* stream) {

@@ -5,7 +5,6 @@
 //
 // Usage: test_kernels [--seed N] [--cuda-lib-dir DIR[:DIR...]] [--no-bench] [--filter NAME] [--bench NAME] [--bench-only]
 //   --bench NAME runs only the timing sections (copy, attention, linear, layer, decode, qmatrix) whose name contains NAME;
-//   --bench qvariants times every QTOOL_QMATRIX_VARIANT of the quantized GEMV (only when named);
 //   --bench awqclip times qt_awq_clip_search on Llama-2-7B shapes (only when named).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -702,14 +701,10 @@ double f16_ulps(float got, double v) {
     return std::fabs(got - v) / ulp;
 }
 
-// The variants of qt_qmatrix_gemv (QTOOL_QMATRIX_VARIANT, read at every call: qgemm.cu): 0 today's kernel, 1 half2
-// arithmetic for 4-bit units, 2 a kernel for one width, 3 inputs split over blocks, 4..7 their combinations.
-constexpr int kGemvVariants = 8;
-bool gemv_variant_in_half(int variant) { return variant == 1 || variant == 4 || variant == 5 || variant == 7; }
-void set_gemv_variant(int variant) { setenv("QTOOL_QMATRIX_VARIANT", std::to_string(variant).c_str(), 1); }
-
-// qt_qmatrix_gemv in every variant (rows 1, 2, 3, 8; F32 and F16 y; += into F32 y) against the double product W·x,
-// and qt_qmatrix_dequant value by value, in the original input order.
+// qt_qmatrix_gemv (rows 1, 2, 3, 8; F32 and F16 y; += into F32 y) against the double product W·x, and
+// qt_qmatrix_dequant value by value, in the original input order. Mixed widths with F32 y take the input split over
+// blocks (atomicAdd into y, zeroed first unless +=) when the inputs give every slice a unit (in >= 4096: 2 splits;
+// 16384 -> 64: 4 splits, each walking unit pairs at 1..2 rows); one width, F16 y and smaller mixes do not split.
 void test_qmatrix(const std::string& name, int in, int out, const std::vector<int>& widths,
                   const std::vector<int>& group_rows, bool with_zeros, bool with_perm) {
     const std::string label = "qmatrix " + name;
@@ -729,33 +724,30 @@ void test_qmatrix(const std::string& name, int in, int out, const std::vector<in
                 for (int r = 0; r < kRows; r++) ref[size_t(r) * out + o] += xs[r] * wv;
             }
         }
-        for (int variant = 0; variant < kGemvVariants; variant++) {
-            set_gemv_variant(variant);
-            const std::string vlabel = label + (variant == 0 ? "" : " v" + std::to_string(variant));
-            const double f32_limit = gemv_variant_in_half(variant) ? 1e-2 : 1e-3;  // half2 sums: ~1e-3 rounding
-            for (int rows : {1, 2, 3, 8}) {
-                size_t scratch_bytes = 0;
-                CHECK(qt_qmatrix_gemv_scratch_bytes(&d.w, rows, &scratch_bytes));
-                Device scratch(std::max<size_t>(scratch_bytes, 256));
-                const std::vector<double> want(ref.begin(), ref.begin() + size_t(rows) * out);
-                for (int y_dtype : {QT_F32, QT_F16}) {
-                    Device y(size_t(rows) * out * dtype_size(y_dtype));
-                    y.poison();
-                    CHECK(qt_qmatrix_gemv(y.ptr, y_dtype, 0, dx.ptr, &d.w, rows, scratch.ptr, scratch_bytes, nullptr));
-                    record(vlabel + " gemv r" + std::to_string(rows) + " " + dtype_str(y_dtype),
-                           rel_l2(download_as(y, size_t(rows) * out, y_dtype), want), y_dtype == QT_F32 ? f32_limit : 1e-2);
-                }
-                if (rows == 3) {  // the fused residual add
-                    const std::vector<float> y0 = randn(size_t(rows) * out);
-                    Device y = Device::from(y0);
-                    CHECK(qt_qmatrix_gemv(y.ptr, QT_F32, 1, dx.ptr, &d.w, rows, scratch.ptr, scratch_bytes, nullptr));
-                    std::vector<double> sum(want);
-                    for (size_t i = 0; i < sum.size(); i++) sum[i] += y0[i];
-                    record(vlabel + " gemv r3 F32 +=", rel_l2(y.to_host<float>(sum.size()), sum), f32_limit);
-                }
+        // 4-bit units sum in half2 (~1e-3 rounding); the other widths in F32.
+        const bool in_half = std::find(h.unit_bits.begin(), h.unit_bits.end(), 4) != h.unit_bits.end();
+        const double f32_limit = in_half ? 1e-2 : 1e-3;
+        for (int rows : {1, 2, 3, 8}) {
+            size_t scratch_bytes = 0;
+            CHECK(qt_qmatrix_gemv_scratch_bytes(&d.w, rows, &scratch_bytes));
+            Device scratch(std::max<size_t>(scratch_bytes, 256));
+            const std::vector<double> want(ref.begin(), ref.begin() + size_t(rows) * out);
+            for (int y_dtype : {QT_F32, QT_F16}) {
+                Device y(size_t(rows) * out * dtype_size(y_dtype));
+                y.poison();
+                CHECK(qt_qmatrix_gemv(y.ptr, y_dtype, 0, dx.ptr, &d.w, rows, scratch.ptr, scratch_bytes, nullptr));
+                record(label + " gemv r" + std::to_string(rows) + " " + dtype_str(y_dtype),
+                       rel_l2(download_as(y, size_t(rows) * out, y_dtype), want), y_dtype == QT_F32 ? f32_limit : 1e-2);
+            }
+            if (rows == 3) {  // the fused residual add
+                const std::vector<float> y0 = randn(size_t(rows) * out);
+                Device y = Device::from(y0);
+                CHECK(qt_qmatrix_gemv(y.ptr, QT_F32, 1, dx.ptr, &d.w, rows, scratch.ptr, scratch_bytes, nullptr));
+                std::vector<double> sum(want);
+                for (size_t i = 0; i < sum.size(); i++) sum[i] += y0[i];
+                record(label + " gemv r3 F32 +=", rel_l2(y.to_host<float>(sum.size()), sum), f32_limit);
             }
         }
-        unsetenv("QTOOL_QMATRIX_VARIANT");
         Device dw(size_t(out) * in * 2);
         dw.poison();
         CHECK(qt_qmatrix_dequant(dw.ptr, &d.w, nullptr));
@@ -1465,36 +1457,19 @@ void bench_qmatrix() {
                                      {4, 11008, 4096, false, true},  {3, 4096, 11008, false, false},
                                      {3, 11008, 4096, false, false}, {8, 4096, 11008, false, false},
                                      {8, 11008, 4096, false, false}};
+    auto print = [&](const BenchQMatrix& b, int rows) {
+        const auto [us, gbps] = b.time(rows);
+        printf("  %-58s %10.2f us  %6.0f GB/s  %3.0f %% of copy\n", ("qmatrix gemv " + b.name(rows)).c_str(), us, gbps,
+               100.0 * gbps / copy_gbps);
+    };
     for (const Case& c : cases) {
         const BenchQMatrix b(c.bits, c.in, c.out, c.perm, c.mixed);
-        for (int rows : {1, 4, 8}) {
-            if ((c.perm || c.mixed) && rows > 1) continue;
-            const auto [us, gbps] = b.time(rows);
-            printf("  %-58s %10.2f us  %6.0f GB/s  %3.0f %% of copy\n", ("qmatrix gemv " + b.name(rows)).c_str(), us,
-                   gbps, 100.0 * gbps / copy_gbps);
-        }
+        for (int rows : {1, 4, 8})
+            if (!((c.perm || c.mixed) && rows > 1)) print(b, rows);
     }
-}
-
-// Every variant of qt_qmatrix_gemv (QTOOL_QMATRIX_VARIANT 0..7) at batch 1 on 4-bit GPTQ shapes of Llama-2-7B and an
-// EXL2 mix with its perm: one row per variant and shape. Runs only when named (--bench qvariants).
-void bench_qmatrix_variants() {
-    float copy_gbps = 0;
-    CHECK(qt_bench_copy(size_t(1) << 30, 20, &copy_gbps));
-    printf("  %-58s %10.1f GB/s (read + write)\n", "device copy, 1 GiB", copy_gbps);
-    const std::vector<std::array<int, 2>> shapes = {{4096, 11008}, {11008, 4096}, {4096, 4096}, {4096, 32000}};
-    std::vector<std::unique_ptr<BenchQMatrix>> mats;
-    for (const auto& [in, out] : shapes) mats.push_back(std::make_unique<BenchQMatrix>(4, in, out, false, false));
-    mats.push_back(std::make_unique<BenchQMatrix>(4, 4096, 11008, true, false, true));
-    for (const auto& b : mats) {
-        for (int variant = 0; variant < kGemvVariants; variant++) {
-            set_gemv_variant(variant);
-            const auto [us, gbps] = b->time(1);
-            printf("  qmatrix variant %d  %-38s %10.2f us  %6.0f GB/s  %3.0f %% of copy\n", variant, b->name(1).c_str(),
-                   us, gbps, 100.0 * gbps / copy_gbps);
-        }
-    }
-    unsetenv("QTOOL_QMATRIX_VARIANT");
+    // EXL2 mixes with their perm (mixed widths: the input split) in the shapes of a Llama-2-7B layer's products.
+    for (const auto& [in, out] : {std::array<int, 2>{4096, 4096}, {4096, 11008}, {11008, 4096}})
+        print(BenchQMatrix(4, in, out, true, false, true), 1);
 }
 
 // qt_decode_attention on Llama-2-7B shapes (MHA, and GQA with 8 kv heads) at a few positions of a 4096-row cache:
@@ -1584,7 +1559,6 @@ void bench() {
         if (bench_section("layer")) bench_layer();
         if (bench_section("decode")) bench_decode_attention();
         if (bench_section("qmatrix")) bench_qmatrix();
-        if (!bench_only.empty() && bench_section("qvariants")) bench_qmatrix_variants();
         if (!bench_only.empty() && bench_section("awqclip")) bench_awq_clip();
     } catch (const std::exception& e) {
         printf("  benchmark failed: %s\n", e.what());
@@ -1691,8 +1665,9 @@ int main(int argc, char** argv) {
         test_qmatrix("2b g32 1024->256 exl2", 1024, 256, {2}, {32}, false, true);
         test_qmatrix("5b g64 1024->264", 1024, 264, {5}, {64}, true, false);
         test_qmatrix("6b g128 2048->256 exl2", 2048, 256, {6}, {128}, false, false);
-        // Widths averaging 4 bits: the batch-1 kernel for one width walks the 4-bit half, the rest goes the mixed way.
+        // Widths averaging 4 bits, groups of 32: 4-bit units in half2 beside 6- and 2-bit units in F32, 2 splits.
         test_qmatrix("mixed 4,4,6,2b 4096->1024", 4096, 1024, {4, 4, 6, 2}, {32}, true, false);
+        test_qmatrix("mixed 8..2b 16384->64 zeros", 16384, 64, {8, 6, 5, 4, 3, 2}, {128}, true, false);  // 4 splits of pairs
         test_qmatrix_errors();
         for (int zero_point : {1, 0}) {
             for (int two_sided : {1, 0}) {

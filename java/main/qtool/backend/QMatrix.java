@@ -192,7 +192,7 @@ public record QMatrix(int in, int out, int groups, int qrows, int[] qweight, int
         return new Tensor(s, DType.QMATRIX, new long[] {out, in});
     }
 
-    /** Every unit's width when all units have the same one (GPTQ always), else 0: lets the GEMV take a one-width kernel. */
+    /** Every unit's width when all units have the same one (GPTQ always), else 0: only mixed widths split the GEMV's inputs. */
     int uniformBits() {
         int bits = units[1] & 0xFF;
         for (int u = 1; u < in / 32; u++) if ((units[2 * u + 1] & 0xFF) != bits) return 0;

@@ -56,7 +56,7 @@ class QMatrixTest {
         try (GptqCheckpoint c = GptqCheckpoint.open(dir)) {
             QMatrix m = QMatrix.fromGptq(c.read(Q));
             assertArrayEquals(c.dequantize(Q), m.dequantize());
-            assertEquals(bits, m.uniformBits(), "GPTQ: one width, the GEMV's one-width kernel");
+            assertEquals(bits, m.uniformBits(), "GPTQ: one width, the GEMV unsplit");
             if (actOrder && groupSize > 0) assertNotNull(m.perm(), "act-order: inputs sorted by group");
             else assertNull(m.perm(), "groups in input order: codes as stored");
             if (sym) assertNull(m.zeros(), "symmetric: the kernels' implicit 2^(bits-1)");
