@@ -189,6 +189,7 @@ public final class ConvertCommand implements Callable<Integer> {
     /** EXL2: ExLlamaV2's convert.py (measure, optimize, quantize, compile), resumable. */
     private Integer exl2() {
         if (candidateBits != null) throw new QtoolException("--candidate-bits goes with --format gptq (EXL2 mixes widths within each linear anyway)");
+        if (awqScale) throw new QtoolException("--awq-scale goes with --format gptq; EXL2 does not take it yet");
         int rows = this.rows == null ? 100 : this.rows;
         double bits = bitsOption == null ? 4.125 : bitsOption;
         if (!Exl2Params.HEAD_OPTIONS.containsKey(headBits)) throw new QtoolException("-hb must be one of " + Exl2Params.HEAD_OPTIONS.keySet() + ", not " + headBits);

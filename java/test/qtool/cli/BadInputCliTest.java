@@ -46,4 +46,12 @@ class BadInputCliTest {
         assertEquals(1, quiet.errLines().length, quiet.err());
         assertFalse(quiet.err().contains("\tat "), quiet.err());
     }
+
+    /** A flag the chosen format does not take is refused before any work, not ignored. */
+    @Test
+    void awqScaleWithExl2IsRefused(@TempDir Path root) {
+        CliRun r = CliRun.of("convert", "-i", root.toString(), "-o", root.resolve("work").toString(), "--awq-scale");
+        assertEquals(2, r.exitCode(), r.err());
+        assertTrue(r.err().contains("--awq-scale goes with --format gptq"), r.err());
+    }
 }
