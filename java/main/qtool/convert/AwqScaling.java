@@ -129,30 +129,32 @@ public final class AwqScaling {
             // 3. fold: inputs × s into the linears' columns, ÷ s into the op before
             float[] s1 = scales.get(Site.ATTN_IN), s2 = scales.get(Site.O_IN), s3 = scales.get(Site.MLP_IN), s4 = scales.get(Site.DOWN_IN);
             float[] inputNorm = divide(host.inputNorm().toFloatArray(), s1), postNorm = divide(host.postNorm().toFloatArray(), s3);
-            for (float[] w : new float[][] {q, k, v}) scaleColumns(w, h, s1);
+            q = Awq.scaleColumns(q, h, s1);
+            k = Awq.scaleColumns(k, h, s1);
+            v = Awq.scaleColumns(v, h, s1);
             float[] vBias = host.vBias() == null ? null : host.vBias().toFloatArray();
             if (s2 != null) {
                 scaleRows(v, h, s2);
                 if (vBias != null) divide(vBias, s2);
-                scaleColumns(o, qd, s2);
+                o = Awq.scaleColumns(o, qd, s2);
             }
-            scaleColumns(gate, h, s3);
-            scaleColumns(up, h, s3);
+            gate = Awq.scaleColumns(gate, h, s3);
+            up = Awq.scaleColumns(up, h, s3);
             scaleRows(up, h, s4);
-            scaleColumns(down, inter, s4);
+            down = Awq.scaleColumns(down, inter, s4);
             LlamaModel.Layer scaled = new LlamaModel.Layer(like(inputNorm, host.inputNorm()), like(q, host.q()), like(k, host.k()), like(v, host.v()),
                     like(o, host.o()), f32(host.qBias()), f32(host.kBias()), vBias == null ? null : like(vBias, host.vBias()), f32(host.oBias()),
                     like(postNorm, host.postNorm()), like(gate, host.gate()), like(up, host.up()), like(down, host.down()));
 
             // 4. the clip search's inputs, in the scaled space
             Map<String, float[]> clip = new LinkedHashMap<>();
-            float[] attnIn = divideColumns(sampled.get(Site.ATTN_IN), s1);
+            float[] attnIn = Awq.divideColumns(sampled.get(Site.ATTN_IN), h, s1);
             for (String l : qkv) clip.put(l, attnIn);
-            clip.put("self_attn.o_proj", s2 == null ? sampled.get(Site.O_IN) : divideColumns(sampled.get(Site.O_IN), s2));
-            float[] mlpIn = divideColumns(sampled.get(Site.MLP_IN), s3);
+            clip.put("self_attn.o_proj", s2 == null ? sampled.get(Site.O_IN) : Awq.divideColumns(sampled.get(Site.O_IN), qd, s2));
+            float[] mlpIn = Awq.divideColumns(sampled.get(Site.MLP_IN), h, s3);
             clip.put("mlp.gate_proj", mlpIn);
             clip.put("mlp.up_proj", mlpIn);
-            clip.put("mlp.down_proj", divideColumns(sampled.get(Site.DOWN_IN), s4));
+            clip.put("mlp.down_proj", Awq.divideColumns(sampled.get(Site.DOWN_IN), inter, s4));
             return new Result(scaled, clip, samples, groups, notes);
         } finally {
             inputs.values().forEach(b::free);
@@ -276,21 +278,9 @@ public final class AwqScaling {
         return v;
     }
 
-    /** W[:, i] × s[i] for a row-major [·, in] matrix, in place. */
-    private static void scaleColumns(float[] w, int in, float[] s) {
-        for (int r = 0; r < w.length / in; r++) for (int i = 0; i < in; i++) w[r * in + i] *= s[i];
-    }
-
     /** W[o, :] ÷ s[o] for a row-major [out, in] matrix, in place. */
     private static void scaleRows(float[] w, int in, float[] s) {
         for (int o = 0; o < w.length / in; o++) for (int i = 0; i < in; i++) w[o * in + i] /= s[o];
-    }
-
-    /** x[t, i] ÷ s[i] for sampled rows [tokens, in], as a new array. */
-    private static float[] divideColumns(float[] x, float[] s) {
-        float[] r = new float[x.length];
-        for (int t = 0; t < x.length / s.length; t++) for (int i = 0; i < s.length; i++) r[t * s.length + i] = x[t * s.length + i] / s[i];
-        return r;
     }
 
     private static Tensor like(float[] values, Tensor shapeOf) {

@@ -188,7 +188,7 @@ public final class Awq {
             double ratio = (double) k / SCALE_GRID;
             float[] s = candidateScales(xMean, wMean, ratio);
             float[][] q = new float[weights.length][];
-            for (int l = 0; l < weights.length; l++) q[l] = unscale(quantizer.quantize(l, scaleColumns(weights[l], in, s), s), in, s);
+            for (int l = 0; l < weights.length; l++) q[l] = divideColumns(quantizer.quantize(l, scaleColumns(weights[l], in, s), s), in, s);
             double e = loss.loss(q);
             if (e < best) {
                 best = e;
@@ -207,10 +207,11 @@ public final class Awq {
         return ws;
     }
 
-    /** q·diag(s)⁻¹ in place; returns q. */
-    private static float[] unscale(float[] q, int in, float[] s) {
-        for (int r = 0; r < q.length / in; r++) for (int i = 0; i < in; i++) q[r * in + i] /= s[i];
-        return q;
+    /** W·diag(s)⁻¹ for a row-major [·, in] matrix, as a new array. */
+    public static float[] divideColumns(float[] w, int in, float[] s) {
+        float[] r = new float[w.length];
+        for (int t = 0; t < w.length / in; t++) for (int i = 0; i < in; i++) r[t * in + i] = w[t * in + i] / s[i];
+        return r;
     }
 
     // ---- clipping ------------------------------------------------------------------------------------------------
