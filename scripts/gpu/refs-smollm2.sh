@@ -115,6 +115,16 @@ exl2x)
     Q ppl -m $W/qx$b/out -d $D/data/wikitext-2-raw-v1_test.parquet --ctx 2048 --json --device cuda > $W/qx$b.ppl.json 2>/dev/null
     row "qtool EXL2 $b bpw from ExLlamaV2's measurement (-m)" "ppl $(jget $W/qx$b.ppl.json "round(d['ppl'],4)"), $(jget $W/qx$b.json "'bpw %.4f, cal ppl %.4f, predicted error %.4f, max block %.4f' % (d['bits_per_weight'], d['calibration_ppl'], d['predicted_error'], d['max_block_error'])")"
   done ;;
+exl2rule) # exl2rule RULE BPW...: qtool's EXL2 with QTOOL_MEASURE_RULE=RULE (one measurement, reused), ppl per bpw
+  shift; rule=$1; shift; text_ids
+  QTOOL_MEASURE_RULE=$rule Q convert -i $S -o $W/m-$rule -nr -c $cal -om $W/m-$rule.json --device cuda > /dev/null 2> $W/m-$rule.err || tail -3 $W/m-$rule.err
+  cp $W/m-$rule.json $OUT/smollm2-measurement-$rule.json
+  for b in "$@"; do
+    Q convert -i $S -o $W/r$rule$b -nr -c $cal -b $b -m $W/m-$rule.json --device cuda --json > $W/r$rule$b.json 2> $W/r$rule$b.err || tail -3 $W/r$rule$b.err
+    Q ppl -m $W/r$rule$b/out -d $D/data/wikitext-2-raw-v1_test.parquet --ctx 2048 --json --device cuda > $W/r$rule$b.ppl.json 2>/dev/null
+    row "qtool EXL2 $b bpw, measurement rule $rule" "ppl $(jget $W/r$rule$b.ppl.json "round(d['ppl'],4)"), $(jget $W/r$rule$b.json "'bpw %.4f, cal ppl %.4f' % (d['bits_per_weight'], d['calibration_ppl'])")"
+    rm -rf $W/r$rule$b
+  done ;;
 exl2rt)
   source scripts/gpu/exllamav2-setup.sh >/dev/null; cal1
   Q synth --out $W/tiny --hidden 128 --layers 2 --heads 2 --kv-heads 1 --intermediate 320 --vocab 32000 --dtype f16 --tokenizer $D/tokenizers/llama2 --seed 5 > /dev/null 2>&1

@@ -53,6 +53,8 @@ public final class ConvertCommand implements Callable<Integer> {
     @Option(names = {"-hb", "--head_bits", "--head-bits"}, defaultValue = "6", description = "EXL2: lm_head bits, 2, 3, 4, 5, 6 or 8 (default ${DEFAULT-VALUE}).") int headBits;
     @Option(names = {"-mr", "--measurement_rows", "--measurement-rows"}, defaultValue = "16", description = "EXL2 and --candidate-bits: calibration rows when measuring (default ${DEFAULT-VALUE}).") int measurementRows;
     @Option(names = {"-ml", "--measurement_length", "--measurement-length"}, defaultValue = "2048", description = "EXL2: tokens per row when measuring (default ${DEFAULT-VALUE}).") int measurementLength;
+    @Option(names = "--measurement-error", defaultValue = "token", description = "EXL2: a block's measured error: token (each token "
+            + "RMS-normalised, as the next block reads the stream; default) or output (ExLlamaV2's: the block output, residual included).") String measurementError;
     @Option(names = {"-om", "--output_measurement", "--output-measurement"}, description = "EXL2: measure only, write measurement.json here (a file or directory) and stop.") Path outputMeasurement;
     @Option(names = {"-m", "--measurement"}, description = "EXL2: reuse this measurement.json (ExLlamaV2's or qtool's) instead of measuring.") Path measurement;
     @Option(names = {"-ra", "--rope_alpha", "--rope-alpha"}, description = "EXL2: RoPE alpha (NTK) for calibration.") Double ropeAlpha;
@@ -198,8 +200,9 @@ public final class ConvertCommand implements Callable<Integer> {
         if (outputMeasurement != null && measurement != null) throw new QtoolException("-om and -m conflict: -m skips measuring");
         if (measurement != null && !java.nio.file.Files.isRegularFile(measurement)) throw new QtoolException(measurement + ": no such measurement file (-m)");
         if (batch < 1) throw new QtoolException("--batch must be ≥ 1");
+        if (!measurementError.equals("token") && !measurementError.equals("output")) throw new QtoolException("--measurement-error must be token or output, not " + measurementError);
         var given = new Exl2Job.Settings(input, calibration, bits, rows, measurementRows, length, measurementLength, headBits, shardMb, compileDir,
-                ropeScale, ropeAlpha, outputMeasurement, measurement, seed, batch);
+                ropeScale, ropeAlpha, outputMeasurement, measurement, seed, batch, measurementError);
         long t0 = System.nanoTime();
         Exl2Job job = Exl2Job.open(work, given, noResume);
         Exl2Converter.Report r;

@@ -218,7 +218,7 @@ public final class Exl2Converter {
             int start = restore(stream, "measure_states.f32", "measured_blocks", cal);
             List<Measurement.Block> blocks = new ArrayList<>(start == 0 ? List.of() : Measurement.read(job.file("measurement.json"), model, true).blocks());
             if (blocks.size() != start) throw new QtoolException(job.file("measurement.json") + ": corrupted job state (" + blocks.size() + " blocks, job.json says " + start + "); use -nr");
-            MeasurementPass pass = new MeasurementPass(stream, linearType);
+            MeasurementPass pass = new MeasurementPass(stream, linearType, MeasurementPass.ErrorRule.of(s.measurementError()));
             try (Progress bar = new Progress("measure", 2L * layers, "blocks")) {
                 walkBlocks(f, stream, start, "measure_states.f32", "measured_blocks", bar, new BlockStage() {
                     @Override

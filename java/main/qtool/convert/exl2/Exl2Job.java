@@ -19,7 +19,7 @@ import qtool.load.Json;
  *
  * <p>job.json: {@code {"settings": {ExLlamaV2's job keys: in_dir, cal_dataset, bits, dataset_rows,
  * measurement_rows, length, measurement_length, head_bits, shard_size, compile_full, rope_scale, rope_alpha,
- * output_measurement, reuse_measurement; and qtool's seed, batch}, "progress": {"stage": measure | optimize |
+ * output_measurement, reuse_measurement; and qtool's seed, batch, measurement_error}, "progress": {"stage": measure | optimize |
  * quantize | compile | finished, ...}}}. The stages' own keys are documented where they are written
  * ({@link Exl2Converter}).
  */
@@ -31,10 +31,12 @@ public record Exl2Job(Settings settings, JobDir dir) {
      * @param reuseMeasurement   {@code -m}: measurement.json to use instead of measuring
      * @param seed               seed of the calibration set generated when there is no {@code -c}
      * @param batch              calibration rows per forward pass
+     * @param measurementError   how a block's error is measured: "token" (each token RMS-normalised, as the next block
+     *                           reads it) or "output" (ExLlamaV2's rule); jobs from before the setting existed read "output"
      */
     public record Settings(Path input, Path calibration, double bits, int rows, int measurementRows, int length, int measurementLength,
                            int headBits, double shardMb, Path compileFull, Double ropeScale, Double ropeAlpha, Path outputMeasurement,
-                           Path reuseMeasurement, long seed, int batch) {
+                           Path reuseMeasurement, long seed, int batch, String measurementError) {
 
         Map<String, Object> toJson() {
             Map<String, Object> m = new LinkedHashMap<>();
@@ -55,6 +57,7 @@ public record Exl2Job(Settings settings, JobDir dir) {
             m.put("reuse_measurement", str(reuseMeasurement));
             m.put("seed", seed);
             m.put("batch", batch);
+            m.put("measurement_error", measurementError);
             return m;
         }
 
@@ -65,7 +68,8 @@ public record Exl2Job(Settings settings, JobDir dir) {
                         num(m, "dataset_rows").intValue(), num(m, "measurement_rows").intValue(), num(m, "length").intValue(),
                         num(m, "measurement_length").intValue(), num(m, "head_bits").intValue(), num(m, "shard_size").doubleValue(),
                         path(m.get("compile_full")), optional(m, "rope_scale"), optional(m, "rope_alpha"), path(m.get("output_measurement")),
-                        path(m.get("reuse_measurement")), num(m, "seed").longValue(), num(m, "batch").intValue());
+                        path(m.get("reuse_measurement")), num(m, "seed").longValue(), num(m, "batch").intValue(),
+                        m.get("measurement_error") == null ? "output" : (String) m.get("measurement_error"));
             } catch (ClassCastException e) {
                 throw new QtoolException(where + ": corrupted job state (a setting has the wrong type); use -nr to start over");
             }

@@ -23,7 +23,7 @@ import qtool.quantize.Exl2Params;
  *       prepared once — act-order permutation, Cholesky factor of the damped H⁻¹ — and every option of every
  *       linear sharing it quantized from that one factor, ExLlamaV2's {@code reuse_h});</li>
  *   <li>for each row of the option grid the block runs with those quantized weights; its error is the mean over
- *       rows of ‖y_q − y‖_F / ‖y‖_F, and accuracy = max(1e-6, 1 − error);</li>
+ *       calibration rows of ‖y_q − y‖_F / ‖y‖_F under the pass's {@link ErrorRule}, and accuracy = max(1e-6, 1 − error);</li>
  *   <li>the stream moves on to y, the unquantized output.</li>
  * </ol>
  * The option set is the caller's ({@link LinearOptions}, and rows of option indices): {@link #measure} uses
@@ -34,22 +34,38 @@ final class MeasurementPass {
     private final Backend backend;
     private final DType linearType;
 
-    /**
-     * Whether errors are relative to the block's own contribution y − x rather than to its output y (residual
-     * included, ExLlamaV2's rule). A residual stream dominated by a few huge channels makes every block look nearly
-     * lossless under the ExLlamaV2 rule; mixed-bit GPTQ measures against the contribution instead.
-     */
-    private boolean relativeToContribution;
+    /** What a block's output error is measured on (each a mean over calibration rows of ‖a_q − a‖_F / ‖a‖_F). */
+    enum ErrorRule {
+        /**
+         * a = y, the block output with the residual (ExLlamaV2's measure.py). A residual stream in which a few tokens
+         * carry huge values (attention sinks) dominates each row's norm, so every block after the one that makes them
+         * looks nearly lossless and the optimizer starves it of bits.
+         */
+        OUTPUT,
+        /**
+         * a = RMS-normalised y, token by token (unit weight): the stream as the next block's RMSNorm reads it. Every
+         * token counts at its own scale, whatever the residual's size.
+         */
+        TOKEN,
+        /** a = y − x, the block's own contribution (mixed-width GPTQ, whose options are whole bit widths). */
+        CONTRIBUTION;
 
-    MeasurementPass relativeToContribution() {
-        relativeToContribution = true;
-        return this;
+        static ErrorRule of(String name) {
+            return switch (name) {
+                case "output" -> OUTPUT;
+                case "token" -> TOKEN;
+                default -> throw new qtool.QtoolException("unknown measurement error rule '" + name + "' (token or output)");
+            };
+        }
     }
 
-    MeasurementPass(BlockStream stream, DType linearType) {
+    private final ErrorRule rule;
+
+    MeasurementPass(BlockStream stream, DType linearType, ErrorRule rule) {
         this.s = stream;
         this.backend = stream.backend;
         this.linearType = linearType;
+        this.rule = rule;
     }
 
 
@@ -142,13 +158,27 @@ final class MeasurementPass {
                         LinearOptions optionsOf, Map<String, Double> seconds) {
         List<String> linears = attention ? Measurement.ATTENTION : Measurement.MLP;
         Tensor refNeg = backend.allocate(DType.F32, s.states.shape());
+        // TOKEN: the errors are taken on RMS-normalised copies; normNeg keeps −norm(y) beside −y (which moves the stream on)
+        Tensor ones = null, normNeg = refNeg;
+        float eps = s.forward.cfg.rmsNormEps();
         try {
+            if (rule == ErrorRule.TOKEN) {
+                float[] one = new float[s.states.cols()];
+                java.util.Arrays.fill(one, 1f);
+                ones = backend.upload(new Tensor(MemorySegment.ofArray(one), DType.F32, new long[] {one.length}), DType.F32);
+                normNeg = backend.allocate(DType.F32, s.states.shape());
+            }
+            Tensor unit = ones, refNegOfError = normNeg;
             long t0 = System.nanoTime();
             EnumMap<Site, Tensor> grams = grams(s, dev, attention, host, linears, (r0, nr, y) -> {
                 s.negate(s.rowsOf(refNeg, r0, nr), y);
+                if (unit != null) {
+                    backend.rmsNorm(y, y, unit, eps);
+                    s.negate(s.rowsOf(refNegOfError, r0, nr), y);
+                }
                 s.sumSquares(y, r0, nr);
             });
-            if (relativeToContribution) { // s.squares ← ‖x − y‖² per row: the stream before the block plus −y
+            if (rule == ErrorRule.CONTRIBUTION) { // s.squares ← ‖x − y‖² per row: the stream before the block plus −y
                 for (int r0 = 0; r0 < s.rows; r0 += s.batch) {
                     int nr = Math.min(s.batch, s.rows - r0);
                     Tensor d = s.work.rowSlice(0, (long) nr * s.length);
@@ -201,7 +231,8 @@ final class MeasurementPass {
                         current[j] = row[j];
                     }
                     s.onCopies(q, attention, null, (r0, nr, yq) -> {
-                        backend.add(yq, s.rowsOf(refNeg, r0, nr));
+                        if (unit != null) backend.rmsNorm(yq, yq, unit, eps);
+                        backend.add(yq, s.rowsOf(refNegOfError, r0, nr));
                         s.sumSquares(yq, r0, nr);
                     });
                     float[] diff = s.squares();
@@ -224,6 +255,8 @@ final class MeasurementPass {
             return accuracy;
         } finally {
             backend.free(refNeg);
+            if (ones != null) backend.free(ones);
+            if (normNeg != refNeg) backend.free(normNeg);
         }
     }
 }

@@ -25,7 +25,7 @@ import qtool.quantize.GptqParams;
  * residual stream ({@link MeasurementPass}): each linear is quantized by GPTQ at every candidate width from the
  * block's Gram matrices (the job's group size, sym and act-order), the block runs with each combination of widths,
  * and its accuracy is 1 − the mean relative Frobenius error of its output relative to the block's own contribution
- * (y − x, not y: {@link MeasurementPass#relativeToContribution}). A combination costs
+ * (y − x, not y: {@link MeasurementPass.ErrorRule#CONTRIBUTION}). A combination costs
  * what its linears take in the checkpoint (qweight, qzeros, scales, g_idx: {@link GptqLayout#checkpointBits}).
  * {@link Exl2Optimizer} then picks one combination per block, least Σ error², within decoder linear weights ×
  * target bits per weight (default: all linears at the middle candidate).
@@ -224,7 +224,7 @@ public final class MixedGptq {
             } else {
                 stream.embed(Arrays.copyOf(cal.tokens(), rows * length));
             }
-            MeasurementPass pass = new MeasurementPass(stream, f.linearType()).relativeToContribution();
+            MeasurementPass pass = new MeasurementPass(stream, f.linearType(), MeasurementPass.ErrorRule.CONTRIBUTION);
             SaveSchedule schedule = new SaveSchedule();
             MeasurementPass.LinearOptions gptqAtEachWidth = (l, w, site, gram) ->
                     s.candidateBits().stream().map(b -> backend.gptq(w, gram, params.withBits(b)).dequantized()).toList();
