@@ -77,8 +77,9 @@ public final class ConvertCommand implements Callable<Integer> {
             description = "AWQ: asymmetric grid with zero points (default) or --no-zero-point (symmetric).") boolean zeroPoint;
     @Option(names = "--autoawq-exact", description = "AWQ: search exactly as AutoAWQ: symmetric clip ranges, q/k not clipped, each layer "
             + "calibrated on the unquantized layers before it (default: two-sided clip ranges, q/k clipped, quantized layers before).") boolean autoawqExact;
-    @Option(names = "--awq-scale", description = "GPTQ: AWQ's scale search and folding on each layer first; also converts without it "
-            + "(in WORK/without-awq) and reports both calibration perplexities.") boolean awqScale;
+    @Option(names = "--awq-scale", description = "GPTQ and EXL2: AWQ's scale search and folding on each layer first. GPTQ also converts "
+            + "without it (in WORK/without-awq) and reports both calibration perplexities; EXL2 measures and quantizes the scaled "
+            + "model it writes to WORK/awq_model.") boolean awqScale;
     @Option(names = "--candidate-bits", arity = "2..*", description = "GPTQ: give each linear one of these widths (2, 3, 4, 8), chosen by "
             + "measuring each block on -mr rows, for -b bits per weight (default: the middle width's).") List<Integer> candidateBits;
     @Option(names = "--json", description = "Print the summary as one JSON object.") boolean json;
@@ -128,7 +129,7 @@ public final class ConvertCommand implements Callable<Integer> {
     }
 
     private Integer awq(int rows, int bits) {
-        if (awqScale) throw new QtoolException("--awq-scale goes with --format gptq (AWQ scales anyway)");
+        if (awqScale) throw new QtoolException("--awq-scale goes with --format gptq or exl2 (AWQ scales anyway)");
         AwqParams params = new AwqParams(wBit != null ? wBit : bits, qGroupSize != null ? qGroupSize : groupSize, zeroPoint);
         if (params.bits() != AwqLayout.BITS) throw new QtoolException("--w-bit " + params.bits() + ": the AWQ GEMM layout holds 4-bit codes only");
         var options = new AwqConverter.Options(input, work, compileDir, params, calibration, rows, length, seed, (long) (shardMb * 1_000_000L), batch, noResume,
@@ -191,7 +192,6 @@ public final class ConvertCommand implements Callable<Integer> {
     /** EXL2: ExLlamaV2's convert.py (measure, optimize, quantize, compile), resumable. */
     private Integer exl2() {
         if (candidateBits != null) throw new QtoolException("--candidate-bits goes with --format gptq (EXL2 mixes widths within each linear anyway)");
-        if (awqScale) throw new QtoolException("--awq-scale goes with --format gptq; EXL2 does not take it yet");
         int rows = this.rows == null ? 100 : this.rows;
         double bits = bitsOption == null ? 4.125 : bitsOption;
         if (!Exl2Params.HEAD_OPTIONS.containsKey(headBits)) throw new QtoolException("-hb must be one of " + Exl2Params.HEAD_OPTIONS.keySet() + ", not " + headBits);
@@ -202,7 +202,7 @@ public final class ConvertCommand implements Callable<Integer> {
         if (batch < 1) throw new QtoolException("--batch must be ≥ 1");
         if (!measurementError.equals("token") && !measurementError.equals("output")) throw new QtoolException("--measurement-error must be token or output, not " + measurementError);
         var given = new Exl2Job.Settings(input, calibration, bits, rows, measurementRows, length, measurementLength, headBits, shardMb, compileDir,
-                ropeScale, ropeAlpha, outputMeasurement, measurement, seed, batch, measurementError);
+                ropeScale, ropeAlpha, outputMeasurement, measurement, seed, batch, measurementError, awqScale);
         long t0 = System.nanoTime();
         Exl2Job job = Exl2Job.open(work, given, noResume);
         Exl2Converter.Report r;

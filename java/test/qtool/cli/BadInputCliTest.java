@@ -49,9 +49,9 @@ class BadInputCliTest {
 
     /** A flag the chosen format does not take is refused before any work, not ignored. */
     @Test
-    void awqScaleWithExl2IsRefused(@TempDir Path root) {
-        CliRun r = CliRun.of("convert", "-i", root.toString(), "-o", root.resolve("work").toString(), "--awq-scale");
+    void candidateBitsWithExl2IsRefused(@TempDir Path root) {
+        CliRun r = CliRun.of("convert", "-i", root.toString(), "-o", root.resolve("work").toString(), "--candidate-bits", "3", "4");
         assertEquals(2, r.exitCode(), r.err());
-        assertTrue(r.err().contains("--awq-scale goes with --format gptq"), r.err());
+        assertTrue(r.err().contains("--candidate-bits goes with --format gptq"), r.err());
     }
 }

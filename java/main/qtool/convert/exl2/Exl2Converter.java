@@ -12,6 +12,7 @@ import qtool.QtoolException;
 import qtool.backend.Backend;
 import qtool.backend.Tensor;
 import qtool.calibrate.CalibrationSet;
+import qtool.convert.AwqScaledModel;
 import qtool.convert.ConvertFiles;
 import qtool.convert.JobDir;
 import qtool.convert.ResidualStream;
@@ -21,15 +22,19 @@ import qtool.load.Json;
 import qtool.load.ModelConfig;
 import qtool.model.Forward;
 import qtool.model.LlamaModel;
+import qtool.quantize.AwqParams;
 import qtool.quantize.Exl2Gptq;
 import qtool.quantize.Exl2Params;
 import qtool.quantize.Exl2Tensor;
+import qtool.quantize.GptqParams;
 import qtool.tokenize.Tokenizer;
 
 /**
  * {@code qtool convert} (EXL2, the default format): ExLlamaV2's convert.py as a sequence of resumable stages,
  * each recorded in job.json's {@code progress.stage} (see {@link Exl2Job}):
  * <ol>
+ *   <li>with {@code --awq-scale}, first <b>awq scale</b> ({@link AwqScaledModel}): the AWQ-scaled model in
+ *       WORK/awq_model, made on the measurement rows; every later stage reads it instead of the input.</li>
  *   <li><b>measure</b> ({@link MeasurementPass}) on {@code -mr × -ml} calibration tokens, block by block; after
  *       each block the unquantized stream goes to WORK/measure_states.f32 and the measurement so far to
  *       WORK/measurement.json, then {@code measured_blocks} is committed. {@code -m FILE} skips this stage;
@@ -55,10 +60,11 @@ public final class Exl2Converter {
 
     private final Exl2Job job;
     private final Exl2Job.Settings s;
-    private final LlamaModel model;
+    /** The input model, or while the stages run with --awq-scale, its scaled copy in WORK/awq_model. */
+    private LlamaModel model;
     private final Tokenizer tokenizer;
     private final Backend backend;
-    private final DType linearType;
+    private DType linearType;
     private final Map<String, Double> seconds = new LinkedHashMap<>();
     private final List<String> warnings = new ArrayList<>();
 
@@ -89,6 +95,26 @@ public final class Exl2Converter {
 
     public Report run() {
         checkStorable(model, s.headBits());
+        if (!s.awqScale()) return stages();
+        // AWQ's scales judged by GPTQ at the target's nearest whole width, symmetric and act-ordered as EXL2 quantizes
+        GptqParams judge = GptqParams.of((int) Math.max(2, Math.min(8, Math.round(s.bits())))).withActOrder(true);
+        Path scaledDir = AwqScaledModel.make(job.dir(), model, backend, linearType, calibration(s.measurementRows(), s.measurementLength()), s.batch(),
+                alpha(), scale(), AwqParams.of(judge), judge, seconds, warnings);
+        commitTimes();
+        LlamaModel input = model;
+        DType inputType = linearType;
+        try (LlamaModel scaled = LlamaModel.open(scaledDir)) {
+            model = scaled;
+            linearType = ResidualStream.linearType(backend, scaled);
+            return stages();
+        } finally {
+            model = input;
+            linearType = inputType;
+        }
+    }
+
+    /** measure → optimize → quantize → compile, from the stage job.json names. */
+    private Report stages() {
         String stage = job.stage();
         if (stage.equals("finished")) System.err.println("convert: " + job.dir().dir() + " holds this job, finished");
         if (stage.equals("measure")) {

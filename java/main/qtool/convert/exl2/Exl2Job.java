@@ -19,7 +19,7 @@ import qtool.load.Json;
  *
  * <p>job.json: {@code {"settings": {ExLlamaV2's job keys: in_dir, cal_dataset, bits, dataset_rows,
  * measurement_rows, length, measurement_length, head_bits, shard_size, compile_full, rope_scale, rope_alpha,
- * output_measurement, reuse_measurement; and qtool's seed, batch, measurement_error}, "progress": {"stage": measure | optimize |
+ * output_measurement, reuse_measurement; and qtool's seed, batch, measurement_error, awq_scale}, "progress": {"stage": measure | optimize |
  * quantize | compile | finished, ...}}}. The stages' own keys are documented where they are written
  * ({@link Exl2Converter}).
  */
@@ -33,10 +33,12 @@ public record Exl2Job(Settings settings, JobDir dir) {
      * @param batch              calibration rows per forward pass
      * @param measurementError   how a block's error is measured: "token" (each token RMS-normalised, as the next block
      *                           reads it) or "output" (ExLlamaV2's rule); jobs from before the setting existed read "output"
+     * @param awqScale           AWQ's scale search and folding first ({@code --awq-scale}; the passes then read WORK/awq_model)
      */
     public record Settings(Path input, Path calibration, double bits, int rows, int measurementRows, int length, int measurementLength,
                            int headBits, double shardMb, Path compileFull, Double ropeScale, Double ropeAlpha, Path outputMeasurement,
-                           Path reuseMeasurement, long seed, int batch, String measurementError) {
+                           Path reuseMeasurement, long seed, int batch, String measurementError,
+                           boolean awqScale) {
 
         Map<String, Object> toJson() {
             Map<String, Object> m = new LinkedHashMap<>();
@@ -58,6 +60,7 @@ public record Exl2Job(Settings settings, JobDir dir) {
             m.put("seed", seed);
             m.put("batch", batch);
             m.put("measurement_error", measurementError);
+            m.put("awq_scale", awqScale);
             return m;
         }
 
@@ -69,7 +72,8 @@ public record Exl2Job(Settings settings, JobDir dir) {
                         num(m, "measurement_length").intValue(), num(m, "head_bits").intValue(), num(m, "shard_size").doubleValue(),
                         path(m.get("compile_full")), optional(m, "rope_scale"), optional(m, "rope_alpha"), path(m.get("output_measurement")),
                         path(m.get("reuse_measurement")), num(m, "seed").longValue(), num(m, "batch").intValue(),
-                        m.get("measurement_error") == null ? "output" : (String) m.get("measurement_error"));
+                        m.get("measurement_error") == null ? "output" : (String) m.get("measurement_error"),
+                        Boolean.TRUE.equals(m.get("awq_scale")));
             } catch (ClassCastException e) {
                 throw new QtoolException(where + ": corrupted job state (a setting has the wrong type); use -nr to start over");
             }

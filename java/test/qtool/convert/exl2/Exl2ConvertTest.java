@@ -89,6 +89,32 @@ class Exl2ConvertTest {
     }
 
     @Test
+    void awqScaleMeasuresAndQuantizesTheScaledModel(@TempDir Path dir) {
+        Path in = synth(dir, "synth", 128), work = dir.resolve("work");
+        CliRun c = CliRun.of(args(in, work, "--awq-scale").toArray(String[]::new));
+        assertEquals(0, c.exitCode(), c.err());
+        Map<String, Object> settings = Json.object(Json.readObject(work.resolve("job.json")).get("settings"), "settings");
+        assertEquals(true, settings.get("awq_scale"));
+        Path scaled = work.resolve("awq_model");
+        // the scaled model computes what the input does (fp16 rounding of the scaled tensors aside) ...
+        double[] ppl = new double[2];
+        for (int k = 0; k < 2; k++) {
+            CliRun p = CliRun.of("ppl", "-m", (k == 0 ? in : scaled).toString(), "-d", Shared.require("data/wiki.test.raw").toString(), "--ctx", "64",
+                    "--windows", "2", "--device", "cpu", "--json");
+            assertEquals(0, p.exitCode(), p.err());
+            ppl[k] = ((Number) Json.object(Json.parse(p.out(), "ppl"), "ppl").get("ppl")).doubleValue();
+        }
+        assertEquals(ppl[0], ppl[1], 1e-4 * ppl[0], "perplexity of the input and of the AWQ-scaled model");
+        // ... with other weights: the norms divided by the scales, and those are what the EXL2 output carries
+        try (LlamaModel a = LlamaModel.open(in); LlamaModel b = LlamaModel.open(scaled); LlamaModel q = LlamaModel.open(work.resolve("out"))) {
+            float[] before = a.layer(0).inputNorm().toFloatArray(), after = b.layer(0).inputNorm().toFloatArray();
+            assertTrue(!java.util.Arrays.equals(before, after), "input_layernorm was scaled");
+            assertArrayEquals(after, q.layer(0).inputNorm().toFloatArray());
+        }
+        assertTrue(!Files.exists(work.resolve("awq_layers")), "the per-layer files are gone once awq_model is whole");
+    }
+
+    @Test
     void refusesBadInput(@TempDir Path dir) throws Exception {
         Path in = synth(dir, "synth", 128), other = synth(dir, "other", 192);
         CliRun hb = CliRun.of(args(in, dir.resolve("w1"), "-hb", "7").toArray(String[]::new));
