@@ -9,6 +9,7 @@
 #   refs-smollm2.sh exl2 BPW...    qtool's EXL2 convert (the first BPW measures, the others reuse qtool's measurement.json),
 #                                  qtool ppl, and ExLlamaV2 0.3.2 loading qtool's output (its own ppl on the same ids)
 #   refs-smollm2.sh exl2x BPW...   qtool's EXL2 convert from ExLlamaV2's measurement.json (-m), and its ppl
+#   refs-smollm2.sh exl2awq BPW... qtool's EXL2 convert with --awq-scale (the first BPW scales and measures), ppl
 #   refs-smollm2.sh exl2rt         ExLlamaV2 converting with qtool's measurement.json (-m) of a small synth model
 #   refs-smollm2.sh gptqlayers Q R per-linear relative error of qtool's GPTQ (flags Q) and IST-DASLab/gptq's (flags R)
 #   refs-smollm2.sh fixture        golden EXL2 tensors from ExLlamaV2 for a small synth model (→ $OUT)
@@ -115,15 +116,21 @@ exl2x)
     Q ppl -m $W/qx$b/out -d $D/data/wikitext-2-raw-v1_test.parquet --ctx 2048 --json --device cuda > $W/qx$b.ppl.json 2>/dev/null
     row "qtool EXL2 $b bpw from ExLlamaV2's measurement (-m)" "ppl $(jget $W/qx$b.ppl.json "round(d['ppl'],4)"), $(jget $W/qx$b.json "'bpw %.4f, cal ppl %.4f, predicted error %.4f, max block %.4f' % (d['bits_per_weight'], d['calibration_ppl'], d['predicted_error'], d['max_block_error'])")"
   done ;;
-exl2rule) # exl2rule RULE BPW...: qtool's EXL2 with QTOOL_MEASURE_RULE=RULE (one measurement, reused), ppl per bpw
-  shift; rule=$1; shift; text_ids
-  QTOOL_MEASURE_RULE=$rule Q convert -i $S -o $W/m-$rule -nr -c $cal -om $W/m-$rule.json --device cuda > /dev/null 2> $W/m-$rule.err || tail -3 $W/m-$rule.err
-  cp $W/m-$rule.json $OUT/smollm2-measurement-$rule.json
+exl2awq) # exl2awq BPW...: qtool's EXL2 with --awq-scale; the first BPW scales and measures, the others reuse the
+  # scaled model (WORK/awq_model, as an input) and its measurement; compare with the plain `exl2` rows
+  shift; text_ids; first=""
   for b in "$@"; do
-    Q convert -i $S -o $W/r$rule$b -nr -c $cal -b $b -m $W/m-$rule.json --device cuda --json > $W/r$rule$b.json 2> $W/r$rule$b.err || tail -3 $W/r$rule$b.err
-    Q ppl -m $W/r$rule$b/out -d $D/data/wikitext-2-raw-v1_test.parquet --ctx 2048 --json --device cuda > $W/r$rule$b.ppl.json 2>/dev/null
-    row "qtool EXL2 $b bpw, measurement rule $rule" "ppl $(jget $W/r$rule$b.ppl.json "round(d['ppl'],4)"), $(jget $W/r$rule$b.json "'bpw %.4f, cal ppl %.4f' % (d['bits_per_weight'], d['calibration_ppl'])")"
-    rm -rf $W/r$rule$b
+    if [ -z "$first" ]; then
+      first=$b; t0=$(date +%s.%N)
+      Q convert -i $S -o $W/qa$b -nr -c $cal -b $b --awq-scale --device cuda --json > $W/qa$b.json 2> $W/qa$b.err || tail -3 $W/qa$b.err
+      t1=$(date +%s.%N); how="$(python3 -c "print(round($t1-$t0,1))") s wall"
+    else
+      Q convert -i $W/qa$first/awq_model -o $W/qa$b -nr -c $cal -b $b -m $W/qa$first/measurement.json --device cuda --json > $W/qa$b.json 2> $W/qa$b.err || tail -3 $W/qa$b.err
+      how="reusing the scaled model and its measurement"
+    fi
+    cp $W/qa$b.json $W/qa$b.err $OUT/ 2>/dev/null
+    Q ppl -m $W/qa$b/out -d $D/data/wikitext-2-raw-v1_test.parquet --ctx 2048 --json --device cuda > $W/qa$b.ppl.json 2>/dev/null
+    row "qtool EXL2 $b bpw --awq-scale" "ppl $(jget $W/qa$b.ppl.json "round(d['ppl'],4)"), $how, $(jget $W/qa$b.json "'bpw %.4f, cal ppl %.4f, stages %s' % (d['bits_per_weight'], d['calibration_ppl'], {k: round(v,1) for k,v in d['seconds_per_stage'].items()})")"
   done ;;
 exl2rt)
   source scripts/gpu/exllamav2-setup.sh >/dev/null; cal1
