@@ -75,8 +75,9 @@ public final class ConvertCommand implements Callable<Integer> {
     @Option(names = "--q-group-size", description = "AWQ: inputs per group (AutoAWQ's q_group_size). Default: --group-size.") Integer qGroupSize;
     @Option(names = "--zero-point", negatable = true, defaultValue = "true", fallbackValue = "true",
             description = "AWQ: asymmetric grid with zero points (default) or --no-zero-point (symmetric).") boolean zeroPoint;
-    @Option(names = "--autoawq-exact", description = "AWQ: search exactly as AutoAWQ: symmetric clip ranges, q/k not clipped, each layer "
-            + "calibrated on the unquantized layers before it (default: two-sided clip ranges, q/k clipped, quantized layers before).") boolean autoawqExact;
+    @Option(names = "--autoawq-exact", description = "AWQ: search exactly as AutoAWQ: 20 scale exponents, symmetric clip ranges, q/k not "
+            + "clipped, each layer calibrated on the unquantized layers before it (default: 40 exponents, two-sided clip ranges, q/k "
+            + "clipped, quantized layers before).") boolean autoawqExact;
     @Option(names = "--awq-scale", description = "GPTQ and EXL2: AWQ's scale search and folding on each layer first. GPTQ also converts "
             + "without it (in WORK/without-awq) and reports both calibration perplexities; EXL2 measures and quantizes the scaled "
             + "model it writes to WORK/awq_model.") boolean awqScale;

@@ -37,11 +37,11 @@ import qtool.write.SafetensorsWriter;
  * ({@link AwqLayout}); the stream moves on through the QUANTIZED layer. The finished checkpoint is then read back
  * and run over the calibration rows for the summary's perplexity.
  *
- * <p>Three choices differ from AutoAWQ, each because it measured better (stories260K at g128, four calibration
- * sets: within 1.7 % of GPTQ's perplexity where AutoAWQ's choices were up to 11 % behind): the next layer's inputs
- * come from this layer quantized, as in GPTQ's sequential pipeline (AutoAWQ runs the unquantized layers); the clip
- * search also tries two-sided ranges for the zero-point grid; q/k are clipped too (AutoAWQ's {@code avoid_clipping}
- * leaves them). {@code autoawqExact} restores all three.
+ * <p>Four choices differ from AutoAWQ, each because it measured better (stories260K at g128, four calibration
+ * sets: see the README; AutoAWQ's choices were up to 11 % behind GPTQ): the next layer's inputs come from this layer
+ * quantized, as in GPTQ's sequential pipeline (AutoAWQ runs the unquantized layers); the scale exponent's grid has 40
+ * points, not 20 ({@link Awq#FINE_SCALE_GRID}); the clip search also tries two-sided ranges for the zero-point grid;
+ * q/k are clipped too (AutoAWQ's {@code avoid_clipping} leaves them). {@code autoawqExact} restores all four.
  *
  * <p>Job state in WORK as for GPTQ ({@link JobDir}, {@link ResidualStream}): a killed job resumes after the last
  * finished layer and writes the same bytes.
@@ -139,7 +139,8 @@ public final class AwqConverter {
     private void quantizeLayer(JobDir job, Forward f, int i, ResidualStream stream) {
         LlamaModel.Layer host = model.layer(i);
         long t0 = System.nanoTime();
-        AwqScaling.Result scaled = AwqScaling.apply(f, host, stream, o.autoawqExact, o.params);
+        AwqScaling.Result scaled = AwqScaling.apply(f, host, stream, o.autoawqExact, o.params,
+                o.autoawqExact ? Awq.SCALE_GRID : Awq.FINE_SCALE_GRID);
         seconds.merge("scale search", (System.nanoTime() - t0) / 1e9, Double::sum);
         for (String n : scaled.notes()) if (!warnings.contains(n)) warnings.add(n);
         LlamaModel.Layer layer = scaled.layer();

@@ -54,8 +54,8 @@ public final class AwqScaling {
      * Scales layer {@code host} on the calibration rows of {@code stream} (the layer's inputs). With {@code advance}
      * the capturing pass also moves the stream through the ORIGINAL layer, as AutoAWQ makes the next layer's inputs.
      */
-    public static Result apply(Forward f, LlamaModel.Layer host, ResidualStream stream, boolean advance, AwqParams p) {
-        return apply(f, host, stream, advance, p, null);
+    public static Result apply(Forward f, LlamaModel.Layer host, ResidualStream stream, boolean advance, AwqParams p, int grid) {
+        return apply(f, host, stream, advance, p, null, grid);
     }
 
     /**
@@ -65,6 +65,11 @@ public final class AwqScaling {
      * that follows, which round-to-nearest's choice is not (it made GPTQ 1–6 % worse on stories260K).
      */
     public static Result apply(Forward f, LlamaModel.Layer host, ResidualStream stream, boolean advance, AwqParams p, GptqParams gptq) {
+        return apply(f, host, stream, advance, p, gptq, Awq.SCALE_GRID);
+    }
+
+    private static Result apply(Forward f, LlamaModel.Layer host, ResidualStream stream, boolean advance, AwqParams p, GptqParams gptq,
+                                int grid) {
         Backend b = f.backend;
         var cfg = f.cfg;
         long tokens = (long) stream.rows() * stream.length();
@@ -100,7 +105,7 @@ public final class AwqScaling {
             });
             out = b.allocate(DType.F32, (long) stream.batch() * stream.length(), cfg.hiddenSize());
             negRef = b.allocate(DType.F32, tokens, cfg.hiddenSize());
-            Blocks blocks = new Blocks(f, stream, inputs, dev, out, negRef, gptq);
+            Blocks blocks = new Blocks(f, stream, inputs, dev, out, negRef, gptq, grid);
 
             float[] q = host.q().toFloatArray(), k = host.k().toFloatArray(), v = host.v().toFloatArray(), o = host.o().toFloatArray();
             float[] gate = host.gate().toFloatArray(), up = host.up().toFloatArray(), down = host.down().toFloatArray();
@@ -172,7 +177,7 @@ public final class AwqScaling {
 
     /** What the searches share: the captured inputs, the device layer, and scratch for the outputs. */
     private record Blocks(Forward f, ResidualStream stream, Map<Site, Tensor> inputs, LlamaModel.Layer dev, Tensor out, Tensor negRef,
-                          GptqParams gptq) {
+                          GptqParams gptq, int grid) {
 
         /**
          * One group's search: the block's output with the original weights (kept negated on the device), then for
@@ -192,7 +197,7 @@ public final class AwqScaling {
                 b.copyFromHost(MemorySegment.ofArray(host), ref);
             }
             Awq.ScaledQuantizer quantizer = gptq == null ? (l, ws, s) -> Awq.pseudoQuantize(ws, outs[l], in, p) : gptqQuantizer(site, outs, in);
-            Awq.ScaleSearch result = Awq.searchScale(weights, outs, in, xMean, p, quantizer, gptq != null, candidates -> {
+            Awq.ScaleSearch result = Awq.searchScale(weights, outs, in, xMean, p, grid, quantizer, gptq != null, candidates -> {
                 LlamaModel.Layer w = dev;
                 List<Tensor> uploaded = new ArrayList<>();
                 try {

@@ -16,6 +16,12 @@ import java.util.stream.IntStream;
 public final class Awq {
     /** AutoAWQ's {@code n_grid}: the scale exponent runs over 0, 1/20, …, 19/20. */
     public static final int SCALE_GRID = 20;
+    /**
+     * qtool's AWQ default: the same points and the midpoints between them (0, 1/40, …, 39/40). The exponent is a
+     * continuous choice; on stories260K the finer grid lowered the calibration perplexity on all four calibration sets
+     * tried (by up to 5%) for twice the search time.
+     */
+    public static final int FINE_SCALE_GRID = 40;
     /** {@code _compute_best_clip}'s defaults: shrink max|w| by 0, 1/20, …, 9/20; at most ~512 sampled tokens. */
     public static final int CLIP_GRID = 20;
     public static final double CLIP_MAX_SHRINK = 0.5;
@@ -104,7 +110,7 @@ public final class Awq {
      * The outcome of one group's search.
      *
      * @param scales        per input channel; the linears' columns are multiplied by them, the op before divided
-     * @param ratio         the exponent chosen (0, 0.05, …, 0.95), or −1 for no scaling
+     * @param ratio         the exponent chosen (k / grid), or −1 for no scaling
      * @param loss          block output MSE with Q(W·s)/s
      * @param unscaledLoss  block output MSE with plain Q(W), for reporting what the scaling gained
      */
@@ -163,9 +169,10 @@ public final class Awq {
      *
      * @param weights the linears that share the scaled input, [outs[l], in] each
      * @param xMean   mean |x| of each input channel over every calibration token
+     * @param grid    exponents k / grid for k = 0 … grid − 1 ({@link #SCALE_GRID} as AutoAWQ, or {@link #FINE_SCALE_GRID})
      */
-    public static ScaleSearch searchScale(float[][] weights, int[] outs, int in, float[] xMean, AwqParams p, BlockLoss loss) {
-        return searchScale(weights, outs, in, xMean, p, (l, ws, s) -> pseudoQuantize(ws, outs[l], in, p), false, loss);
+    public static ScaleSearch searchScale(float[][] weights, int[] outs, int in, float[] xMean, AwqParams p, int grid, BlockLoss loss) {
+        return searchScale(weights, outs, in, xMean, p, grid, (l, ws, s) -> pseudoQuantize(ws, outs[l], in, p), false, loss);
     }
 
     /**
@@ -174,8 +181,8 @@ public final class Awq {
      * {@code orNone}, no scaling (s = 1, reported as ratio −1) is a candidate too and wins ties: the search then never
      * makes the block's error on the calibration rows worse than the quantizer alone.
      */
-    public static ScaleSearch searchScale(float[][] weights, int[] outs, int in, float[] xMean, AwqParams p, ScaledQuantizer quantizer,
-                                          boolean orNone, BlockLoss loss) {
+    public static ScaleSearch searchScale(float[][] weights, int[] outs, int in, float[] xMean, AwqParams p, int grid,
+                                          ScaledQuantizer quantizer, boolean orNone, BlockLoss loss) {
         float[] wMean = weightMean(weights, outs, in, p);
         float[] ones = new float[in];
         java.util.Arrays.fill(ones, 1f);
@@ -184,8 +191,8 @@ public final class Awq {
         double unscaled = loss.loss(plain);
         double best = orNone ? unscaled : Double.POSITIVE_INFINITY, bestRatio = -1;
         float[] bestScales = orNone ? ones : null;
-        for (int k = 0; k < SCALE_GRID; k++) {
-            double ratio = (double) k / SCALE_GRID;
+        for (int k = 0; k < grid; k++) {
+            double ratio = (double) k / grid;
             float[] s = candidateScales(xMean, wMean, ratio);
             float[][] q = new float[weights.length][];
             for (int l = 0; l < weights.length; l++) q[l] = divideColumns(quantizer.quantize(l, scaleColumns(weights[l], in, s), s), in, s);

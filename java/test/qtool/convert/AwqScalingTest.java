@@ -16,6 +16,7 @@ import qtool.cli.CliRun;
 import qtool.load.DType;
 import qtool.model.Forward;
 import qtool.model.LlamaModel;
+import qtool.quantize.Awq;
 import qtool.quantize.AwqParams;
 
 /** AWQ's scale search and folding on a decoder layer, on the CPU backend. */
@@ -38,7 +39,7 @@ class AwqScalingTest {
             int[] tokens = new Random(1).ints(ROWS * LEN, 0, 512).toArray();
             f.embed(tokens, stream.states());
             LlamaModel.Layer host = model.layer(0);
-            AwqScaling.Result r = AwqScaling.apply(f, host, stream, false, new AwqParams(4, 32, true));
+            AwqScaling.Result r = AwqScaling.apply(f, host, stream, false, new AwqParams(4, 32, true), Awq.SCALE_GRID);
 
             assertEquals(4, r.groups().size(), "q/k/v, v→o, gate/up, up→down (no grouped-query attention here)");
             assertTrue(r.notes().isEmpty(), r.notes().toString());
@@ -68,7 +69,7 @@ class AwqScalingTest {
              Forward f = new Forward(model, b, DType.F32, ROWS, LEN, true, false, 1.0, 1.0);
              ResidualStream stream = new ResidualStream(b, ROWS, LEN, 64, ROWS)) {
             f.embed(new Random(2).ints(ROWS * LEN, 0, 512).toArray(), stream.states());
-            AwqScaling.Result r = AwqScaling.apply(f, model.layer(0), stream, false, new AwqParams(4, 32, true));
+            AwqScaling.Result r = AwqScaling.apply(f, model.layer(0), stream, false, new AwqParams(4, 32, true), Awq.SCALE_GRID);
             assertEquals(3, r.groups().size());
             assertTrue(r.notes().getFirst().startsWith("v_proj→o_proj not scaled"), r.notes().toString());
             assertTrue(r.groups().stream().allMatch(g -> g.search().loss() <= g.search().unscaledLoss() * 1.5), "losses are sane");

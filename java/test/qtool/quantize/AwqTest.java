@@ -64,7 +64,7 @@ class AwqTest {
         AwqParams p = new AwqParams(4, 32, true);
         double[] losses = new double[Awq.SCALE_GRID + 1];
         int[] calls = {0};
-        Awq.ScaleSearch s = Awq.searchScale(new float[][] {w}, new int[] {out}, in, xMean, p, q -> {
+        Awq.ScaleSearch s = Awq.searchScale(new float[][] {w}, new int[] {out}, in, xMean, p, Awq.SCALE_GRID, q -> {
             double e = outputError(w, q[0], x, out, in, tokens);
             losses[calls[0]++] = e;
             return e;
