@@ -138,14 +138,13 @@ public final class AwqConverter {
 
     private void quantizeLayer(JobDir job, Forward f, int i, ResidualStream stream) {
         LlamaModel.Layer host = model.layer(i);
-        long t0 = System.nanoTime();
         AwqScaling.Result scaled = AwqScaling.apply(f, host, stream, o.autoawqExact, o.params,
                 o.autoawqExact ? Awq.SCALE_GRID : Awq.FINE_SCALE_GRID);
-        seconds.merge("scale search", (System.nanoTime() - t0) / 1e9, Double::sum);
+        scaled.seconds().forEach((k, v) -> seconds.merge(k, v, Double::sum));
         for (String n : scaled.notes()) if (!warnings.contains(n)) warnings.add(n);
         LlamaModel.Layer layer = scaled.layer();
         Map<String, AwqResult> results = new LinkedHashMap<>();
-        t0 = System.nanoTime();
+        long t0 = System.nanoTime();
         for (String l : LlamaModel.Layer.LINEARS) {
             float[] w = layer.linear(l).toFloatArray();
             int out = (int) layer.linear(l).shape()[0], in = layer.linear(l).cols();

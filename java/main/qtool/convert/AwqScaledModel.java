@@ -41,7 +41,6 @@ public final class AwqScaledModel {
                             double ropeScale, AwqParams p, GptqParams judge, Map<String, Double> seconds, List<String> warnings) {
         Path out = job.file("awq_model");
         if (Boolean.TRUE.equals(job.progress().get("awq_model")) && Files.isDirectory(out)) return out;
-        long t0 = System.nanoTime();
         var cfg = model.config;
         int rowsPerPass = Math.max(1, Math.min(batch, cal.rows()));
         try (Forward f = new Forward(model, backend, linearType, rowsPerPass, cal.length(), true, false, ntkAlpha, ropeScale);
@@ -53,6 +52,7 @@ public final class AwqScaledModel {
                 LlamaModel.Layer host = model.layer(i);
                 AwqScaling.Result r = AwqScaling.apply(f, host, stream, true, p, judge);
                 for (String n : r.notes()) if (!warnings.contains(n)) warnings.add(n);
+                r.seconds().forEach((k, v) -> seconds.merge(k, v, Double::sum));
                 writeLayer(job, i, r.layer(), model.dir);
                 LlamaModel.release(host);
                 stream.checkFinite(model.dir, i);
@@ -60,8 +60,9 @@ public final class AwqScaledModel {
                 bar.step(1);
             }
         }
+        long t0 = System.nanoTime();
         assemble(job, model, out);
-        seconds.merge("awq scale", (System.nanoTime() - t0) / 1e9, Double::sum);
+        seconds.merge("scale search: write model", (System.nanoTime() - t0) / 1e9, Double::sum);
         job.commit("awq_model", true);
         try { // the layers live on in awq_model
             ConvertFiles.deleteTree(job.file("awq_layers"));

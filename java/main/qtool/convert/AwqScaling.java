@@ -45,8 +45,11 @@ public final class AwqScaling {
      * @param clipInputs for each linear: sampled input rows [clipTokens, in], divided by the scales of its group, as
      *                   the clipping search wants them
      * @param notes      groups skipped, and why (the same for every layer of a model)
+     * @param seconds    where the time went: "scale search: capture" (the pass that collects the inputs),
+     *                   "scale search: candidates" (quantizing them), "scale search: block runs" (judging them)
      */
-    public record Result(LlamaModel.Layer layer, Map<String, float[]> clipInputs, int clipTokens, List<Group> groups, List<String> notes) {}
+    public record Result(LlamaModel.Layer layer, Map<String, float[]> clipInputs, int clipTokens, List<Group> groups, List<String> notes,
+                         Map<String, Double> seconds) {}
 
     private AwqScaling() {}
 
@@ -87,6 +90,7 @@ public final class AwqScaling {
                 absSum.put(s, new double[width.get(s)]);
                 sampled.put(s, new float[samples * width.get(s)]);
             }
+            long start = System.nanoTime();
             dev = f.upload(host);
             // 1. every linear's input over all calibration tokens: on the device for the block runs, mean |x| and
             //    the clip sample on the host
@@ -105,7 +109,8 @@ public final class AwqScaling {
             });
             out = b.allocate(DType.F32, (long) stream.batch() * stream.length(), cfg.hiddenSize());
             negRef = b.allocate(DType.F32, tokens, cfg.hiddenSize());
-            Blocks blocks = new Blocks(f, stream, inputs, dev, out, negRef, gptq, grid);
+            Blocks blocks = new Blocks(f, stream, inputs, dev, out, negRef, gptq, grid, new long[2]);
+            double capture = (System.nanoTime() - start) / 1e9;
 
             float[] q = host.q().toFloatArray(), k = host.k().toFloatArray(), v = host.v().toFloatArray(), o = host.o().toFloatArray();
             float[] gate = host.gate().toFloatArray(), up = host.up().toFloatArray(), down = host.down().toFloatArray();
@@ -160,7 +165,11 @@ public final class AwqScaling {
             clip.put("mlp.gate_proj", mlpIn);
             clip.put("mlp.up_proj", mlpIn);
             clip.put("mlp.down_proj", Awq.divideColumns(sampled.get(Site.DOWN_IN), inter, s4));
-            return new Result(scaled, clip, samples, groups, notes);
+            Map<String, Double> seconds = new LinkedHashMap<>();
+            seconds.put("scale search: capture", capture);
+            seconds.put("scale search: candidates", blocks.nanos()[0] / 1e9);
+            seconds.put("scale search: block runs", blocks.nanos()[1] / 1e9);
+            return new Result(scaled, clip, samples, groups, notes, seconds);
         } finally {
             inputs.values().forEach(b::free);
             if (dev != null) f.free(dev);
@@ -175,9 +184,12 @@ public final class AwqScaling {
         void run(LlamaModel.Layer w, Tensor n, Tensor out, int batchRows);
     }
 
-    /** What the searches share: the captured inputs, the device layer, and scratch for the outputs. */
+    /**
+     * What the searches share: the captured inputs, the device layer, scratch for the outputs, and the time spent
+     * quantizing candidates ({@code nanos[0]}) and running the block on them ({@code nanos[1]}).
+     */
     private record Blocks(Forward f, ResidualStream stream, Map<Site, Tensor> inputs, LlamaModel.Layer dev, Tensor out, Tensor negRef,
-                          GptqParams gptq, int grid) {
+                          GptqParams gptq, int grid, long[] nanos) {
 
         /**
          * One group's search: the block's output with the original weights (kept negated on the device), then for
@@ -196,8 +208,15 @@ public final class AwqScaling {
                 for (int i = 0; i < host.length; i++) host[i] = -host[i];
                 b.copyFromHost(MemorySegment.ofArray(host), ref);
             }
-            Awq.ScaledQuantizer quantizer = gptq == null ? (l, ws, s) -> Awq.pseudoQuantize(ws, outs[l], in, p) : gptqQuantizer(site, outs, in);
-            Awq.ScaleSearch result = Awq.searchScale(weights, outs, in, xMean, p, grid, quantizer, gptq != null, candidates -> {
+            Awq.ScaledQuantizer quantize = gptq == null ? (l, ws, s) -> Awq.pseudoQuantize(ws, outs[l], in, p) : gptqQuantizer(site, outs, in);
+            Awq.ScaledQuantizer timed = (l, ws, s) -> {
+                long t0 = System.nanoTime();
+                float[] q = quantize.quantize(l, ws, s);
+                nanos[0] += System.nanoTime() - t0;
+                return q;
+            };
+            Awq.ScaleSearch result = Awq.searchScale(weights, outs, in, xMean, p, grid, timed, gptq != null, candidates -> {
+                long t0 = System.nanoTime();
                 LlamaModel.Layer w = dev;
                 List<Tensor> uploaded = new ArrayList<>();
                 try {
@@ -217,6 +236,7 @@ public final class AwqScaling {
                     return sum / ((double) stream.rows() * len * cols);
                 } finally {
                     uploaded.forEach(b::free);
+                    nanos[1] += System.nanoTime() - t0;
                 }
             });
             groups.add(new Group(name, result));

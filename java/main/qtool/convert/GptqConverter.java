@@ -191,10 +191,9 @@ public final class GptqConverter {
                 : List.of(all);
         LlamaModel.Layer host = model.layer(i);
         if (awqScale != null) {
-            long t0 = System.nanoTime();
             AwqScaling.Result scaled = AwqScaling.apply(f, host, stream, false, awqScale, o.params);
             for (String n : scaled.notes()) if (!warnings.contains(n)) warnings.add(n);
-            seconds.merge("awq_scale", (System.nanoTime() - t0) / 1e9, Double::sum);
+            scaled.seconds().forEach((k, v) -> seconds.merge(k, v, Double::sum));
             host = scaled.layer();
             writeNorms(job, i, host);
         }
