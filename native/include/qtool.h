@@ -373,7 +373,8 @@ QT_API int qt_gptq_inverse_factor(void* u, const void* h, const int32_t* perm, i
                                   size_t workspace_bytes, int* info, void* stream);
 /*
  * bits 1..8 (codes are bytes); group_size -1 (one grid per row, from the row before dead columns are zeroed) or > 0;
- * sym, mse, static_groups as GptqParams (static groups need group_size > 0); block_size 1..128 (QT_ERR_UNSUPPORTED
+ * sym: 1 symmetric, 0 asymmetric, 2 asymmetric with zero points of at least 1 (GptqParams.v1Zeros); mse,
+ * static_groups as GptqParams (static groups need group_size > 0); block_size 1..128 (QT_ERR_UNSUPPORTED
  * above). Outputs on the device: codes U8 [out, in], scales F32 [groups, out], zeros I32 [groups, out], dequantized
  * F32 [out, in] = scales * (codes - zeros) of each column's group; *loss (host) = sum (w - q)^2 / U_ii^2 / 2. Waits.
  */

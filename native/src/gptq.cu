@@ -260,7 +260,9 @@ __device__ __forceinline__ float dequantize_code(int code, float scale, float ze
 // All 32 lanes of the warp must call it together (shuffles); rows without work pass count 0.
 template <int WIDTH>
 __device__ __noinline__ Grid find_grid(const float* x, int count, const float* h, size_t h_stride, int col0, int sub,
-                                       int maxq, bool sym, bool mse) {
+                                       int maxq, int sym, bool mse) {
+    // sym: 1 symmetric; 0 asymmetric; 2 asymmetric with zero points of at least 1 (a v1 checkpoint stores z - 1)
+    const float zmin = sym == 2 ? 1.f : 0.f;
     float xmin = 0.f, xmax = 0.f;
     for (int c = sub; c < count; c += WIDTH) {
         float v = x[c];
@@ -273,7 +275,7 @@ __device__ __noinline__ Grid find_grid(const float* x, int count, const float* h
         xmin = fminf(xmin, __shfl_xor_sync(kFull, xmin, off, WIDTH));
         xmax = fmaxf(xmax, __shfl_xor_sync(kFull, xmax, off, WIDTH));
     }
-    if (sym) {
+    if (sym == 1) {
         xmax = fmaxf(fabsf(xmin), xmax);
         if (xmin < 0.f) xmin = -xmax;
     }
@@ -282,7 +284,7 @@ __device__ __noinline__ Grid find_grid(const float* x, int count, const float* h
         xmax = 1.f;
     }
     float scale = (xmax - xmin) / static_cast<float>(maxq);
-    float zero = sym ? static_cast<float>((maxq + 1) / 2) : rintf(-xmin / scale);
+    float zero = sym == 1 ? static_cast<float>((maxq + 1) / 2) : fmaxf(zmin, rintf(-xmin / scale));
     if (!mse) return Grid{scale, zero};
     // Quantizer.MSE_*: 80 shrink steps of 1/100, error |q - x|^2.4 summed in float64.
     double best = INFINITY;
@@ -290,7 +292,7 @@ __device__ __noinline__ Grid find_grid(const float* x, int count, const float* h
         const float p = static_cast<float>(1.0 - static_cast<double>(step) / 100);
         const float xmin1 = p * xmin, xmax1 = p * xmax;
         const float scale1 = (xmax1 - xmin1) / static_cast<float>(maxq);
-        const float zero1 = sym ? zero : rintf(-xmin1 / scale1);
+        const float zero1 = sym == 1 ? zero : fmaxf(zmin, rintf(-xmin1 / scale1));
         double err = 0;
         for (int c = sub; c < count; c += WIDTH) {
             float v = x[c];
@@ -320,7 +322,7 @@ __global__ void up_front_grid_kernel(const float* w, const float* h, float* scal
     const int col0 = whole_rows ? 0 : k * group;
     const int count = whole_rows ? in : min(group, in - col0);
     const Grid g = find_grid<32>(w + static_cast<size_t>(o) * in + col0, count, whole_rows ? nullptr : h,
-                                 static_cast<size_t>(in) + 1, col0, lane, maxq, sym != 0, mse != 0);
+                                 static_cast<size_t>(in) + 1, col0, lane, maxq, sym, mse != 0);
     if (lane == 0) {
         scales[static_cast<size_t>(k) * out + o] = g.scale;
         zeros[static_cast<size_t>(k) * out + o] = static_cast<int>(g.zero);
@@ -422,7 +424,7 @@ gptq_block_kernel(float* wp, const float* u, float* err, uint8_t* codes_p, float
                     next_group += group;
                     // The group's columns as gptq.py reads W[:, i:i+g]: this block's still hold their start values.
                     const Grid g = find_grid<kLanesPerRow>(row + i, valid ? min(group, in - i) : 0, nullptr, 0, 0, sub,
-                                                           maxq, sym != 0, mse != 0);
+                                                           maxq, sym, mse != 0);
                     scale = g.scale;
                     zero = g.zero;
                     if (valid && sub == 0) {

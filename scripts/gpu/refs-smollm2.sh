@@ -76,6 +76,10 @@ awq)
     t1=$(date +%s.%N)
     Q ppl -m $W/$n/out -d $D/data/wikitext-2-raw-v1_test.parquet --ctx 2048 --json --device cuda > $W/$n.ppl.json 2>/dev/null
     row "qtool $v 4-bit g128" "ppl $(jget $W/$n.ppl.json "round(d['ppl'],4)"), cal ppl $(jget $W/$n.json "round(d['calibration_ppl'],3), d.get('calibration_ppl_without_awq_scale')"), $(python3 -c "print(round($t1-$t0,1))") s, stages $(jget $W/$n.json "{k: round(v, 1) for k, v in d['seconds_per_stage'].items()}")"
+    if [ -d $W/$n/without-awq/out ]; then
+      Q ppl -m $W/$n/without-awq/out -d $D/data/wikitext-2-raw-v1_test.parquet --ctx 2048 --json --device cuda > $W/$n.plain.ppl.json 2>/dev/null
+      row "  the same without --awq-scale (WORK/without-awq)" "ppl $(jget $W/$n.plain.ppl.json "round(d['ppl'],4)")"
+    fi
   done <<< "${AWQ_VARIANTS:-awq
 awq --autoawq-exact
 gptq --asym

@@ -424,7 +424,7 @@ public final class CudaBackend implements Backend {
             t2 = System.nanoTime();
             MemorySegment lossOut = arena.allocate(ValueLayout.JAVA_DOUBLE);
             check(qt_gptq_quantize(weight.data(), hessian.data(), u, permDev, out, in, params.bits(), params.groupSize(),
-                    params.sym() ? 1 : 0, params.mse() ? 1 : 0, params.staticGroups() ? 1 : 0, params.blockSize(),
+                    params.sym() ? 1 : params.v1Zeros() ? 2 : 0, params.mse() ? 1 : 0, params.staticGroups() ? 1 : 0, params.blockSize(),
                     codesDev.data(), scalesDev.data(), zerosDev.data(), deqDev, lossOut, ws, wsBytes, stream),
                     "qt_gptq_quantize");
             loss = lossOut.get(ValueLayout.JAVA_DOUBLE, 0);

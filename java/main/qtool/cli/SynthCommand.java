@@ -138,7 +138,7 @@ public final class SynthCommand implements Callable<Integer> {
             Exl2Params.HEAD_OPTIONS.get(headBits).requireStorable(hidden, vocab, "lm_head (" + vocab + "×" + hidden + ")");
             cfg.put("quantization_config", SyntheticStrategy.quantizationConfig(bpw, headBits));
         } else if (format.equals("gptq")) {
-            gptq = new GptqParams(bits, groupSize == null ? 128 : groupSize, true, actOrder, GptqParams.DEFAULT_DAMP, GptqParams.DEFAULT_BLOCK_SIZE, false, false);
+            gptq = new GptqParams(bits, groupSize == null ? 128 : groupSize, true, actOrder, GptqParams.DEFAULT_DAMP, GptqParams.DEFAULT_BLOCK_SIZE, false, false, false);
         }
         Linears linears = new Linears(exl2, gptq);
 

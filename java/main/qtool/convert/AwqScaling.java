@@ -83,7 +83,7 @@ public final class AwqScaling {
         EnumMap<Site, double[]> absSum = new EnumMap<>(Site.class);
         EnumMap<Site, float[]> sampled = new EnumMap<>(Site.class);
         LlamaModel.Layer dev = null;
-        Tensor out = null, negRef = null;
+        Tensor out = null, negRef = null, dot = null;
         try {
             for (Site s : Site.values()) {
                 inputs.put(s, b.allocate(DType.F32, tokens, width.get(s)));
@@ -109,7 +109,8 @@ public final class AwqScaling {
             });
             out = b.allocate(DType.F32, (long) stream.batch() * stream.length(), cfg.hiddenSize());
             negRef = b.allocate(DType.F32, tokens, cfg.hiddenSize());
-            Blocks blocks = new Blocks(f, stream, inputs, dev, out, negRef, gptq, grid, new long[2]);
+            dot = b.allocate(DType.F32, 1, 1);
+            Blocks blocks = new Blocks(f, stream, inputs, dev, out, negRef, dot, gptq, grid, new long[2]);
             double capture = (System.nanoTime() - start) / 1e9;
 
             float[] q = host.q().toFloatArray(), k = host.k().toFloatArray(), v = host.v().toFloatArray(), o = host.o().toFloatArray();
@@ -174,6 +175,7 @@ public final class AwqScaling {
             inputs.values().forEach(b::free);
             if (dev != null) f.free(dev);
             if (out != null) b.free(out);
+            if (dot != null) b.free(dot);
             if (negRef != null) b.free(negRef);
         }
     }
@@ -185,11 +187,12 @@ public final class AwqScaling {
     }
 
     /**
-     * What the searches share: the captured inputs, the device layer, scratch for the outputs, and the time spent
-     * quantizing candidates ({@code nanos[0]}) and running the block on them ({@code nanos[1]}).
+     * What the searches share: the captured inputs, the device layer, scratch for the outputs and for Σ x² (a 1×1
+     * {@code dot}), and the time spent quantizing candidates ({@code nanos[0]}) and running the block on them
+     * ({@code nanos[1]}).
      */
     private record Blocks(Forward f, ResidualStream stream, Map<Site, Tensor> inputs, LlamaModel.Layer dev, Tensor out, Tensor negRef,
-                          GptqParams gptq, int grid, long[] nanos) {
+                          Tensor dot, GptqParams gptq, int grid, long[] nanos) {
 
         /**
          * One group's search: the block's output with the original weights (kept negated on the device), then for
@@ -231,7 +234,7 @@ public final class AwqScaling {
                         Tensor o = out.rowSlice(0, (long) nr * len);
                         block.run(w, inputs.get(site).rowSlice((long) r0 * len, (long) nr * len), o, nr);
                         b.add(o, negRef.rowSlice((long) r0 * len, (long) nr * len));
-                        sum += sumOfSquares(b, o);
+                        sum += sumOfSquares(b, o, dot);
                     }
                     return sum / ((double) stream.rows() * len * cols);
                 } finally {
@@ -272,23 +275,16 @@ public final class AwqScaling {
     }
 
     /**
-     * Σ x² over a device tensor, as the trace of the Gram matrix of x seen as [numel / 16, 16] (the backend's one
-     * reduction; 16 columns keep it cheap).
+     * Σ x² over a device tensor, as the product of x seen as one row with itself (the backend's GEMM splits so long a
+     * reduction well; a Gram matrix of x as [numel / 16, 16], the earlier way, made cuBLAS's SYRK crawl) into
+     * {@code dot} (1×1, F32).
      */
-    static double sumOfSquares(Backend b, Tensor x) {
-        int c = x.numel() % 16 == 0 ? 16 : 1;
-        Tensor g = b.allocate(DType.F32, c, c);
-        try {
-            b.copyFromHost(MemorySegment.ofArray(new float[c * c]), g);
-            b.accumulateGram(g, x.reshape(x.numel() / c, c));
-            float[] h = new float[c * c];
-            b.copyToHost(g, MemorySegment.ofArray(h));
-            double s = 0;
-            for (int i = 0; i < c; i++) s += h[i * c + i];
-            return s;
-        } finally {
-            b.free(g);
-        }
+    static double sumOfSquares(Backend b, Tensor x, Tensor dot) {
+        Tensor row = x.reshape(1, x.numel());
+        b.linear(dot, row, row, null);
+        float[] h = new float[1];
+        b.copyToHost(dot, MemorySegment.ofArray(h));
+        return h[0];
     }
 
     private static float[] mean(double[] sum, long n) {

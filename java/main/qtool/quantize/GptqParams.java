@@ -15,9 +15,12 @@ import qtool.QtoolException;
  * @param staticGroups all group scales/zeros from the original weights before any update (AutoGPTQ's
  *                     {@code static_groups}); with act-order this keeps g_idx monotonic
  * @param mse          search the range shrink that minimises |w - q|^2.4 per row and group (gptq.py's {@code mse})
+ * @param v1Zeros      asymmetric zero points are kept at 1 or more: a v1 checkpoint stores z − 1 and cannot hold 0
+ *                     (see GptqLayout). gptq.py's range always contains 0, so a group whose values are all positive,
+ *                     or whose negative side is under half a step (common after AWQ scaling), gets z = 0 otherwise.
  */
 public record GptqParams(int bits, int groupSize, boolean sym, boolean actOrder, double damp, int blockSize,
-                         boolean staticGroups, boolean mse) {
+                         boolean staticGroups, boolean mse, boolean v1Zeros) {
 
     public static final double DEFAULT_DAMP = 0.01;
     public static final int DEFAULT_BLOCK_SIZE = 128;
@@ -42,39 +45,43 @@ public record GptqParams(int bits, int groupSize, boolean sym, boolean actOrder,
 
     /** gptq.py's defaults for a bit width: group size 128, symmetric, no act-order, damp 0.01, block 128. */
     public static GptqParams of(int bits) {
-        return new GptqParams(bits, 128, true, false, DEFAULT_DAMP, DEFAULT_BLOCK_SIZE, false, false);
+        return new GptqParams(bits, 128, true, false, DEFAULT_DAMP, DEFAULT_BLOCK_SIZE, false, false, false);
     }
 
     public GptqParams withBits(int newBits) {
-        return new GptqParams(newBits, groupSize, sym, actOrder, damp, blockSize, staticGroups, mse);
+        return new GptqParams(newBits, groupSize, sym, actOrder, damp, blockSize, staticGroups, mse, v1Zeros);
     }
 
     public GptqParams withGroupSize(int newGroupSize) {
-        return new GptqParams(bits, newGroupSize, sym, actOrder, damp, blockSize, staticGroups && newGroupSize != -1, mse);
+        return new GptqParams(bits, newGroupSize, sym, actOrder, damp, blockSize, staticGroups && newGroupSize != -1, mse, v1Zeros);
     }
 
     public GptqParams withSym(boolean newSym) {
-        return new GptqParams(bits, groupSize, newSym, actOrder, damp, blockSize, staticGroups, mse);
+        return new GptqParams(bits, groupSize, newSym, actOrder, damp, blockSize, staticGroups, mse, v1Zeros);
     }
 
     public GptqParams withActOrder(boolean newActOrder) {
-        return new GptqParams(bits, groupSize, sym, newActOrder, damp, blockSize, staticGroups, mse);
+        return new GptqParams(bits, groupSize, sym, newActOrder, damp, blockSize, staticGroups, mse, v1Zeros);
     }
 
     public GptqParams withDamp(double newDamp) {
-        return new GptqParams(bits, groupSize, sym, actOrder, newDamp, blockSize, staticGroups, mse);
+        return new GptqParams(bits, groupSize, sym, actOrder, newDamp, blockSize, staticGroups, mse, v1Zeros);
     }
 
     public GptqParams withBlockSize(int newBlockSize) {
-        return new GptqParams(bits, groupSize, sym, actOrder, damp, newBlockSize, staticGroups, mse);
+        return new GptqParams(bits, groupSize, sym, actOrder, damp, newBlockSize, staticGroups, mse, v1Zeros);
     }
 
     public GptqParams withStaticGroups(boolean newStaticGroups) {
-        return new GptqParams(bits, groupSize, sym, actOrder, damp, blockSize, newStaticGroups, mse);
+        return new GptqParams(bits, groupSize, sym, actOrder, damp, blockSize, newStaticGroups, mse, v1Zeros);
     }
 
     public GptqParams withMse(boolean newMse) {
-        return new GptqParams(bits, groupSize, sym, actOrder, damp, blockSize, staticGroups, newMse);
+        return new GptqParams(bits, groupSize, sym, actOrder, damp, blockSize, staticGroups, newMse, v1Zeros);
+    }
+
+    public GptqParams withV1Zeros(boolean newV1Zeros) {
+        return new GptqParams(bits, groupSize, sym, actOrder, damp, blockSize, staticGroups, mse, newV1Zeros);
     }
 
     /** The largest code, 2^bits - 1. */

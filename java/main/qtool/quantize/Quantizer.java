@@ -22,15 +22,22 @@ public final class Quantizer {
     private final int maxq;
     private final boolean sym;
     private final boolean mse;
+    /** The least asymmetric zero point: 1 for a v1 checkpoint ({@link GptqParams#v1Zeros}), else 0. */
+    private final float minZero;
 
     public Quantizer(int bits, boolean sym, boolean mse) {
+        this(bits, sym, mse, false);
+    }
+
+    public Quantizer(int bits, boolean sym, boolean mse, boolean v1Zeros) {
         this.maxq = (1 << bits) - 1;
         this.sym = sym;
         this.mse = mse;
+        this.minZero = v1Zeros ? 1 : 0;
     }
 
     public static Quantizer of(GptqParams p) {
-        return new Quantizer(p.bits(), p.sym(), p.mse());
+        return new Quantizer(p.bits(), p.sym(), p.mse(), p.v1Zeros());
     }
 
     public int maxq() {
@@ -54,7 +61,7 @@ public final class Quantizer {
             xmax = 1;
         }
         float scale = (xmax - xmin) / maxq;
-        float zero = sym ? (maxq + 1) / 2 : (float) Math.rint(-xmin / scale);
+        float zero = sym ? (maxq + 1) / 2 : Math.max(minZero, (float) Math.rint(-xmin / scale));
         if (!mse) return new Grid(scale, zero);
 
         double best = Double.POSITIVE_INFINITY;
@@ -64,7 +71,7 @@ public final class Quantizer {
             float xmin1 = p * xmin;
             float xmax1 = p * xmax;
             float scale1 = (xmax1 - xmin1) / maxq;
-            float zero1 = sym ? zero : (float) Math.rint(-xmin1 / scale1);
+            float zero1 = sym ? zero : Math.max(minZero, (float) Math.rint(-xmin1 / scale1));
             double err = 0;
             for (int j = from; j < to; j++) {
                 float d = Math.abs(quantize(x[j], scale1, zero1, maxq) - x[j]);

@@ -88,7 +88,9 @@ public final class CudaBackendCheck {
         gptqAgainstCpu();
         exl2AgainstCpu();
         awqClipAgainstCpu();
-        return runQuantized();
+        List<Result> quantized = runQuantized();
+        gptqV1Zeros();  // last: its random draws leave the earlier checks' data as it was
+        return quantized;
     }
 
     /** Quantized linears and decoding only. */
@@ -453,6 +455,20 @@ public final class CudaBackendCheck {
                 System.out.println("gptq " + c.name() + ": " + e);
                 e.printStackTrace(System.out);
                 record("gptq " + c.name() + ": threw " + e.getClass().getSimpleName(), Double.POSITIVE_INFINITY, 0);
+            }
+        }
+    }
+
+    /** GPTQ with zero points kept ≥ 1 for v1 checkpoints ({@link GptqParams#v1Zeros}), against the CPU. */
+    private void gptqV1Zeros() {
+        GptqParams base = GptqParams.of(4).withSym(false).withV1Zeros(true);
+        for (GptqCase c : List.of(new GptqCase("4b g128 asym act v1 zeros", 192, 512, 1024, base.withActOrder(true), 0, 0.01),
+                new GptqCase("3b g32 asym mse static v1 zeros", 192, 512, 1024, base.withBits(3).withGroupSize(32).withMse(true).withStaticGroups(true), 0, 0.01))) {
+            try {
+                gptqCase(c);
+            } catch (RuntimeException e) {
+                e.printStackTrace(System.out);
+                record("gptq " + c.name() + " threw " + e.getClass().getSimpleName(), Double.POSITIVE_INFINITY, 0);
             }
         }
     }

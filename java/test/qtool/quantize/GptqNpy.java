@@ -55,7 +55,7 @@ public final class GptqNpy {
                         default -> throw new IllegalArgumentException("unknown option " + args[k]);
                     }
                 }
-                GptqParams p = new GptqParams(bits, group, sym, act, damp, block, stat, mse);
+                GptqParams p = new GptqParams(bits, group, sym, act, damp, block, stat, mse, false);
                 long t0 = System.nanoTime();
                 GptqResult r = Gptq.quantize(w.data(), w.rows(), w.cols(), h.data(), p);
                 double seconds = (System.nanoTime() - t0) / 1e9;

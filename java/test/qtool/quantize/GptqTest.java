@@ -39,7 +39,7 @@ class GptqTest {
 
     static GptqParams params(int bits, int group, boolean sym, Order order) {
         return new GptqParams(bits, group, sym, order == Order.ACT_ORDER || order == Order.ACT_ORDER_STATIC,
-                0.01, 128, order == Order.STATIC || order == Order.ACT_ORDER_STATIC, false);
+                0.01, 128, order == Order.STATIC || order == Order.ACT_ORDER_STATIC, false, false);
     }
 
     @ParameterizedTest(name = "{0} bits, group {1}, sym {2}, {3}")

@@ -37,6 +37,23 @@ class QuantizerTest {
         assertEquals(15f, n.zero());
     }
 
+    /** A v1 checkpoint stores z − 1: with v1Zeros an all-positive row gets zero 1, one step below 0 to spare. */
+    @Test
+    void v1ZerosKeepTheZeroPointAtOneOrMore() {
+        float[] x = {1f, 2f};
+        assertEquals(0f, new Quantizer(4, false, false).findParams(x, 0, 2).zero());
+        Quantizer.Grid g = new Quantizer(4, false, false, true).findParams(x, 0, 2);
+        assertEquals(1f, g.zero());
+        assertEquals(2f / 15, g.scale());
+        // the grid now runs from −scale to 14·scale: 2 clamps to the top code, 1 stays exact
+        assertEquals(14 * g.scale(), Quantizer.quantize(2f, g.scale(), g.zero(), 15), 1e-6f);
+        assertEquals(7.5f * g.scale(), 1f, 1e-6f);
+        for (boolean mse : new boolean[] {false, true}) {
+            assertTrue(new Quantizer(3, false, mse, true).findParams(new float[] {0.1f, 0.3f, 0.7f, -0.01f}, 0, 4).zero() >= 1);
+        }
+        assertEquals(8f, new Quantizer(4, true, false, true).findParams(x, 0, 2).zero(), "symmetric zeros are untouched");
+    }
+
     @Test
     void symmetricGridCentresTheZero() {
         Quantizer.Grid g = grid(4, true, -1f, 0.5f, 2f); // xmax = max(|-1|, 2) = 2, xmin = -2
