@@ -96,8 +96,10 @@ public final class Exl2Converter {
     public Report run() {
         checkStorable(model, s.headBits());
         if (!s.awqScale()) return stages();
-        // AWQ's scales judged by GPTQ at the target's nearest whole width, symmetric and act-ordered as EXL2 quantizes
-        GptqParams judge = GptqParams.of((int) Math.max(2, Math.min(8, Math.round(s.bits())))).withActOrder(true);
+        // AWQ's scales judged by GPTQ at the width of GPTQ's (2, 3, 4, 8) nearest the target, symmetric and act-ordered
+        // as EXL2 quantizes
+        double b = s.bits();
+        GptqParams judge = GptqParams.of(b < 2.5 ? 2 : b < 3.5 ? 3 : b < 6 ? 4 : 8).withActOrder(true);
         Path scaledDir = AwqScaledModel.make(job.dir(), model, backend, linearType, calibration(s.measurementRows(), s.measurementLength()), s.batch(),
                 alpha(), scale(), AwqParams.of(judge), judge, seconds, warnings);
         commitTimes();
