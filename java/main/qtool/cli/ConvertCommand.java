@@ -109,8 +109,9 @@ public final class ConvertCommand implements Callable<Integer> {
             case "gptq_v2", "v2" -> CheckpointFormat.GPTQ_V2;
             default -> throw new QtoolException("--checkpoint-format must be gptq or gptq_v2, not '" + checkpointFormat + "'");
         };
-        GptqParams params = new GptqParams(bits, groupSize, sym && !asym, actOrder, damp, GptqParams.DEFAULT_BLOCK_SIZE, staticGroups, mse,
-                cf == CheckpointFormat.GPTQ && !(sym && !asym));  // v1 cannot store a zero point of 0
+        boolean symmetric = sym && !asym;
+        GptqParams params = new GptqParams(bits, groupSize, symmetric, actOrder, damp, GptqParams.DEFAULT_BLOCK_SIZE, staticGroups, mse,
+                cf == CheckpointFormat.GPTQ && !symmetric);  // v1 cannot store a zero point of 0
         var options = new GptqConverter.Options(input, work, compileDir, params, trueSequential, cf, calibration, rows, length, seed,
                 (long) (shardMb * 1_000_000L), batch, noResume);
         long t0 = System.nanoTime();

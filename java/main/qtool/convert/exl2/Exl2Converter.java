@@ -60,11 +60,10 @@ public final class Exl2Converter {
 
     private final Exl2Job job;
     private final Exl2Job.Settings s;
-    /** The input model, or while the stages run with --awq-scale, its scaled copy in WORK/awq_model. */
-    private LlamaModel model;
+    private final LlamaModel model;
     private final Tokenizer tokenizer;
     private final Backend backend;
-    private DType linearType;
+    private final DType linearType;
     private final Map<String, Double> seconds = new LinkedHashMap<>();
     private final List<String> warnings = new ArrayList<>();
 
@@ -102,16 +101,9 @@ public final class Exl2Converter {
         GptqParams judge = GptqParams.of(b < 2.5 ? 2 : b < 3.5 ? 3 : b < 6 ? 4 : 8).withActOrder(true);
         Path scaledDir = AwqScaledModel.make(job.dir(), model, backend, linearType, calibration(s.measurementRows(), s.measurementLength()), s.batch(),
                 alpha(), scale(), AwqParams.of(judge), judge, seconds, warnings);
-        commitTimes();
-        LlamaModel input = model;
-        DType inputType = linearType;
+        commitTimes();  // the converter of the scaled model reads them back
         try (LlamaModel scaled = LlamaModel.open(scaledDir)) {
-            model = scaled;
-            linearType = ResidualStream.linearType(backend, scaled);
-            return stages();
-        } finally {
-            model = input;
-            linearType = inputType;
+            return new Exl2Converter(job, scaled, tokenizer, backend).stages();
         }
     }
 
