@@ -45,6 +45,8 @@ __global__ void rope_store_kernel(__half* __restrict__ q, __half* __restrict__ k
                                   __half* __restrict__ k_cache, __half* __restrict__ v_cache, int batch, int max_seq,
                                   int heads, int kv_heads, int head_dim, const int* __restrict__ pos_ptr,
                                   const float* __restrict__ inv_freq) {
+    wait_for_prior_grid();
+    allow_dependents();
     const int pos = *pos_ptr;
     if (pos < 0 || pos >= max_seq) return;
     const int half = head_dim / 2, quarter = head_dim / 4, all_heads = heads + kv_heads;
@@ -96,6 +98,8 @@ decode_partials_kernel(const __half* __restrict__ q, const __half* __restrict__ 
                        const __half* __restrict__ v_cache, float* __restrict__ part_acc, float2* __restrict__ part_ml,
                        int max_seq, int heads, int kv_heads, int head_dim, int head_blocks, int heads_per_block,
                        int lanes, int chunks, const int* __restrict__ pos_ptr, float scale) {
+    wait_for_prior_grid();
+    allow_dependents();
     const int pos = *pos_ptr;
     if (pos < 0 || pos >= max_seq) return;
     const int last_chunk = pos / kChunk;
@@ -244,6 +248,8 @@ constexpr int kMergeThreads = 128;
 __global__ void __launch_bounds__(kMergeThreads)
 decode_merge_kernel(__half* __restrict__ out, const float* __restrict__ part_acc, const float2* __restrict__ part_ml,
                     int max_seq, int heads, int head_dim, int chunks, const int* __restrict__ pos_ptr) {
+    wait_for_prior_grid();
+    allow_dependents();
     const int h = blockIdx.x, b = blockIdx.y;
     const int pos = *pos_ptr;
     const size_t row = static_cast<size_t>(b) * heads + h;
@@ -322,14 +328,14 @@ int check_shape(int batch, int max_seq, int heads, int kv_heads, int head_dim, c
 }
 
 template <int MAXG>
-void launch_partials(const DecodePlan& plan, const __half* q, const __half* k_cache, const __half* v_cache,
-                     float* part_acc, float2* part_ml, int batch, int max_seq, int heads, int kv_heads, int head_dim,
-                     const int* pos, cudaStream_t s) {
+cudaError_t launch_partials(const DecodePlan& plan, const __half* q, const __half* k_cache, const __half* v_cache,
+                            float* part_acc, float2* part_ml, int batch, int max_seq, int heads, int kv_heads,
+                            int head_dim, const int* pos, cudaStream_t s) {
     const size_t smem = sizeof(float) * (MAXG * head_dim + MAXG * kChunk + kWarps * MAXG * head_dim + 2 * MAXG);
     const dim3 grid(plan.chunk_blocks, kv_heads * plan.head_blocks, batch);
-    decode_partials_kernel<MAXG><<<grid, 32 * kWarps, smem, s>>>(
-        q, k_cache, v_cache, part_acc, part_ml, max_seq, heads, kv_heads, head_dim, plan.head_blocks,
-        plan.heads_per_block, plan.lanes, plan.chunks, pos, 1.0f / sqrtf(static_cast<float>(head_dim)));
+    return launch_dependent(decode_partials_kernel<MAXG>, grid, 32 * kWarps, smem, s, q, k_cache, v_cache, part_acc,
+                            part_ml, max_seq, heads, kv_heads, head_dim, plan.head_blocks, plan.heads_per_block,
+                            plan.lanes, plan.chunks, pos, 1.0f / sqrtf(static_cast<float>(head_dim)));
 }
 
 }  // namespace
@@ -364,9 +370,10 @@ int qt_decode_attention(void* out, void* q, void* k, const void* v, void* k_cach
     const int* p = reinterpret_cast<const int*>(pos);
 
     const size_t work = static_cast<size_t>(batch) * ((heads + kv_heads) * (head_dim / 4) + kv_heads * (head_dim / 8));
-    rope_store_kernel<<<blocks_for(work, 256), 256, 0, s>>>(
-        static_cast<__half*>(q), static_cast<__half*>(k), static_cast<const __half*>(v), static_cast<__half*>(k_cache),
-        static_cast<__half*>(v_cache), batch, max_seq, heads, kv_heads, head_dim, p, static_cast<const float*>(inv_freq));
+    QT_CUDA_TRY(launch_dependent(rope_store_kernel, blocks_for(work, 256), 256, 0, s, static_cast<__half*>(q),
+                                 static_cast<__half*>(k), static_cast<const __half*>(v), static_cast<__half*>(k_cache),
+                                 static_cast<__half*>(v_cache), batch, max_seq, heads, kv_heads, head_dim, p,
+                                 static_cast<const float*>(inv_freq)));
     QT_TRY(check_launch("rope_store_kernel"));
 
     float* part_acc = static_cast<float*>(scratch);
@@ -374,18 +381,16 @@ int qt_decode_attention(void* out, void* q, void* k, const void* v, void* k_cach
     const __half* qh = static_cast<const __half*>(q);
     const __half* kc = static_cast<const __half*>(k_cache);
     const __half* vc = static_cast<const __half*>(v_cache);
-    if (plan.heads_per_block == 1)
-        launch_partials<1>(plan, qh, kc, vc, part_acc, part_ml, batch, max_seq, heads, kv_heads, head_dim, p, s);
-    else if (plan.heads_per_block == 2)
-        launch_partials<2>(plan, qh, kc, vc, part_acc, part_ml, batch, max_seq, heads, kv_heads, head_dim, p, s);
-    else if (plan.heads_per_block <= 4)
-        launch_partials<4>(plan, qh, kc, vc, part_acc, part_ml, batch, max_seq, heads, kv_heads, head_dim, p, s);
-    else
-        launch_partials<8>(plan, qh, kc, vc, part_acc, part_ml, batch, max_seq, heads, kv_heads, head_dim, p, s);
+    const auto partials = plan.heads_per_block == 1   ? launch_partials<1>
+                          : plan.heads_per_block == 2 ? launch_partials<2>
+                          : plan.heads_per_block <= 4 ? launch_partials<4>
+                                                      : launch_partials<8>;
+    QT_CUDA_TRY(partials(plan, qh, kc, vc, part_acc, part_ml, batch, max_seq, heads, kv_heads, head_dim, p, s));
     QT_TRY(check_launch("decode_partials_kernel"));
 
-    decode_merge_kernel<<<dim3(heads, batch), kMergeThreads, 0, s>>>(static_cast<__half*>(out), part_acc, part_ml,
-                                                                     max_seq, heads, head_dim, plan.chunks, p);
+    QT_CUDA_TRY(launch_dependent(decode_merge_kernel, dim3(heads, batch), kMergeThreads, 0, s,
+                                 static_cast<__half*>(out), part_acc, part_ml, max_seq, heads, head_dim, plan.chunks,
+                                 p));
     return check_launch("decode_merge_kernel");
 }
 

@@ -68,6 +68,8 @@ __device__ __forceinline__ float silu_times(float g, float u) { return g / (1.0f
 
 template <typename T>
 __global__ void silu_mul_kernel(T* out, const T* gate, const T* up, size_t n) {
+    wait_for_prior_grid();
+    allow_dependents();
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
         out[i] = from_float<T>(silu_times(to_float(gate[i]), to_float(up[i])));
 }
@@ -76,6 +78,8 @@ __global__ void silu_mul_kernel(T* out, const T* gate, const T* up, size_t n) {
 template <typename T>
 __global__ void silu_mul_kernel16(uint4* out, const uint4* gate, const uint4* up, size_t n16) {
     constexpr int E = 16 / sizeof(T);
+    wait_for_prior_grid();
+    allow_dependents();
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n16; i += (size_t)gridDim.x * blockDim.x) {
         uint4 g4 = gate[i], u4 = up[i], r4;
         const T* g = reinterpret_cast<const T*>(&g4);
@@ -91,11 +95,11 @@ template <typename T>
 int launch_silu_mul(void* out, const void* gate, const void* up, size_t n, cudaStream_t s) {
     constexpr size_t E = 16 / sizeof(T);
     if (n % E == 0 && aligned16(out) && aligned16(gate) && aligned16(up)) {
-        silu_mul_kernel16<T><<<blocks_for(n / E, 256), 256, 0, s>>>(
-            static_cast<uint4*>(out), static_cast<const uint4*>(gate), static_cast<const uint4*>(up), n / E);
+        QT_CUDA_TRY(launch_dependent(silu_mul_kernel16<T>, blocks_for(n / E, 256), 256, 0, s, static_cast<uint4*>(out),
+                                     static_cast<const uint4*>(gate), static_cast<const uint4*>(up), n / E));
     } else {
-        silu_mul_kernel<T><<<blocks_for(n, 256), 256, 0, s>>>(static_cast<T*>(out), static_cast<const T*>(gate),
-                                                              static_cast<const T*>(up), n);
+        QT_CUDA_TRY(launch_dependent(silu_mul_kernel<T>, blocks_for(n, 256), 256, 0, s, static_cast<T*>(out),
+                                     static_cast<const T*>(gate), static_cast<const T*>(up), n));
     }
     return check_launch("silu_mul_kernel");
 }

@@ -29,6 +29,47 @@ int multiprocessor_count();
 
 inline cudaStream_t as_stream(void* stream) { return static_cast<cudaStream_t>(stream); }
 
+// ---- programmatic dependent launch (Hopper) ----
+// Decoding is a chain of small kernels, each waiting for the one before it. launch_dependent starts a kernel while the
+// previous one in the stream still runs (once all of that kernel's blocks have called allow_dependents or exited), so
+// the launch latency and the previous kernel's tail overlap: on an H100, reading a 24 MB matrix takes a lone kernel
+// 10.9 µs (73 % of copy bandwidth) and a chained one 8.1 µs (98 %). A kernel so launched must call
+// wait_for_prior_grid() before it reads what an earlier kernel wrote or writes anything (ours do it first thing).
+// Both are no-ops in a kernel launched the ordinary way, and before sm_90.
+__device__ __forceinline__ void wait_for_prior_grid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// Lets the next dependent launch start; called right after wait_for_prior_grid, so that at most one kernel runs ahead.
+__device__ __forceinline__ void allow_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// Whether the current device takes dependent launches (compute capability 9 or later; QTOOL_PDL=0 turns them off, for
+// measurements), cached per device.
+bool dependent_launches();
+
+// kernel<<<grid, block, smem, s>>>(args...) as a dependent launch where the device takes them.
+template <typename... Params, typename... Args>
+cudaError_t launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t s,
+                             Args... args) {
+    cudaLaunchConfig_t config = {};
+    config.gridDim = grid;
+    config.blockDim = block;
+    config.dynamicSmemBytes = smem;
+    config.stream = s;
+    cudaLaunchAttribute attribute[1];
+    attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute[0].val.programmaticStreamSerializationAllowed = 1;
+    config.attrs = attribute;
+    config.numAttrs = dependent_launches() ? 1 : 0;
+    return cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...);
+}
+
 inline bool is_float_dtype(int dtype) { return dtype == QT_F32 || dtype == QT_F16 || dtype == QT_BF16; }
 
 inline size_t dtype_bytes(int dtype) {

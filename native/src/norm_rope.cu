@@ -44,6 +44,8 @@ __device__ __forceinline__ void store4(Out* out, size_t i, float a, float b, flo
 template <typename Out, bool vec4>
 __global__ void __launch_bounds__(kNormThreads)
 rmsnorm_kernel(Out* out, const float* x, const void* __restrict__ weight, int weight_dtype, int cols, float eps) {
+    wait_for_prior_grid();
+    allow_dependents();
     __shared__ float scratch[kNormThreads / 32];
     const size_t base = static_cast<size_t>(blockIdx.x) * cols;
     float sum = 0.0f;
@@ -144,12 +146,9 @@ int launch_rmsnorm(void* out, const void* x, const void* weight, int weight_dtyp
                    cudaStream_t s) {
     const bool vec4 = cols % 4 == 0 && aligned16(x) && aligned16(out);  // rows start 16 (8) bytes apart then
     int threads = cols >= kNormThreads ? kNormThreads : ((cols + 31) / 32) * 32;
-    if (vec4)
-        rmsnorm_kernel<Out, true><<<rows, threads, 0, s>>>(static_cast<Out*>(out), static_cast<const float*>(x),
-                                                           weight, weight_dtype, cols, eps);
-    else
-        rmsnorm_kernel<Out, false><<<rows, threads, 0, s>>>(static_cast<Out*>(out), static_cast<const float*>(x),
-                                                            weight, weight_dtype, cols, eps);
+    const auto kernel = vec4 ? rmsnorm_kernel<Out, true> : rmsnorm_kernel<Out, false>;
+    QT_CUDA_TRY(launch_dependent(kernel, rows, threads, 0, s, static_cast<Out*>(out), static_cast<const float*>(x),
+                                 weight, weight_dtype, cols, eps));
     return check_launch("rmsnorm_kernel");
 }
 

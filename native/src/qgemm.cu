@@ -47,6 +47,22 @@
 // v5's on the EXL2 mix (test_kernels --bench qmatrix times both kinds).
 // v2 gained nothing alone (the instruction-fetch stalls were not what held the kernel back) and ~1 % on top of v5 (v7),
 // not worth a kernel per width and row count: it is gone, and uniform_bits now only decides the split.
+// Dependent launches (internal.h): the GEMV and gather, like every kernel of the decode chain, start while the kernel
+// before them drains. Measured 2026-11-23 (H100 SXM, copy 3015 GB/s; µs at batch 1, matrices rotated over > 200 MB;
+// decode in tokens/s, 7B-shaped EXL2 4.0 bpw):
+//                                      4096→4096  4096→11008  11008→4096  4096→32000  EXL2 mix+perm 4096→11008  decode
+//   reading the bytes alone, lone kernel    5.85       10.94       11.00       26.21                      10.81
+//   the same, chained launches              3.45        8.26        8.13       23.54                       8.09
+//   v1, ordinary launches                   9.01       17.56       18.64       40.66                      25.74   213.8
+//   v1, dependent launches (this file)      6.45       15.10       13.31       33.29                      22.81   238.5
+// So a chained pure read reaches 96–98 % of copy bandwidth and this GEMV 53–70 %: the gap is the kernel's own.
+// Tried the same day and dropped:
+//   an L2 prefetch of each thread's weights before the dependency wait: 6.12 / 14.61 / 18.56 / 37.77, decode 234;
+//   a tile kernel (a warp owns 128 outputs, 512 contiguous bytes a row; clusters of 1–8 blocks split the inputs and
+//   sum through distributed shared memory, no atomics): 9.91 / 19.46 / 17.02 / 31.43 at its chosen split, at best
+//   9.70 / 14.91 / 16.80 with a forced one, decode 211;
+//   a pipelined one-width walk (the next pair's loads issued before this pair's arithmetic) with 1, 2, 4 or 8 warps a
+//   block: 4096→4096 in 16.91 / 10.21 / 7.84 / 7.43 µs, never better than v1 (fewer warps hide less).
 // Tried earlier and dropped, all slower: a software-pipelined batch-1 walk (next unit's loads in flight: 19.8 µs on
 // 4096→11008, decode 201 tokens/s); x staged in shared memory with the perm gather fused
 // (22.2 µs); 4 warps per block (11008→4096 21.8 µs); 16 warps per block at 1 row (4096→11008 18.1 µs, decode 207).
@@ -322,6 +338,8 @@ __global__ void __launch_bounds__(kMaxThreads) qmatrix_gemv(void* __restrict__ y
 #pragma unroll
         for (int c = 0; c < 4; c++) acc[r][c] = 0.0f;
 
+    wait_for_prior_grid();
+    allow_dependents();
     bool paired = false;
     if constexpr (Rows <= 2) {  // both units' loads in flight before either is used
         paired = end - begin >= 2 * slices;
@@ -348,6 +366,8 @@ __global__ void __launch_bounds__(kMaxThreads) qmatrix_gemv(void* __restrict__ y
 // x_out[r, k] = x[r, perm[k]]: x's columns in processing order.
 __global__ void gather_columns(__half* __restrict__ x_out, const __half* __restrict__ x, const int* __restrict__ perm,
                                int rows, int in) {
+    wait_for_prior_grid();
+    allow_dependents();
     const size_t n = static_cast<size_t>(rows) * in;
     for (size_t t = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; t < n;
          t += static_cast<size_t>(gridDim.x) * blockDim.x) {
@@ -445,7 +465,10 @@ int launch_gemv(void* y, bool f16, bool accumulate, const __half* x, const QMatr
         if (splits > 1 && !accumulate)
             QT_CUDA_TRY(cudaMemsetAsync(y, 0, static_cast<size_t>(rows) * m.out * sizeof(float), s));
     }
-    kernel<<<dim3(blocks, splits), threads, 0, s>>>(y, f16, accumulate, x, m, rows);
+    if (splits > 1 && !accumulate)  // after a memset: an ordinary launch
+        kernel<<<dim3(blocks, splits), threads, 0, s>>>(y, f16, accumulate, x, m, rows);
+    else
+        QT_CUDA_TRY(launch_dependent(kernel, dim3(blocks, splits), threads, 0, s, y, f16, accumulate, x, m, rows));
     return check_launch("qmatrix_gemv");
 }
 
@@ -482,8 +505,9 @@ int qt_qmatrix_gemv(void* y, int y_dtype, int accumulate, const void* x, const q
                    scratch != nullptr ? scratch_bytes : 0, need);
         QT_REQUIRE(aligned16(scratch), "%s: scratch is not 16-byte aligned", fn);
         auto* gathered = static_cast<__half*>(scratch);
-        gather_columns<<<blocks_for(static_cast<size_t>(rows) * w->in, 256, 4096), 256, 0, s>>>(
-            gathered, xp, static_cast<const int*>(w->perm), rows, w->in);
+        const unsigned blocks = blocks_for(static_cast<size_t>(rows) * w->in, 256, 4096);
+        QT_CUDA_TRY(launch_dependent(gather_columns, blocks, 256, 0, s, gathered, xp, static_cast<const int*>(w->perm),
+                                     rows, w->in));
         QT_TRY(check_launch("gather_columns"));
         xp = gathered;
     }

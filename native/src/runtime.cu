@@ -1,6 +1,7 @@
 // Runtime surface: status strings and the per-thread error detail, devices, memory, streams, events,
 // CUDA graph capture, and the copy-bandwidth benchmark.
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 
@@ -67,6 +68,23 @@ int multiprocessor_count() {
         sm_count_cache[device] = count;
     }
     return count;
+}
+
+bool dependent_launches() {
+    static int cache[kMaxDevices];  // 0 unknown, 1 no, 2 yes
+    static const bool off = [] {
+        const char* e = getenv("QTOOL_PDL");
+        return e != nullptr && e[0] == '0';
+    }();
+    int device = 0;
+    if (off || cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) return false;
+    if (cache[device] == 0) {
+        int major = 0;
+        const bool hopper = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
+                            major >= 9;
+        cache[device] = hopper ? 2 : 1;
+    }
+    return cache[device] == 2;
 }
 
 }  // namespace qt

@@ -1378,6 +1378,35 @@ void bench_layer() {
     }
 }
 
+// Reads every 16-byte word of up to 4 arrays once (XOR-folded; the sink is written only if the fold hits a constant,
+// which keeps the loads): the time a kernel needs just to read a matrix's bytes, the ceiling its GEMV can approach.
+struct ReadSpans {
+    const uint4* p[4];
+    size_t n[4];
+};
+__global__ void read_spans(ReadSpans s, unsigned* sink) {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");  // chained: the next read may start at once
+#endif
+    const size_t stride = size_t(gridDim.x) * blockDim.x, first = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    uint32_t fold = 0;
+    for (int a = 0; a < 4; a++) {
+        size_t i = first;
+        for (; i + 3 * stride < s.n[a]; i += 4 * stride) {  // four loads in flight per thread
+            uint4 v[4];
+#pragma unroll
+            for (int k = 0; k < 4; k++) v[k] = __ldg(s.p[a] + i + k * stride);
+#pragma unroll
+            for (int k = 0; k < 4; k++) fold ^= v[k].x ^ v[k].y ^ v[k].z ^ v[k].w;
+        }
+        for (; i < s.n[a]; i += stride) {
+            const uint4 v = __ldg(s.p[a] + i);
+            fold ^= v.x ^ v.y ^ v.z ^ v.w;
+        }
+    }
+    if (fold == 0x9e3779b9u) *sink = fold;
+}
+
 // A random qt_qmatrix to time, in enough copies (> 200 MB) that the 50 MB L2 holds none of them between uses.
 // Random words are random codes of any width. GPTQ: group 128 with zeros, every unit `bits` wide (mixed: the last 8,
 // so that the mixed-width walk is timed). exl2: no zeros, group 128, widths in EXL2's decreasing segments averaging
@@ -1436,6 +1465,38 @@ struct BenchQMatrix {
         return {ms * 1e3, bytes / (ms * 1e-3) / 1e9};
     }
 
+    // µs to read each copy's arrays once (read_spans, the best of a few grid sizes): the ceiling for time(). Chained:
+    // each read a dependent launch (as qt_qmatrix_gemv is on sm_90), the next starting while the last one drains.
+    double read_us(bool chained) const {
+        Device sink(4);
+        qt_device_info info{};
+        CHECK(qt_device_info_get(0, &info));
+        double best = 1e30;
+        for (int per_sm : {2, 4, 8, 16}) {
+            const double ms = time_ms([&] {
+                for (size_t k = 0; k < mats.size(); k++) {
+                    ReadSpans spans{};
+                    for (int a = 0; a < 4; a++) {
+                        spans.p[a] = static_cast<const uint4*>(buffers[1 + 4 * k + a].ptr);
+                        spans.n[a] = buffers[1 + 4 * k + a].bytes / 16;
+                    }
+                    cudaLaunchConfig_t config = {};
+                    config.gridDim = dim3(info.multiprocessor_count * per_sm);
+                    config.blockDim = dim3(256);
+                    cudaLaunchAttribute attribute[1];
+                    attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+                    attribute[0].val.programmaticStreamSerializationAllowed = 1;
+                    config.attrs = attribute;
+                    config.numAttrs = chained ? 1 : 0;
+                    if (cudaLaunchKernelEx(&config, read_spans, spans, static_cast<unsigned*>(sink.ptr)) != cudaSuccess)
+                        throw std::runtime_error("read_spans launch failed");
+                }
+            }) / mats.size();
+            best = std::min(best, ms * 1e3);
+        }
+        return best;
+    }
+
     std::string name(int rows) const {
         char label[128];
         snprintf(label, sizeof label, "%d-bit %dx%d->%d%s", exl2 ? 4 : bits, rows, in, out,
@@ -1458,9 +1519,17 @@ void bench_qmatrix() {
                                      {3, 11008, 4096, false, false}, {8, 4096, 11008, false, false},
                                      {8, 11008, 4096, false, false}};
     auto print = [&](const BenchQMatrix& b, int rows) {
-        const auto [us, gbps] = b.time(rows);
-        printf("  %-58s %10.2f us  %6.0f GB/s  %3.0f %% of copy\n", ("qmatrix gemv " + b.name(rows)).c_str(), us, gbps,
+        const std::pair<double, double> timed = b.time(rows);
+        const double us = timed.first, gbps = timed.second;
+        printf("  %-58s %10.2f us  %6.0f GB/s  %3.0f %% of copy", ("qmatrix gemv " + b.name(rows)).c_str(), us, gbps,
                100.0 * gbps / copy_gbps);
+        if (rows == 1)
+            for (bool chained : {false, true}) {
+                const double read = b.read_us(chained);
+                printf("  | read %s %.2f us, %3.0f %% of copy", chained ? "chained" : "alone", read,
+                       100.0 * b.matrix_bytes / (read * 1e-6) / 1e9 / copy_gbps);
+            }
+        printf("\n");
     };
     for (const Case& c : cases) {
         const BenchQMatrix b(c.bits, c.in, c.out, c.perm, c.mixed);
