@@ -290,6 +290,14 @@ QT_API int qt_qmatrix_gemv_scratch_bytes(const qt_qmatrix* w, int rows, size_t* 
  */
 QT_API int qt_qmatrix_gemv(void* y, int y_dtype, int accumulate, const void* x, const qt_qmatrix* w, int rows,
                            void* scratch, size_t scratch_bytes, void* stream);
+/*
+ * qt_qmatrix_gemv of one x by `count` (1..4) matrices w[0..count-1] in one launch: y[i] = x . w[i]^T (q/k/v, gate/up;
+ * three 4096-output products fill a GPU far better together than one after another). The matrices take the same
+ * number of inputs and the same input order: all without a perm, or all with equal perms (w[0]'s is the one applied).
+ * y_dtype and accumulate hold for every y[i]; scratch as qt_qmatrix_gemv_scratch_bytes says for w[0].
+ */
+QT_API int qt_qmatrix_gemv_many(int count, void* const* y, int y_dtype, int accumulate, const void* x,
+                                const qt_qmatrix* w, int rows, void* scratch, size_t scratch_bytes, void* stream);
 /* weight F16 [out, in] (16-byte aligned, inputs in their original order) = W, each value computed in F32 and rounded
  * once: what qt_linear then multiplies for more rows than qt_qmatrix_gemv takes (prefill, perplexity). */
 QT_API int qt_qmatrix_dequant(void* weight, const qt_qmatrix* w, void* stream);

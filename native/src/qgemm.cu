@@ -209,52 +209,75 @@ __device__ __forceinline__ void unit_products(float (&acc)[Rows][4], const QMatr
     }
 }
 
-// unit_products for 4-bit units in half2 arithmetic. ((w >> 4i) & 0x000f000f) | 0x64006400 is the half2
-// (1024 + q_i, 1024 + q_{i+4}) of a word's codes i and i + 4 (one shift and one LOP3 for two codes); one HADD2 with
-// −(1024 + z) makes both (q − z) exactly, and one HFMA2 per row multiplies them by (x_i, x_{i+4}), x's halves paired
-// the same way by two PRMTs per 4 pairs (shared by the 4 outputs): ~1.1 instructions a code instead of ~3.5. Each
-// lane sums a unit's 16 products in half (about 1e-3 relative rounding; |Σ| ≤ 16 · 15 · max|x| must stay under 65504,
-// which holds for |x| < 270 in the worst case), then the two lanes go to F32, get the scale and join acc (F32).
-template <int Rows, int N>
-__device__ __forceinline__ void unit_products_half4(float (&acc)[Rows][4], const QMatrix& m,
-                                                    const __half* __restrict__ x, int rows, int o, const int (&u)[N],
-                                                    const int2 (&d)[N]) {
-    uint32_t w[N][4][4];
+// The P = 32 / Bits halves of x that a word of codes meets (P consecutive halves from p, 4-byte aligned at least), as
+// P / 2 words of two halves each.
+template <int P>
+__device__ __forceinline__ void load_x_word(uint32_t (&h)[P / 2], const __half* __restrict__ p) {
+    if constexpr (P == 4) {
+        const uint2 v = __ldg(reinterpret_cast<const uint2*>(p));
+        h[0] = v.x, h[1] = v.y;
+    } else {
+#pragma unroll
+        for (int k = 0; k < P / 8; k++) {
+            const uint4 v = __ldg(reinterpret_cast<const uint4*>(p) + k);
+            h[4 * k] = v.x, h[4 * k + 1] = v.y, h[4 * k + 2] = v.z, h[4 * k + 3] = v.w;
+        }
+    }
+}
+
+// unit_products for 2-, 4- and 8-bit units in half2 arithmetic. A word holds P = 32 / Bits codes; its codes i and
+// i + P/2 sit 16 bits apart, so ((w >> Bits·i) & mask) | 0x64006400 is the half2 (1024 + q_i, 1024 + q_{i+P/2}) (one
+// shift and one LOP3 for two codes); one HFMA2 makes both (q − z)·f exactly (f = 1, or 1/16 at 8 bits so that every
+// width's products stay under 16·|x|), and one HFMA2 per row multiplies them by (x_i, x_{i+P/2}), x's halves paired
+// the same way by PRMTs shared by the 4 outputs: ~1.1 instructions a code at 4 bits instead of ~3.5 in F32. Each lane
+// sums a unit's 16 products in half (about 1e-3 relative rounding; |Σ| ≤ 16 · 16 · max|x| must stay under 65504,
+// which holds for |x| < 255 in the worst case), then the two lanes go to F32, get the scale (and 1/f) and join acc.
+template <int Bits, int Rows, int N>
+__device__ __forceinline__ void unit_products_half(float (&acc)[Rows][4], const QMatrix& m,
+                                                   const __half* __restrict__ x, int rows, int o, const int (&u)[N],
+                                                   const int2 (&d)[N]) {
+    constexpr int P = 32 / Bits;  // codes a word
+    constexpr uint32_t kMask = ((1u << Bits) - 1) * 0x00010001u;
+    constexpr float kF = Bits == 8 ? 1.0f / 16 : 1.0f;
+    uint32_t w[N][4][Bits];
     float s[N][4], zb[N][4];
 #pragma unroll
     for (int n = 0; n < N; n++) {
-        load_unit<4>(w[n], m.qweight + static_cast<size_t>(d[n].x) * m.out + o, m.out);
-        load_group<4>(s[n], zb[n], m, d[n].y >> 8, o);
+        load_unit<Bits>(w[n], m.qweight + static_cast<size_t>(d[n].x) * m.out + o, m.out);
+        load_group<Bits>(s[n], zb[n], m, d[n].y >> 8, o);
     }
     auto as_half2 = [](uint32_t v) { return *reinterpret_cast<const __half2*>(&v); };
+    const __half2 f2 = __float2half2_rn(kF);
 #pragma unroll
     for (int n = 0; n < N; n++) {
         __half2 minus_base[4], dot[Rows][4];
 #pragma unroll
-        for (int c = 0; c < 4; c++) minus_base[c] = __float2half2_rn(-(zb[n][c] + 1008.0f));  // zb = z + 16
+        for (int c = 0; c < 4; c++)  // zb = z + 2^Bits
+            minus_base[c] = __float2half2_rn(-(zb[n][c] - static_cast<float>(1 << Bits) + 1024.0f) * kF);
 #pragma unroll
         for (int r = 0; r < Rows; r++)
 #pragma unroll
             for (int c = 0; c < 4; c++) dot[r][c] = __float2half2_rn(0.0f);
-        const uint4* xu = reinterpret_cast<const uint4*>(x + u[n] * 32);
 #pragma unroll
-        for (int k = 0; k < 4; k++) {  // word k: codes 8k .. 8k + 7, x's halves 8k .. 8k + 7 (one 128-bit load)
-            __half2 xp[Rows][4];     // xp[r][i] = (x_i, x_{i+4})
+        for (int k = 0; k < Bits; k++) {  // word k: codes P·k .. P·k + P − 1
+            __half2 xp[Rows][P / 2];       // xp[r][i] = (x_i, x_{i+P/2}) of those codes
 #pragma unroll
             for (int r = 0; r < Rows; r++) {
-                const uint4 xv = Rows == 1 || r < rows ? __ldg(xu + static_cast<size_t>(r) * (m.in / 8) + k)
-                                                       : make_uint4(0, 0, 0, 0);
-                xp[r][0] = as_half2(__byte_perm(xv.x, xv.z, 0x5410));
-                xp[r][1] = as_half2(__byte_perm(xv.x, xv.z, 0x7632));
-                xp[r][2] = as_half2(__byte_perm(xv.y, xv.w, 0x5410));
-                xp[r][3] = as_half2(__byte_perm(xv.y, xv.w, 0x7632));
+                uint32_t h[P / 2];
+                if (Rows == 1 || r < rows) load_x_word<P>(h, x + static_cast<size_t>(r) * m.in + u[n] * 32 + k * P);
+                else
+#pragma unroll
+                    for (int i = 0; i < P / 2; i++) h[i] = 0;
+#pragma unroll
+                for (int i = 0; i < P / 2; i++)
+                    xp[r][i] = as_half2(__byte_perm(h[i / 2], h[(i + P / 2) / 2], i % 2 == 0 ? 0x5410 : 0x7632));
             }
 #pragma unroll
             for (int c = 0; c < 4; c++) {
 #pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    const __half2 q = __hadd2(as_half2(((w[n][c][k] >> (4 * i)) & 0x000f000fu) | 0x64006400u),
-                                              minus_base[c]);
+                for (int i = 0; i < P / 2; i++) {
+                    const __half2 q =
+                        __hfma2(as_half2(((w[n][c][k] >> (Bits * i)) & kMask) | 0x64006400u), f2, minus_base[c]);
 #pragma unroll
                     for (int r = 0; r < Rows; r++) dot[r][c] = __hfma2(q, xp[r][i], dot[r][c]);
                 }
@@ -265,24 +288,24 @@ __device__ __forceinline__ void unit_products_half4(float (&acc)[Rows][4], const
 #pragma unroll
             for (int c = 0; c < 4; c++) {
                 const float2 f = __half22float2(dot[r][c]);
-                acc[r][c] = fmaf(s[n][c], f.x + f.y, acc[r][c]);
+                acc[r][c] = fmaf(s[n][c] * (1.0f / kF), f.x + f.y, acc[r][c]);
             }
     }
 }
 
 // The products of N units all `bits` wide, the width known at run time (a warp's slices mostly share one, so the
-// switch rarely diverges): 4-bit units in half2 arithmetic, the others in F32.
+// switch rarely diverges): 2-, 4- and 8-bit units in half2 arithmetic, 3, 5 and 6 bits (fields across words) in F32.
 template <int Rows, int N>
 __device__ __forceinline__ void unit_products_of_width(int bits, float (&acc)[Rows][4], const QMatrix& m,
                                                        const __half* __restrict__ x, int rows, int o, const int (&u)[N],
                                                        const int2 (&d)[N]) {
     switch (bits) {
-        case 2: unit_products<2, Rows, N>(acc, m, x, rows, o, u, d); break;
+        case 2: unit_products_half<2, Rows, N>(acc, m, x, rows, o, u, d); break;
         case 3: unit_products<3, Rows, N>(acc, m, x, rows, o, u, d); break;
-        case 4: unit_products_half4<Rows, N>(acc, m, x, rows, o, u, d); break;
+        case 4: unit_products_half<4, Rows, N>(acc, m, x, rows, o, u, d); break;
         case 5: unit_products<5, Rows, N>(acc, m, x, rows, o, u, d); break;
         case 6: unit_products<6, Rows, N>(acc, m, x, rows, o, u, d); break;
-        default: unit_products<8, Rows, N>(acc, m, x, rows, o, u, d); break;
+        default: unit_products_half<8, Rows, N>(acc, m, x, rows, o, u, d); break;
     }
 }
 
@@ -291,7 +314,7 @@ __device__ __forceinline__ void unit_products_of_width(int bits, float (&acc)[Ro
 // y += it by atomicAdd.
 template <int Rows>
 __device__ __forceinline__ void store_block_sums(const float (&acc)[Rows][4], void* __restrict__ y, bool y_f16,
-                                                 bool accumulate, bool atomic, int out, int rows) {
+                                                 bool accumulate, bool atomic, int block, int out, int rows) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5, quad = lane % kQuadsPerWarp;
     __shared__ float partial[kMaxThreads / 32][Rows][kOutputsPerBlock];
 #pragma unroll
@@ -307,7 +330,7 @@ __device__ __forceinline__ void store_block_sums(const float (&acc)[Rows][4], vo
     }
     __syncthreads();
     for (int t = threadIdx.x; t < rows * kOutputsPerBlock; t += blockDim.x) {
-        const int r = t / kOutputsPerBlock, col = t % kOutputsPerBlock, oc = blockIdx.x * kOutputsPerBlock + col;
+        const int r = t / kOutputsPerBlock, col = t % kOutputsPerBlock, oc = block * kOutputsPerBlock + col;
         if (oc >= out) continue;
         float sum = 0.0f;
         for (int k = 0; k < warps; k++) sum += partial[k][r][col];
@@ -319,18 +342,40 @@ __device__ __forceinline__ void store_block_sums(const float (&acc)[Rows][4], vo
     }
 }
 
-// y[r, o] (+)= Σ_i x[r, i] · W[o, i] for r < rows ≤ Rows, x in processing order. Block (bx, by) takes outputs
-// 16·bx .. 16·bx + 15 and units [by · units / gridDim.y, (by + 1) · units / gridDim.y); with gridDim.y > 1 it adds its
-// sums to F32 y by atomicAdd. Slice k takes the unit pairs starting at begin + 2k, begin + 2k + 2·slices, ... (one
-// unit at a time above 2 rows, and when the range is too short to give every slice a pair, so that all slices work).
+// Up to kMaxParts matrices with one input count that multiply the same x in one launch (q/k/v, gate/up: three
+// 4096-output products fill half a wave of the GPU each, one launch of all three fills 1.5): part p takes blocks
+// [block_end[p − 1], block_end[p]) and writes y[p].
+constexpr int kMaxParts = 4;
+struct QMatrixSet {
+    QMatrix m[kMaxParts];
+    void* y[kMaxParts];
+    int block_end[kMaxParts];
+    int parts;
+};
+
+// y[r, o] (+)= Σ_i x[r, i] · W[o, i] for r < rows ≤ Rows, x in processing order, W and y the part of blockIdx.x.
+// Block (bx, by) takes that part's outputs 16·b .. 16·b + 15 (b = bx − the part's first block) and units
+// [by · units / gridDim.y, (by + 1) · units / gridDim.y); with gridDim.y > 1 it adds its sums to F32 y by atomicAdd.
+// Slice k takes the unit pairs starting at begin + 2k, begin + 2k + 2·slices, ... (one unit at a time above 2 rows,
+// and when the range is too short to give every slice a pair, so that all slices work).
 template <int Rows>
-__global__ void __launch_bounds__(kMaxThreads) qmatrix_gemv(void* __restrict__ y, bool y_f16, bool accumulate,
-                                                            const __half* __restrict__ x, QMatrix m, int rows) {
+__global__ void __launch_bounds__(kMaxThreads) qmatrix_gemv(QMatrixSet set, bool y_f16, bool accumulate,
+                                                            const __half* __restrict__ x, int rows) {
+    QMatrix m = set.m[0];  // the part's fields chosen by unrolled selects: the set stays in the constant bank
+    void* y = set.y[0];
+    int block = blockIdx.x;
+#pragma unroll
+    for (int p = 1; p < kMaxParts; p++)
+        if (p < set.parts && static_cast<int>(blockIdx.x) >= set.block_end[p - 1]) {
+            m = set.m[p];
+            y = set.y[p];
+            block = blockIdx.x - set.block_end[p - 1];
+        }
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int quad = lane % kQuadsPerWarp, slice = warp * kSlicesPerWarp + lane / kQuadsPerWarp;
     const int slices = (blockDim.x >> 5) * kSlicesPerWarp, units = m.in / 32;
     const int begin = blockIdx.y * units / gridDim.y, end = (blockIdx.y + 1) * units / gridDim.y;
-    const int o = blockIdx.x * kOutputsPerBlock + quad * 4;
+    const int o = block * kOutputsPerBlock + quad * 4;
 
     float acc[Rows][4];
 #pragma unroll
@@ -360,7 +405,7 @@ __global__ void __launch_bounds__(kMaxThreads) qmatrix_gemv(void* __restrict__ y
         const int2 d0 = __ldg(m.units + u);
         unit_products_of_width<Rows, 1>(d0.y & 0xff, acc, m, x, rows, o, {u}, {d0});
     }
-    store_block_sums<Rows>(acc, y, y_f16, accumulate, gridDim.y > 1, m.out, rows);
+    store_block_sums<Rows>(acc, y, y_f16, accumulate, gridDim.y > 1, block, m.out, rows);
 }
 
 // x_out[r, k] = x[r, perm[k]]: x's columns in processing order.
@@ -447,28 +492,30 @@ QMatrix device_view(const qt_qmatrix* w) {
 
 constexpr int kMaxSplits = 4;
 
-// Launches qmatrix_gemv<Rows>. With split (F32 y only), the inputs go over up to kMaxSplits blocks while the grid is
-// under 2 waves and every slice keeps at least one unit; y is zeroed first unless accumulating.
+// Launches qmatrix_gemv<Rows> over every part of the set. With split (F32 y only), the inputs go over up to
+// kMaxSplits blocks while the grid is under 2 waves and every slice keeps at least one unit; each y is zeroed first
+// unless accumulating.
 template <int Rows>
-int launch_gemv(void* y, bool f16, bool accumulate, const __half* x, const QMatrix& m, int rows, bool split,
+int launch_gemv(const QMatrixSet& set, bool f16, bool accumulate, const __half* x, int rows, bool split,
                 cudaStream_t s) {
     const auto kernel = qmatrix_gemv<Rows>;
-    const int threads = 32 * gemv_warps(), blocks = (m.out + kOutputsPerBlock - 1) / kOutputsPerBlock;
+    const int threads = 32 * gemv_warps(), blocks = set.block_end[set.parts - 1];
     int splits = 1;
     if (split && !f16) {
         static const int per_sm = [&] {  // blocks an SM holds (registers decide), asked once per kernel
             int n = 0;
             return cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, 0) == cudaSuccess && n > 0 ? n : 1;
         }();
-        const int wave = multiprocessor_count() * per_sm, slices = threads / 32 * kSlicesPerWarp, units = m.in / 32;
+        const int wave = multiprocessor_count() * per_sm, slices = threads / 32 * kSlicesPerWarp, units = set.m[0].in / 32;
         while (splits < kMaxSplits && blocks * splits < 2 * wave && units / (splits + 1) >= slices) splits++;
         if (splits > 1 && !accumulate)
-            QT_CUDA_TRY(cudaMemsetAsync(y, 0, static_cast<size_t>(rows) * m.out * sizeof(float), s));
+            for (int p = 0; p < set.parts; p++)
+                QT_CUDA_TRY(cudaMemsetAsync(set.y[p], 0, static_cast<size_t>(rows) * set.m[p].out * sizeof(float), s));
     }
     if (splits > 1 && !accumulate)  // after a memset: an ordinary launch
-        kernel<<<dim3(blocks, splits), threads, 0, s>>>(y, f16, accumulate, x, m, rows);
+        kernel<<<dim3(blocks, splits), threads, 0, s>>>(set, f16, accumulate, x, rows);
     else
-        QT_CUDA_TRY(launch_dependent(kernel, dim3(blocks, splits), threads, 0, s, y, f16, accumulate, x, m, rows));
+        QT_CUDA_TRY(launch_dependent(kernel, dim3(blocks, splits), threads, 0, s, set, f16, accumulate, x, rows));
     return check_launch("qmatrix_gemv");
 }
 
@@ -490,34 +537,53 @@ int qt_qmatrix_gemv_scratch_bytes(const qt_qmatrix* w, int rows, size_t* bytes) 
 
 int qt_qmatrix_gemv(void* y, int y_dtype, int accumulate, const void* x, const qt_qmatrix* w, int rows, void* scratch,
                     size_t scratch_bytes, void* stream) {
+    return qt_qmatrix_gemv_many(1, &y, y_dtype, accumulate, x, w, rows, scratch, scratch_bytes, stream);
+}
+
+int qt_qmatrix_gemv_many(int count, void* const* y, int y_dtype, int accumulate, const void* x, const qt_qmatrix* w,
+                         int rows, void* scratch, size_t scratch_bytes, void* stream) {
     const char* fn = "qt_qmatrix_gemv";
-    QT_TRY(check_qmatrix(fn, w));
-    QT_REQUIRE(y && x, "%s: NULL y or x", fn);
+    QT_REQUIRE(count >= 1 && count <= kMaxParts, "%s: %d matrices (need 1..%d)", fn, count, kMaxParts);
+    QT_REQUIRE(y != nullptr && w != nullptr, "%s: NULL y or matrix array", fn);
+    QT_REQUIRE(x != nullptr, "%s: NULL x", fn);
     QT_REQUIRE(rows >= 1 && rows <= kMaxGemvRows, "%s: rows %d (need 1..%d)", fn, rows, kMaxGemvRows);
     QT_REQUIRE(y_dtype == QT_F32 || y_dtype == QT_F16, "%s: y dtype %s (need F32 or F16)", fn, dtype_name(y_dtype));
     QT_REQUIRE(!accumulate || y_dtype == QT_F32, "%s: accumulate needs F32 y (y is %s)", fn, dtype_name(y_dtype));
     QT_REQUIRE(aligned16(x), "%s: x is not 16-byte aligned", fn);
+    QMatrixSet set{};
+    bool mixed = false;
+    for (int p = 0; p < count; p++) {
+        QT_TRY(check_qmatrix(fn, &w[p]));
+        QT_REQUIRE(y[p] != nullptr, "%s: NULL y of matrix %d", fn, p);
+        QT_REQUIRE(w[p].in == w[0].in && (w[p].perm == nullptr) == (w[0].perm == nullptr),
+                   "%s: matrix %d takes %d inputs%s, matrix 0 %d%s (one x serves them all)", fn, p, w[p].in,
+                   w[p].perm ? " with a perm" : "", w[0].in, w[0].perm ? " with a perm" : "");
+        set.m[p] = device_view(&w[p]);
+        set.y[p] = y[p];
+        set.block_end[p] = (p > 0 ? set.block_end[p - 1] : 0) + (w[p].out + kOutputsPerBlock - 1) / kOutputsPerBlock;
+        mixed |= w[p].uniform_bits == 0;
+    }
+    set.parts = count;
     const cudaStream_t s = as_stream(stream);
     const auto* xp = static_cast<const __half*>(x);
-    if (w->perm != nullptr) {
-        const size_t need = static_cast<size_t>(rows) * w->in * sizeof(__half);
+    if (w[0].perm != nullptr) {
+        const size_t need = static_cast<size_t>(rows) * w[0].in * sizeof(__half);
         QT_REQUIRE(scratch != nullptr && scratch_bytes >= need, "%s: scratch of %zu bytes for a perm (need %zu)", fn,
                    scratch != nullptr ? scratch_bytes : 0, need);
         QT_REQUIRE(aligned16(scratch), "%s: scratch is not 16-byte aligned", fn);
         auto* gathered = static_cast<__half*>(scratch);
-        const unsigned blocks = blocks_for(static_cast<size_t>(rows) * w->in, 256, 4096);
-        QT_CUDA_TRY(launch_dependent(gather_columns, blocks, 256, 0, s, gathered, xp, static_cast<const int*>(w->perm),
-                                     rows, w->in));
+        const unsigned blocks = blocks_for(static_cast<size_t>(rows) * w[0].in, 256, 4096);
+        QT_CUDA_TRY(launch_dependent(gather_columns, blocks, 256, 0, s, gathered, xp,
+                                     static_cast<const int*>(w[0].perm), rows, w[0].in));
         QT_TRY(check_launch("gather_columns"));
         xp = gathered;
     }
-    const QMatrix m = device_view(w);
     // Mixed widths (EXL2) split the inputs over blocks; one width (GPTQ) measured faster unsplit (header).
-    const bool f16 = y_dtype == QT_F16, acc = accumulate != 0, split = w->uniform_bits == 0;
-    if (rows == 1) return launch_gemv<1>(y, f16, acc, xp, m, rows, split, s);
-    if (rows == 2) return launch_gemv<2>(y, f16, acc, xp, m, rows, split, s);
-    if (rows <= 4) return launch_gemv<4>(y, f16, acc, xp, m, rows, split, s);
-    return launch_gemv<8>(y, f16, acc, xp, m, rows, split, s);
+    const bool f16 = y_dtype == QT_F16, acc = accumulate != 0;
+    if (rows == 1) return launch_gemv<1>(set, f16, acc, xp, rows, mixed, s);
+    if (rows == 2) return launch_gemv<2>(set, f16, acc, xp, rows, mixed, s);
+    if (rows <= 4) return launch_gemv<4>(set, f16, acc, xp, rows, mixed, s);
+    return launch_gemv<8>(set, f16, acc, xp, rows, mixed, s);
 }
 
 int qt_gather_columns(void* out, const void* x, const int32_t* perm, int rows, int cols, void* stream) {

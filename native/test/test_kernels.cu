@@ -701,6 +701,19 @@ double f16_ulps(float got, double v) {
     return std::fabs(got - v) / ulp;
 }
 
+// x [rows, in] (F16, original input order) · W^T in double: [rows, out].
+std::vector<double> qmatrix_product(const HostQMatrix& h, const std::vector<uint16_t>& x16, int rows) {
+    std::vector<double> ref(size_t(rows) * h.out, 0.0);
+    for (int k = 0; k < h.in; k++) {
+        const int src = h.perm.empty() ? k : h.perm[k];
+        for (int o = 0; o < h.out; o++) {
+            const double wv = h.weight(k, o);
+            for (int r = 0; r < rows; r++) ref[size_t(r) * h.out + o] += f16_value(x16[size_t(r) * h.in + src]) * wv;
+        }
+    }
+    return ref;
+}
+
 // qt_qmatrix_gemv (rows 1, 2, 3, 8; F32 and F16 y; += into F32 y) against the double product W·x, and
 // qt_qmatrix_dequant value by value, in the original input order. Mixed widths with F32 y take the input split over
 // blocks (atomicAdd into y, zeroed first unless +=) when the inputs give every slice a unit (in >= 4096: 2 splits;
@@ -714,18 +727,9 @@ void test_qmatrix(const std::string& name, int in, int out, const std::vector<in
         constexpr int kRows = 8;
         const std::vector<uint16_t> x16 = to_f16(randn(size_t(kRows) * in));
         Device dx = Device::from(x16);
-        std::vector<double> ref(size_t(kRows) * out, 0.0);
-        for (int k = 0; k < in; k++) {
-            const int src = with_perm ? h.perm[k] : k;
-            double xs[kRows];
-            for (int r = 0; r < kRows; r++) xs[r] = f16_value(x16[size_t(r) * in + src]);
-            for (int o = 0; o < out; o++) {
-                const double wv = h.weight(k, o);
-                for (int r = 0; r < kRows; r++) ref[size_t(r) * out + o] += xs[r] * wv;
-            }
-        }
-        // 4-bit units sum in half2 (~1e-3 rounding); the other widths in F32.
-        const bool in_half = std::find(h.unit_bits.begin(), h.unit_bits.end(), 4) != h.unit_bits.end();
+        const std::vector<double> ref = qmatrix_product(h, x16, kRows);
+        // 2-, 4- and 8-bit units sum in half2 (~1e-3 rounding); the other widths in F32.
+        const bool in_half = std::any_of(h.unit_bits.begin(), h.unit_bits.end(), [](int b) { return b == 2 || b == 4 || b == 8; });
         const double f32_limit = in_half ? 1e-2 : 1e-3;
         for (int rows : {1, 2, 3, 8}) {
             size_t scratch_bytes = 0;
@@ -759,6 +763,73 @@ void test_qmatrix(const std::string& name, int in, int out, const std::vector<in
         }
         // Computed in F32 and rounded once to fp16: half a spacing, plus F32's own rounding.
         record(label + " dequant (fp16 ulps)", worst, 0.5 + 1.0 / 1024);
+    });
+}
+
+// qt_qmatrix_gemv_many: three matrices of one input order (q/k/v-like: mixed widths, all 5-bit, 8 and 4 bits; one
+// perm; outputs that end inside a block) in one launch, each y against its double product, at 1 and 3 rows, F32 and
+// F16 y and += (F32 y of mixed widths takes the input split); then the argument checks of the set.
+void test_qmatrix_many() {
+    run("qmatrix gemv_many", [&] {
+        std::vector<HostQMatrix> h = {make_qmatrix(4096, 256, {5, 4, 4, 4, 4, 4, 4, 4}, {32}, false, true),
+                                      make_qmatrix(4096, 136, {5}, {32}, false, false),
+                                      make_qmatrix(4096, 200, {8, 4, 4}, {128}, false, false)};
+        h[1].perm = h[2].perm = h[0].perm;
+        std::vector<std::unique_ptr<DeviceQMatrix>> d;
+        std::vector<qt_qmatrix> w;
+        for (const HostQMatrix& m : h) {
+            d.push_back(std::make_unique<DeviceQMatrix>(m));
+            w.push_back(d.back()->w);
+        }
+        constexpr int kRows = 3;
+        const std::vector<uint16_t> x16 = to_f16(randn(size_t(kRows) * 4096));
+        Device dx = Device::from(x16);
+        size_t scratch_bytes = 0;
+        CHECK(qt_qmatrix_gemv_scratch_bytes(&w[0], kRows, &scratch_bytes));
+        Device scratch(scratch_bytes);
+        for (int rows : {1, 3})
+            for (int mode = 0; mode < 3; mode++) {  // F32, F16, F32 +=
+                const int y_dtype = mode == 1 ? QT_F16 : QT_F32;
+                std::vector<Device> y;
+                std::vector<std::vector<float>> y0;
+                std::vector<void*> yp;
+                for (const HostQMatrix& m : h) {
+                    y0.push_back(randn(size_t(rows) * m.out));
+                    if (mode == 2) y.push_back(Device::from(y0.back()));
+                    else {
+                        y.emplace_back(size_t(rows) * m.out * dtype_size(y_dtype));
+                        y.back().poison();
+                    }
+                    yp.push_back(y.back().ptr);
+                }
+                CHECK(qt_qmatrix_gemv_many(3, yp.data(), y_dtype, mode == 2, dx.ptr, w.data(), rows, scratch.ptr,
+                                           scratch_bytes, nullptr));
+                for (size_t i = 0; i < h.size(); i++) {
+                    std::vector<double> want = qmatrix_product(h[i], x16, rows);
+                    if (mode == 2)
+                        for (size_t k = 0; k < want.size(); k++) want[k] += y0[i][k];
+                    record("qmatrix gemv_many r" + std::to_string(rows) + " " + (mode == 1 ? "F16" : "F32") +
+                               (mode == 2 ? " +=" : "") + " matrix " + std::to_string(i),
+                           rel_l2(download_as(y[i], want.size(), y_dtype), want), 1e-2);
+                }
+            }
+        int wrong = 0;
+        void* yp[5] = {scratch.ptr, scratch.ptr, scratch.ptr, scratch.ptr, scratch.ptr};
+        auto invalid = [&](int status) { wrong += status != QT_ERR_INVALID_ARGUMENT; };
+        invalid(qt_qmatrix_gemv_many(0, yp, QT_F32, 0, dx.ptr, w.data(), 1, scratch.ptr, scratch_bytes, nullptr));
+        std::vector<qt_qmatrix> five(5, w[0]);
+        invalid(qt_qmatrix_gemv_many(5, yp, QT_F32, 0, dx.ptr, five.data(), 1, scratch.ptr, scratch_bytes, nullptr));
+        std::vector<qt_qmatrix> bad = w;
+        bad[1].perm = nullptr;  // one input order for all, or none
+        invalid(qt_qmatrix_gemv_many(3, yp, QT_F32, 0, dx.ptr, bad.data(), 1, scratch.ptr, scratch_bytes, nullptr));
+        const HostQMatrix narrow = make_qmatrix(1024, 64, {4}, {32}, false, true);
+        DeviceQMatrix dn(narrow);
+        bad = {w[0], dn.w};  // another input count
+        invalid(qt_qmatrix_gemv_many(2, yp, QT_F32, 0, dx.ptr, bad.data(), 1, scratch.ptr, scratch_bytes, nullptr));
+        yp[1] = nullptr;
+        invalid(qt_qmatrix_gemv_many(3, yp, QT_F32, 0, dx.ptr, w.data(), 1, scratch.ptr, scratch_bytes, nullptr));
+        CHECK(qt_device_synchronize());
+        record("qmatrix gemv_many argument checks", wrong, 0);
     });
 }
 
@@ -1539,6 +1610,45 @@ void bench_qmatrix() {
     // EXL2 mixes with their perm (mixed widths: the input split) in the shapes of a Llama-2-7B layer's products.
     for (const auto& [in, out] : {std::array<int, 2>{4096, 4096}, {4096, 11008}, {11008, 4096}})
         print(BenchQMatrix(4, in, out, true, false, true), 1);
+    // A layer's q/k/v (F16 y, as decoding writes them) and gate/up (EXL2 mixes, one perm each set): one product after
+    // another (x gathered once), and all of a set in one qt_qmatrix_gemv_many launch.
+    for (const int out : {4096, 11008}) {
+        const int parts = out == 4096 ? 3 : 2;
+        std::vector<std::unique_ptr<BenchQMatrix>> set;
+        for (int p = 0; p < parts; p++) set.push_back(std::make_unique<BenchQMatrix>(4, 4096, out, true, false, true));
+        Device x = upload_as(randn(4096), QT_F16), scratch(4096 * 2);
+        std::vector<Device> y;
+        std::vector<void*> yp;
+        for (int p = 0; p < parts; p++) {
+            y.emplace_back(size_t(out) * 2);
+            yp.push_back(y.back().ptr);
+        }
+        const size_t copies = set[0]->mats.size();
+        for (const bool many : {false, true}) {
+            const double ms = time_ms([&] {
+                for (size_t k = 0; k < copies; k++) {
+                    std::vector<qt_qmatrix> w;
+                    for (const auto& b : set) w.push_back(b->mats[k]);
+                    if (many)
+                        CHECK(qt_qmatrix_gemv_many(parts, yp.data(), QT_F16, 0, x.ptr, w.data(), 1, scratch.ptr,
+                                                   scratch.bytes, nullptr));
+                    else  // as Backend.linears did: the first gathers x, the others read it gathered
+                        for (int p = 0; p < parts; p++) {
+                            qt_qmatrix wp = w[p];
+                            if (p > 0) wp.perm = nullptr;
+                            CHECK(qt_qmatrix_gemv(yp[p], QT_F16, 0, p > 0 ? scratch.ptr : x.ptr, &wp, 1,
+                                                  p > 0 ? nullptr : scratch.ptr, p > 0 ? 0 : scratch.bytes, nullptr));
+                        }
+                }
+            }) / copies;
+            const double bytes = parts * double(set[0]->matrix_bytes);
+            char label[96];
+            snprintf(label, sizeof label, "qmatrix gemv exl2 mix + perm %dx 1x4096->%d, %s", parts, out,
+                     many ? "one launch" : "one by one");
+            printf("  %-58s %10.2f us  %6.0f GB/s  %3.0f %% of copy\n", label, ms * 1e3, bytes / (ms * 1e-3) / 1e9,
+                   100.0 * bytes / (ms * 1e-3) / 1e9 / copy_gbps);
+        }
+    }
 }
 
 // qt_decode_attention on Llama-2-7B shapes (MHA, and GQA with 8 kv heads) at a few positions of a 4096-row cache:
@@ -1737,6 +1847,7 @@ int main(int argc, char** argv) {
         // Widths averaging 4 bits, groups of 32: 4-bit units in half2 beside 6- and 2-bit units in F32, 2 splits.
         test_qmatrix("mixed 4,4,6,2b 4096->1024", 4096, 1024, {4, 4, 6, 2}, {32}, true, false);
         test_qmatrix("mixed 8..2b 16384->64 zeros", 16384, 64, {8, 6, 5, 4, 3, 2}, {128}, true, false);  // 4 splits of pairs
+        test_qmatrix_many();
         test_qmatrix_errors();
         for (int zero_point : {1, 0}) {
             for (int two_sided : {1, 0}) {

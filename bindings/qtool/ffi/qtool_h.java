@@ -3028,6 +3028,75 @@ public class qtool_h extends qtool_h$shared {
         }
     }
 
+    private static class qt_qmatrix_gemv_many {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            qtool_h.C_INT,
+            qtool_h.C_INT,
+            qtool_h.C_POINTER,
+            qtool_h.C_INT,
+            qtool_h.C_INT,
+            qtool_h.C_POINTER,
+            qtool_h.C_POINTER,
+            qtool_h.C_INT,
+            qtool_h.C_POINTER,
+            qtool_h.C_LONG,
+            qtool_h.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("qt_qmatrix_gemv_many");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * int qt_qmatrix_gemv_many(int count, void *const *y, int y_dtype, int accumulate, const void *x, const qt_qmatrix *w, int rows, void *scratch, size_t scratch_bytes, void *stream)
+     * }
+     */
+    public static FunctionDescriptor qt_qmatrix_gemv_many$descriptor() {
+        return qt_qmatrix_gemv_many.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * int qt_qmatrix_gemv_many(int count, void *const *y, int y_dtype, int accumulate, const void *x, const qt_qmatrix *w, int rows, void *scratch, size_t scratch_bytes, void *stream)
+     * }
+     */
+    public static MethodHandle qt_qmatrix_gemv_many$handle() {
+        return qt_qmatrix_gemv_many.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * int qt_qmatrix_gemv_many(int count, void *const *y, int y_dtype, int accumulate, const void *x, const qt_qmatrix *w, int rows, void *scratch, size_t scratch_bytes, void *stream)
+     * }
+     */
+    public static MemorySegment qt_qmatrix_gemv_many$address() {
+        return qt_qmatrix_gemv_many.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * int qt_qmatrix_gemv_many(int count, void *const *y, int y_dtype, int accumulate, const void *x, const qt_qmatrix *w, int rows, void *scratch, size_t scratch_bytes, void *stream)
+     * }
+     */
+    public static int qt_qmatrix_gemv_many(int count, MemorySegment y, int y_dtype, int accumulate, MemorySegment x, MemorySegment w, int rows, MemorySegment scratch, long scratch_bytes, MemorySegment stream) {
+        var mh$ = qt_qmatrix_gemv_many.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("qt_qmatrix_gemv_many", count, y, y_dtype, accumulate, x, w, rows, scratch, scratch_bytes, stream);
+            }
+            return (int)mh$.invokeExact(count, y, y_dtype, accumulate, x, w, rows, scratch, scratch_bytes, stream);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
     private static class qt_qmatrix_dequant {
         public static final FunctionDescriptor DESC = FunctionDescriptor.of(
             qtool_h.C_INT,

@@ -7,6 +7,7 @@ import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.util.ArrayDeque;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.HashMap;
 import java.util.HashSet;
 import java.util.List;
@@ -733,45 +734,86 @@ public final class CudaBackend implements Backend {
     /** Most rows qt_qmatrix_gemv takes; more rows dequantize into a scratch weight for one cuBLAS product. */
     public static final int QMATRIX_GEMV_MAX_ROWS = 8;
 
+    /** Most matrices one qt_qmatrix_gemv_many launch takes. */
+    private static final int QMATRIX_GEMV_MAX_SET = 4;
+
+    /**
+     * Consecutive quantized weights of one input order (q/k/v, gate/up) multiply x, at up to
+     * {@link #QMATRIX_GEMV_MAX_ROWS} rows, in one qt_qmatrix_gemv_many launch: one gather of x for them all, and one
+     * grid that fills the GPU where each 4096-output product alone fills half of it. Orders are compared by their
+     * arrays' hashes and sizes, taken at upload; weights without a perm share x as it is.
+     */
+    @Override
+    public void linears(Tensor x, Tensor[] outs, Tensor[] weights, Tensor[] biases) {
+        for (int j = 0; j < outs.length; ) {
+            int end = j + 1;
+            while (end < outs.length && end - j < QMATRIX_GEMV_MAX_SET && oneGemvLaunch(x, outs[j], weights[j], outs[end], weights[end])) end++;
+            if (end - j == 1) linear(outs[j], x, weights[j], biases == null ? null : biases[j]);
+            else gemvMany(x, Arrays.copyOfRange(outs, j, end), Arrays.copyOfRange(weights, j, end),
+                    biases == null ? new Tensor[end - j] : Arrays.copyOfRange(biases, j, end));
+            j = end;
+        }
+    }
+
+    /** Whether weight w (writing out) may join the qt_qmatrix_gemv_many launch of weight first (writing firstOut). */
+    private boolean oneGemvLaunch(Tensor x, Tensor firstOut, Tensor first, Tensor out, Tensor w) {
+        if (first.dtype() != DType.QMATRIX || w.dtype() != DType.QMATRIX || x.rows() < 1 || x.rows() > QMATRIX_GEMV_MAX_ROWS) return false;
+        if (!qmatrixArrays.containsKey(first.address()) || !qmatrixArrays.containsKey(w.address())) return false;
+        if (w.cols() != first.cols() || out.dtype() != firstOut.dtype()) return false;
+        InputOrder a = inputOrders.get(first.address()), b = inputOrders.get(w.address());
+        return a == null ? b == null : b != null && a.hash() == b.hash();
+    }
+
+    /** qt_qmatrix_gemv_many: out[i] = x weights[i]^T (+ biases[i]) in one launch (see linears). */
+    private void gemvMany(Tensor x, Tensor[] outs, Tensor[] weights, Tensor[] biases) {
+        int rows = x.rows(), n = outs.length;
+        for (int i = 0; i < n; i++) checkQMatrixLinear(outs[i], x, weights[i], biases[i]);
+        MemorySegment x16 = float16Rows(x);
+        long structBytes = qt_qmatrix.sizeof();
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment structs = arena.allocate(qt_qmatrix.layout(), n), ys = arena.allocate(ValueLayout.ADDRESS, n);
+            for (int i = 0; i < n; i++) {
+                structs.asSlice(i * structBytes, structBytes).copyFrom(weights[i].data().reinterpret(structBytes));
+                ys.setAtIndex(ValueLayout.ADDRESS, i, outs[i].data());
+            }
+            long scratchBytes = qmatrixGemvScratchBytes(weights[0], rows);
+            MemorySegment scratch = scratchBytes == 0 ? MemorySegment.NULL : MemorySegment.ofAddress(qmatrixScratch.ensure(scratchBytes));
+            check(qt_qmatrix_gemv_many(n, ys, code(outs[0].dtype()), 0, x16, structs, rows, scratch, scratchBytes, stream),
+                    "qt_qmatrix_gemv_many");
+        }
+        for (int i = 0; i < n; i++) if (biases[i] != null) addBias(outs[i], biases[i], rows, weights[i].rows());
+    }
+
+    /** The checks of a quantized linear's operands (w a QMATRIX tensor of this backend). */
+    private void checkQMatrixLinear(Tensor out, Tensor x, Tensor w, Tensor bias) {
+        if (!qmatrixArrays.containsKey(w.address())) throw new IllegalArgumentException("linear weight " + w + " is not a QMATRIX tensor of this backend (upload it)");
+        if (w.cols() != x.cols()) throw new IllegalArgumentException("linear: x " + x + " does not match weight " + w);
+        if (x.dtype() != DType.F32 && x.dtype() != DType.F16) throw new IllegalArgumentException("linear x: expected F32 or F16 with a QMATRIX weight, got " + x);
+        if (out.dtype() != DType.F32 && out.dtype() != DType.F16) throw new IllegalArgumentException("linear out: expected F32 or F16 with a QMATRIX weight, got " + out);
+        requireCount(out, (long) x.rows() * w.rows(), "linear out");
+        if (bias != null) {
+            requireFloat(bias, "linear bias");
+            requireCount(bias, w.rows(), "linear bias");
+        }
+    }
+
+    /** x's rows as F16 for the GEMV: x itself, or x rounded into the linear scratch. */
+    private MemorySegment float16Rows(Tensor x) {
+        if (x.dtype() == DType.F16) return x.data();
+        MemorySegment x16 = MemorySegment.ofAddress(linearScratch.ensure(2L * x.numel()));
+        check(qt_cast(x16, QT_F16(), x.data(), QT_F32(), x.numel(), stream), "qt_cast");
+        return x16;
+    }
+
     /**
      * A quantized linear (w a QMATRIX tensor of this backend). Up to {@link #QMATRIX_GEMV_MAX_ROWS} rows:
      * qt_qmatrix_gemv straight from the packed codes (x rounded to F16 first when it is F32; the residual add fused
      * for linearAdd), the bias added after as qt_linear adds it. More rows: qt_qmatrix_dequant into a scratch F16
      * weight, then the dense product.
      */
-    /**
-     * Consecutive quantized weights with the same input order multiply, at up to {@link #QMATRIX_GEMV_MAX_ROWS} rows,
-     * the x that the first one's product gathered into that order (in the GEMV scratch): one gather for q/k/v, one for
-     * gate/up. Orders are compared by their arrays' hashes and sizes, taken at upload.
-     */
-    @Override
-    public void linears(Tensor x, Tensor[] outs, Tensor[] weights, Tensor[] biases) {
-        for (int j = 0; j < outs.length; j++) {
-            Tensor w = weights[j], bias = biases == null ? null : biases[j];
-            InputOrder order = w.dtype() == DType.QMATRIX ? inputOrders.get(w.address()) : null;
-            InputOrder before = j > 0 && weights[j - 1].dtype() == DType.QMATRIX ? inputOrders.get(weights[j - 1].address()) : null;
-            boolean gathered = order != null && before != null && order.hash() == before.hash() && w.cols() == weights[j - 1].cols()
-                    && x.rows() >= 1 && x.rows() <= QMATRIX_GEMV_MAX_ROWS && qmatrixGemvScratchBytes(w, x.rows()) > 0;
-            if (gathered) {
-                requireCount(outs[j], (long) x.rows() * w.rows(), "linears out");
-                gemv(outs[j], MemorySegment.ofAddress(qmatrixScratch.address), order.ordered(), x.rows(), w.rows(), bias, false);
-            } else {
-                linear(outs[j], x, w, bias);
-            }
-        }
-    }
-
     private void qmatrixLinear(Tensor out, Tensor x, Tensor w, Tensor bias, boolean accumulate) {
-        if (!qmatrixArrays.containsKey(w.address())) throw new IllegalArgumentException("linear weight " + w + " is not a QMATRIX tensor of this backend (upload it)");
+        checkQMatrixLinear(out, x, w, bias);
         int rows = x.rows(), in = x.cols(), outF = w.rows();
-        if (w.cols() != in) throw new IllegalArgumentException("linear: x " + x + " does not match weight " + w);
-        if (x.dtype() != DType.F32 && x.dtype() != DType.F16) throw new IllegalArgumentException("linear x: expected F32 or F16 with a QMATRIX weight, got " + x);
-        if (out.dtype() != DType.F32 && out.dtype() != DType.F16) throw new IllegalArgumentException("linear out: expected F32 or F16 with a QMATRIX weight, got " + out);
-        requireCount(out, (long) rows * outF, "linear out");
-        if (bias != null) {
-            requireFloat(bias, "linear bias");
-            requireCount(bias, outF, "linear bias");
-        }
         if (rows == 0) return;
         if (rows > QMATRIX_GEMV_MAX_ROWS) {
             MemorySegment matrix = w.data();
@@ -789,25 +831,17 @@ public final class CudaBackend implements Backend {
             linear(out, x, weight, bias, accumulate);
             return;
         }
-        MemorySegment x16 = x.data();
-        if (x.dtype() == DType.F32) {
-            x16 = MemorySegment.ofAddress(linearScratch.ensure(2L * rows * in));
-            check(qt_cast(x16, QT_F16(), x.data(), QT_F32(), x.numel(), stream), "qt_cast");
-        }
-        gemv(out, x16, w.data(), rows, outF, bias, accumulate);
-    }
-
-    /** qt_qmatrix_gemv of F16 rows x16 with the struct {@code w} (perm gathered into the GEMV scratch), then the bias. */
-    private void gemv(Tensor out, MemorySegment x16, MemorySegment w, int rows, int outF, Tensor bias, boolean accumulate) {
         long scratchBytes = qmatrixGemvScratchBytes(w, rows);
         MemorySegment scratch = scratchBytes == 0 ? MemorySegment.NULL : MemorySegment.ofAddress(qmatrixScratch.ensure(scratchBytes));
-        check(qt_qmatrix_gemv(out.data(), code(out.dtype()), accumulate ? 1 : 0, x16, w, rows, scratch, scratchBytes, stream),
+        check(qt_qmatrix_gemv(out.data(), code(out.dtype()), accumulate ? 1 : 0, float16Rows(x), w.data(), rows, scratch, scratchBytes, stream),
                 "qt_qmatrix_gemv");
-        if (bias != null) {
-            // out += bias: qt_linear's empty product (in_features 0 reads neither x nor weight) plus its bias kernel
-            check(qt_linear(out.data(), code(out.dtype()), out.data(), QT_F16(), out.data(), QT_F16(), bias.data(), code(bias.dtype()),
-                    rows, 0, outF, 1, MemorySegment.NULL, 0, stream), "qt_linear (bias)");
-        }
+        if (bias != null) addBias(out, bias, rows, outF);
+    }
+
+    /** out [rows, outF] += bias: qt_linear's empty product (in_features 0 reads neither x nor weight) plus its bias kernel. */
+    private void addBias(Tensor out, Tensor bias, int rows, int outF) {
+        check(qt_linear(out.data(), code(out.dtype()), out.data(), QT_F16(), out.data(), QT_F16(), bias.data(), code(bias.dtype()),
+                rows, 0, outF, 1, MemorySegment.NULL, 0, stream), "qt_linear (bias)");
     }
 
     // ---- decoding ------------------------------------------------------------------------------------------------
