@@ -6,7 +6,8 @@
 namespace qt {
 namespace {
 
-constexpr int kNormThreads = 256;
+constexpr int kNormThreads = 1024;  // a thread per 4 columns up to 4096 columns (a decoding step's one row)
+constexpr int kNormItems = 4;       // float4s of x (and their weights) a thread keeps in registers
 
 template <typename T> __device__ __forceinline__ T from_f32(float v);
 template <> __device__ __forceinline__ float from_f32<float>(float v) { return v; }
@@ -40,7 +41,9 @@ __device__ __forceinline__ void store4(Out* out, size_t i, float a, float b, flo
 }
 
 // One block per row. Each thread rescales exactly the elements it read, after the whole row's sum is known, so
-// out may alias x (F32 out). vec4: cols % 4 == 0 and aligned rows, read as float4.
+// out may alias x (F32 out). vec4: cols % 4 == 0 and aligned rows, read as float4; a row of up to kNormItems float4s a
+// thread is read once, x and the weights kept in registers across the sum (a lone row is a chain of latencies: x,
+// the block's sum, then the weights, unless they are loaded beside x).
 template <typename Out, bool vec4>
 __global__ void __launch_bounds__(kNormThreads)
 rmsnorm_kernel(Out* out, const float* x, const void* __restrict__ weight, int weight_dtype, int cols, float eps) {
@@ -48,9 +51,36 @@ rmsnorm_kernel(Out* out, const float* x, const void* __restrict__ weight, int we
     allow_dependents();
     __shared__ float scratch[kNormThreads / 32];
     const size_t base = static_cast<size_t>(blockIdx.x) * cols;
+    const float4* x4 = reinterpret_cast<const float4*>(x + base);
     float sum = 0.0f;
+    if (vec4 && cols / 4 <= kNormItems * static_cast<int>(blockDim.x)) {
+        float4 v[kNormItems];
+        float w[kNormItems][4];
+#pragma unroll
+        for (int i = 0; i < kNormItems; i++) {
+            const int j = threadIdx.x + i * blockDim.x;
+            if (j >= cols / 4) break;
+            v[i] = x4[j];
+#pragma unroll
+            for (int c = 0; c < 4; c++) w[i][c] = load_as_float(weight, weight_dtype, 4 * j + c);
+        }
+#pragma unroll
+        for (int i = 0; i < kNormItems; i++) {
+            if (threadIdx.x + i * blockDim.x >= cols / 4) break;
+            sum += v[i].x * v[i].x + v[i].y * v[i].y + v[i].z * v[i].z + v[i].w * v[i].w;
+        }
+        sum = block_sum(sum, scratch);
+        const float inv_rms = 1.0f / sqrtf(sum / cols + eps);
+#pragma unroll
+        for (int i = 0; i < kNormItems; i++) {
+            const int j = threadIdx.x + i * blockDim.x;
+            if (j >= cols / 4) break;
+            store4(out, base + 4 * j, v[i].x * inv_rms * w[i][0], v[i].y * inv_rms * w[i][1], v[i].z * inv_rms * w[i][2],
+                   v[i].w * inv_rms * w[i][3]);
+        }
+        return;
+    }
     if (vec4) {
-        const float4* x4 = reinterpret_cast<const float4*>(x + base);
         for (int j = threadIdx.x; j < cols / 4; j += blockDim.x) {
             const float4 v = x4[j];
             sum += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
@@ -65,7 +95,6 @@ rmsnorm_kernel(Out* out, const float* x, const void* __restrict__ weight, int we
     // rsqrtf is approximate (2 ulp); 1/sqrtf is correctly rounded, and this runs once per row.
     const float inv_rms = 1.0f / sqrtf(sum / cols + eps);
     if (vec4) {
-        const float4* x4 = reinterpret_cast<const float4*>(x + base);
         for (int j = threadIdx.x; j < cols / 4; j += blockDim.x) {
             const float4 v = x4[j];
             const int c = 4 * j;
@@ -145,7 +174,8 @@ template <typename Out>
 int launch_rmsnorm(void* out, const void* x, const void* weight, int weight_dtype, int rows, int cols, float eps,
                    cudaStream_t s) {
     const bool vec4 = cols % 4 == 0 && aligned16(x) && aligned16(out);  // rows start 16 (8) bytes apart then
-    int threads = cols >= kNormThreads ? kNormThreads : ((cols + 31) / 32) * 32;
+    const int per_row = vec4 ? cols / 4 : cols;  // a thread each, up to kNormThreads (then each takes several)
+    const int threads = per_row >= kNormThreads ? kNormThreads : ((per_row + 31) / 32) * 32;
     const auto kernel = vec4 ? rmsnorm_kernel<Out, true> : rmsnorm_kernel<Out, false>;
     QT_CUDA_TRY(launch_dependent(kernel, rows, threads, 0, s, static_cast<Out*>(out), static_cast<const float*>(x),
                                  weight, weight_dtype, cols, eps));

@@ -6,14 +6,14 @@
 // whole words of qweight (a 3-bit unit is 32 codes in 3 words), so a thread reads `bits` qweight rows as one 128-bit
 // load each. A unit has one group, so its sum factors as s · (Σ q·x − z · Σ x) or s · Σ (q − z)·x. The width is read
 // per unit and switched on (a warp's slices mostly share one, so the switch rarely diverges) into code made for it:
-//   4-bit units (GPTQ 4-bit, most of an EXL2 mix) in half2 arithmetic: a LOP3 turns two codes into the halves
-//   1024 + q, one HADD2 makes both (q − z) exactly, one HFMA2 per row multiplies them by a pair of x's halves:
-//   ~1.1 instructions a code. A unit's 16 products per lane are summed in half (~1e-3 relative rounding, so F32 y is
-//   checked to 1e-2, as F16 y is), then get the scale in F32; the sums across units are F32.
-//   Other widths in F32: the field is moved into the top bits of a float's mantissa under the exponent of 2^bits,
-//   which reads as exactly 2^bits + q (one shift, one LOP3; no I2F, which issues at a quarter of the FMA rate), then
-//   one FMA per code and output, Σ x shared by the 4 outputs: ~3.5 instructions a code.
-//
+//   2-, 4- and 8-bit units (GPTQ 4-bit, most of an EXL2 mix) in half2 arithmetic: a word's codes i and i + 16/bits sit
+//   16 bits apart, so a LOP3 turns both into the halves 1024 + q, one HFMA2 makes both (q − z) exactly (scaled by
+//   1/16 at 8 bits), one HFMA2 per row multiplies them by a pair of x's halves: ~1.1 instructions a code at 4 bits.
+//   A unit's 16 products per lane are summed in half (~1e-3 relative rounding, so F32 y is checked to 1e-2, as F16 y
+//   is), then get the scale in F32; the sums across units are F32.
+//   3, 5 and 6 bits (fields that straddle words) in F32: the field is moved into the top bits of a float's mantissa
+//   under the exponent of 2^bits, which reads as exactly 2^bits + q (one shift, one LOP3; no I2F, which issues at a
+//   quarter of the FMA rate), then one FMA per code and output, Σ x shared by the 4 outputs: ~3.5 instructions a code.
 // GEMV block: 16 outputs (4 quads) × 8 input slices per warp × 8 warps (QTOOL_QMATRIX_WARPS=4 or 8). At 1..2 rows a
 // slice walks pairs of units (both units' `bits` 128-bit loads issued before either is used; a pair of two widths
 // goes one unit at a time); above 2 rows one unit at a time (their arithmetic per byte hides the latency). The 8
@@ -56,7 +56,21 @@
 //   v1, ordinary launches                   9.01       17.56       18.64       40.66                      25.74   213.8
 //   v1, dependent launches (this file)      6.45       15.10       13.31       33.29                      22.81   238.5
 // So a chained pure read reaches 96–98 % of copy bandwidth and this GEMV 53–70 %: the gap is the kernel's own.
-// Tried the same day and dropped:
+// Several matrices of one input order (q/k/v, gate/up) go in one launch (qt_qmatrix_gemv_many, QMatrixSet): three
+// 4096-output products are 256 blocks each, under half a wave, and one launch of all three is 768. Measured 2026-11-23
+// (H100 SXM, copy 3015 GB/s; EXL2 mixes with perm as above, F16 y as decoding writes q/k/v and gate/up; µs):
+//                                      3 × 4096→4096 (q/k/v)   2 × 4096→11008 (gate/up)   7B EXL2 decode   GPTQ-4 decode
+//   one by one (x gathered once)         43.0 / 80.5 (2 runs)              51.9               235 tok/s       325 tok/s
+//   one launch                                  27.1                     41.5               278.5           358–368
+// (the decode figures include 8-bit units in half2, which took 8-bit 11008→4096 from 21.6 to 20.6 µs.) An ncu profile
+// of that build (4-bit 1×4096→11008, 688 blocks, 1.3 waves): DRAM 32 % of peak, issue slots 28 % busy, 61 % of cycles
+// with no eligible warp, and of the 17.9 cycles between a warp's instructions 8.2 waiting for an instruction fetch:
+// each warp runs its unrolled unit code once, so the code streams through cold instruction caches.
+// Tried and dropped the same day: the input split joined through distributed shared memory in clusters of the splits
+// (any y, no memset, no atomics): EXL2 mix 4096→4096 12.9 → 10.9 µs, but 4096→11008 21.9 → 26.2, 11008→4096
+// 21.8 → 28.8, and decode 278 → 245 tokens/s (split for every matrix: GPTQ decode 366 → 295); no split at all for
+// the EXL2 mixes decodes within noise of the atomic split (270–274 against 272–278 tokens/s).
+// Tried with the dependent launches and dropped:
 //   an L2 prefetch of each thread's weights before the dependency wait: 6.12 / 14.61 / 18.56 / 37.77, decode 234;
 //   a tile kernel (a warp owns 128 outputs, 512 contiguous bytes a row; clusters of 1–8 blocks split the inputs and
 //   sum through distributed shared memory, no atomics): 9.91 / 19.46 / 17.02 / 31.43 at its chosen split, at best
