@@ -639,8 +639,8 @@ public final class CudaBackendCheck {
     }
 
     /**
-     * Backend.linears over three EXL2 matrices of one input order (q/k/v) and one of another: the second and third
-     * multiply the x the first gathered; each output against its double product, 1 and 5 rows.
+     * Backend.linears over three EXL2 matrices of one input order (q/k/v) and one of another: the first three go in
+     * one qt_qmatrix_gemv_many launch, the fourth alone; each output against its double product, 1 and 5 rows.
      */
     private void sharedInputOrder(Random random) {
         int in = 4096;
