@@ -260,7 +260,8 @@ QT_API int qt_linear(void* out, int out_dtype, const void* x, int x_dtype, const
  * perm[32u + j] (input 32u + j when perm is NULL). units[2u] is the first row of qweight holding the unit's codes and
  * units[2u + 1] = group << 8 | bits (bits 2, 3, 4, 5, 6 or 8). The unit's codes take `bits` consecutive rows of
  * qweight: for each output column o, those rows' words hold one little-endian stream of 32 fields of `bits` bits,
- * field j (processing row 32u + j) at bit j * bits (GPTQ's and EXL2's packing alike). Then
+ * field j (processing row 32u + j) at bit j * bits (GPTQ's and EXL2's packing alike), until qt_qmatrix_prepare
+ * rearranges each column's words of a unit in place into the packing the kernels read (qgemm.cu, PairPacking). Then
  *     W[o, perm[32u + j]] = scales[g, o] * (q - z),  z = zeros[g, o] if zeros != NULL, else 2^(bits - 1) (EXL2),
  * with g the unit's group. Shapes: qweight U32 [qrows, out] (16-byte aligned), units I32 [in / 32, 2],
  * scales F16 [groups, out], zeros F16 [groups, out] (integers) or NULL, perm I32 [in] or NULL.
@@ -281,6 +282,12 @@ typedef struct qt_qmatrix {
     int uniform_bits;
 } qt_qmatrix;
 
+/*
+ * Rearranges w's qweight in place, once, from the stream packing above into the kernels' own (two codes of a pair 16
+ * bits apart, which half2 arithmetic takes at every width). qt_qmatrix_gemv, qt_qmatrix_gemv_many and
+ * qt_qmatrix_dequant read a prepared matrix only; preparing one twice scrambles it.
+ */
+QT_API int qt_qmatrix_prepare(const qt_qmatrix* w, void* stream);
 /* Scratch bytes qt_qmatrix_gemv needs for `rows` rows of x (0 when w has no perm: x is read in place). */
 QT_API int qt_qmatrix_gemv_scratch_bytes(const qt_qmatrix* w, int rows, size_t* bytes);
 /*

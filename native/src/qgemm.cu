@@ -4,16 +4,14 @@
 //
 // Work item: one unit (32 processing rows) of 4 adjacent outputs. Whatever the width, a unit of one output is `bits`
 // whole words of qweight (a 3-bit unit is 32 codes in 3 words), so a thread reads `bits` qweight rows as one 128-bit
-// load each. A unit has one group, so its sum factors as s · (Σ q·x − z · Σ x) or s · Σ (q − z)·x. The width is read
-// per unit and switched on (a warp's slices mostly share one, so the switch rarely diverges) into code made for it:
-//   2-, 4- and 8-bit units (GPTQ 4-bit, most of an EXL2 mix) in half2 arithmetic: a word's codes i and i + 16/bits sit
-//   16 bits apart, so a LOP3 turns both into the halves 1024 + q, one HFMA2 makes both (q − z) exactly (scaled by
-//   1/16 at 8 bits), one HFMA2 per row multiplies them by a pair of x's halves: ~1.1 instructions a code at 4 bits.
-//   A unit's 16 products per lane are summed in half (~1e-3 relative rounding, so F32 y is checked to 1e-2, as F16 y
-//   is), then get the scale in F32; the sums across units are F32.
-//   3, 5 and 6 bits (fields that straddle words) in F32: the field is moved into the top bits of a float's mantissa
-//   under the exponent of 2^bits, which reads as exactly 2^bits + q (one shift, one LOP3; no I2F, which issues at a
-//   quarter of the FMA rate), then one FMA per code and output, Σ x shared by the 4 outputs: ~3.5 instructions a code.
+// load each. A unit has one group, so its sum factors as s · Σ (q − z)·x. qt_qmatrix_prepare has rearranged each
+// output's words of a unit once, at load, into pairs of codes 16 bits apart (PairPacking below), so every width runs
+// in half2 arithmetic: one LOP3 (and a shift shared by a few fields) turns a pair into the halves 1024 + q·2^e, one
+// HFMA2 makes both (q − z) exactly (scaled by 2^−(bits−4) above 4 bits), one HFMA2 per row multiplies them by the
+// pair's two x halves as they lie in memory: ~1.1 instructions a code at 4 bits, with no x shuffling. A unit's 16
+// products per lane are summed in half (~1e-3 relative rounding, so F32 y is checked to 1e-2, as F16 y is), then get
+// the scale in F32; the sums across units are F32. The width is read per unit and switched on (a warp's slices
+// mostly share one, so the switch rarely diverges) into code made for it.
 // GEMV block: 16 outputs (4 quads) × 8 input slices per warp × 8 warps (QTOOL_QMATRIX_WARPS=4 or 8). At 1..2 rows a
 // slice walks pairs of units (both units' `bits` 128-bit loads issued before either is used; a pair of two widths
 // goes one unit at a time); above 2 rows one unit at a time (their arithmetic per byte hides the latency). The 8
@@ -25,7 +23,8 @@
 // into y by atomicAdd (y zeroed first by cudaMemsetAsync unless accumulating). It took the 7B-shaped EXL2 mix from
 // 32.7 to 23.7 µs but slowed the one-width GPTQ shapes by up to 36 % (table below), so one-width matrices, and F16 y
 // (no atomics into half in one pass), keep one block per output range.
-// ptxas (sm_90, nvcc 13.0): 64 registers at 1 row, 106 at 2, 113 at 3..4, 205 at 5..8; no spills, no stack.
+// ptxas (sm_90, nvcc 13.0): 64 registers at 1 row (held there so that 4 blocks fit an SM; 16 bytes of stack), 153 at
+// 2, 154 at 3..4, 240 at 5..8.
 //
 // Bytes per token (batch 1) = in·out·bits/8 (qweight, read once) + groups·out·2 (scales) + groups·out·2 (zeros, when
 // present) + in/32·8 (units) + in·2 (x) + out·4 (y). 4096 → 11008 at 4 bits, group 128: ≈ 24.0 MB, so at 3.0 TB/s of
@@ -80,9 +79,20 @@
 // Tried earlier and dropped, all slower: a software-pipelined batch-1 walk (next unit's loads in flight: 19.8 µs on
 // 4096→11008, decode 201 tokens/s); x staged in shared memory with the perm gather fused
 // (22.2 µs); 4 warps per block (11008→4096 21.8 µs); 16 warps per block at 1 row (4096→11008 18.1 µs, decode 207).
+// Every width in half2 (the pair packing), measured 2026-11-23 against the F32 3/5/6-bit path it replaced (H100 SXM,
+// copy 3013 GB/s; µs at batch 1; decode in tokens/s, 7B-shaped synth, the two builds interleaved on one machine):
+//                                  3-bit 4096→11008  3-bit 11008→4096  EXL2 mix+perm 4096→4096  q/k/v one launch  gate/up  EXL2 decode  GPTQ-4 decode
+//   3, 5, 6 bits in F32                     13.70             14.76                    19.40             26.53    41.20  283.0, 283.9  383.5, 378.3
+//   every width in half2                    12.94             12.50                    11.71             22.02    34.23  312.5, 307.4  376.0, 378.2
+// (one-width 4- and 8-bit shapes within ±5 %; at 1 row, without the register cap: EXL2 decode 291, GPTQ 384.)
+// Tried and dropped the same day: a lane-per-output layout (a tile of 32 outputs per block, each lane's unit words
+// contiguous with its neighbours', 512 bytes a warp load, warps splitting the inputs, batches of units in flight):
+// its best 4-bit-only variant took 13.92 / 16.31 / 7.69 / 30.51 µs on 4096→11008 / 11008→4096 / 4096→4096 / 4096→32000
+// against 14.92 / 13.45 / 6.34 / 33.19 here, and with the width switch of EXL2 mixes 21–26 µs on 4096→11008.
 #include <cuda_fp16.h>
 
 #include <cstdlib>
+#include <type_traits>
 
 #include "internal.h"
 
@@ -106,17 +116,71 @@ int gemv_warps() {
     return warps;
 }
 
-// 2^Bits + (field j of the unit's little-endian stream of `Bits`-bit fields in w[0..Bits-1]), as an exact float: the
-// field fills the top `Bits` bits of the mantissa (from bit 23 − Bits) under the exponent of 2^Bits.
+// The packing qt_qmatrix_prepare leaves (qtool.h): each output's `Bits` words of a unit hold its 32 codes as 16 pairs
+// (codes 2j, 2j + 1), the two codes of a pair 16 bits apart, so that ((w >> shift) & mask) | 0x64006400 is the half2
+// (1024 + q_2j·2^e, 1024 + q_2j+1·2^e) in one LOP3 (plus a shift shared by a group of fields), exact since it stays
+// under 2048, and pair j meets the halves (x_2j, x_2j+1) as they lie in memory. A half word takes F = 16 / Bits
+// fields, so pairs 0 .. Bits·F − 1 sit in fields: pair j in word j / F at bit Bits·(j % F) (and 16 more), fields
+// grouped G to a shift (field i: shift Bits·(i − i % G), e = Bits·(i % G)). The bits left over (16 − F·Bits a half
+// word at 3, 5 and 6 bits) take the last pairs: at 3 and 5 bits one pair whose code bit t is bit 15 of word t; at 6
+// bits four pairs, pair 12 + m with its low 4 bits at bits 12..15 of word m and its high 2 at bits 12 + 2(m % 2) of
+// word 4 + m / 2.
 template <int Bits>
-__device__ __forceinline__ float code_plus_base(const uint32_t (&w)[Bits], int j) {
-    constexpr int kTop = 23 - Bits;
-    const int bit = j * Bits, word = bit >> 5, shift = bit & 31;  // constants once j is unrolled
-    uint32_t v;
-    if (shift + Bits > 32) v = __funnelshift_r(w[word], w[word + 1], shift - kTop);  // straddles two words
-    else if (shift >= kTop) v = w[word] >> (shift - kTop);
-    else v = w[word] << (kTop - shift);
-    return __uint_as_float((v & (((1u << Bits) - 1) << kTop)) | ((127u + Bits) << 23));
+struct PairPacking {
+    static constexpr int kFields = 16 / Bits;                                      // F
+    static constexpr int kDirect = Bits * kFields;                                 // pairs in fields
+    static constexpr int kGroup = Bits == 2 ? 4 : Bits == 3 ? 3 : Bits <= 5 ? 2 : 1;  // G: (2^Bits − 1)·2^e < 1024
+    // (q − z)·kF stays within ±16, so a unit's 16 products a lane stay far from half's range at any x under 255.
+    static constexpr float kF = Bits > 4 ? 1.0f / (1 << (Bits - 4)) : 1.0f;
+};
+
+// Pair j of a packing as half2 bits (1024 + q·2^e in each half), and its e.
+template <int Bits, int J>
+__host__ __device__ constexpr int pair_exponent() {
+    using P = PairPacking<Bits>;
+    if constexpr (J < P::kDirect) return Bits * ((J % P::kFields) % P::kGroup);
+    else return Bits == 6 ? 4 : 0;
+}
+
+template <int Bits, int J>
+__device__ __forceinline__ uint32_t pair_bits(const uint32_t (&w)[Bits]) {
+    using P = PairPacking<Bits>;
+    constexpr uint32_t kMask = ((1u << Bits) - 1) * 0x00010001u, kMagic = 0x64006400u;
+    if constexpr (J < P::kDirect) {
+        constexpr int field = J % P::kFields, shift = Bits * (field - field % P::kGroup);
+        return ((w[J / P::kFields] >> shift) & (kMask << pair_exponent<Bits, J>())) | kMagic;
+    } else if constexpr (Bits == 6) {
+        constexpr int m = J - P::kDirect;
+        return ((w[m] >> 8) & 0x00f000f0u) | ((w[4 + m / 2] >> (4 + 2 * (m % 2))) & 0x03000300u) | kMagic;
+    } else {  // 3 or 5 bits: code bit t is bit 15 of word t
+        uint32_t v = kMagic;
+#pragma unroll
+        for (int t = 0; t < Bits; t++) v |= (w[t] >> (15 - t)) & (0x00010001u << t);
+        return v;
+    }
+}
+
+// The packing of one output's unit: codes c[0..31] (processing rows 32u .. 32u + 31) into w[0..Bits-1].
+template <int Bits>
+__device__ __forceinline__ void pack_pairs(uint32_t (&w)[Bits], const int (&c)[32]) {
+    using P = PairPacking<Bits>;
+#pragma unroll
+    for (int k = 0; k < Bits; k++) w[k] = 0;
+#pragma unroll
+    for (int j = 0; j < 16; j++) {
+        const uint32_t lo = c[2 * j], hi = c[2 * j + 1];
+        if (j < P::kDirect) {
+            const int bit = Bits * (j % P::kFields);
+            w[j / P::kFields] |= lo << bit | hi << (16 + bit);
+        } else if (Bits == 6) {
+            const int m = j - P::kDirect, high = 12 + 2 * (m % 2);
+            w[m] |= (lo & 15) << 12 | (hi & 15) << 28;
+            w[4 + m / 2] |= (lo >> 4) << high | (hi >> 4) << (16 + high);
+        } else {
+#pragma unroll
+            for (int t = 0; t < Bits; t++) w[t] |= ((lo >> t) & 1) << 15 | ((hi >> t) & 1) << 31;
+        }
+    }
 }
 
 // The `Bits` qweight rows of one unit for outputs o..o+3 (line = qweight + first row · out + o): w[c][k] is row k,
@@ -151,152 +215,82 @@ struct QMatrix {
     int in, out;
 };
 
-// Scale s and zero + 2^Bits (the base code_plus_base adds) of group g for outputs o..o+3.
+// Scale s and zero z of group g for outputs o..o+3.
 template <int Bits>
-__device__ __forceinline__ void load_group(float (&s)[4], float (&zb)[4], const QMatrix& m, int g, int o) {
+__device__ __forceinline__ void load_group(float (&s)[4], float (&z)[4], const QMatrix& m, int g, int o) {
     const size_t at = static_cast<size_t>(g) * m.out + o;
     load_half4(s, m.scales + at);
-    if (m.zeros != nullptr) {
-        load_half4(zb, m.zeros + at);
+    if (m.zeros != nullptr) load_half4(z, m.zeros + at);
+    else
 #pragma unroll
-        for (int c = 0; c < 4; c++) zb[c] += static_cast<float>(1 << Bits);
-    } else {
+        for (int c = 0; c < 4; c++) z[c] = static_cast<float>(1 << (Bits - 1));
+}
+
+__device__ __forceinline__ __half2 as_half2(uint32_t v) { return *reinterpret_cast<const __half2*>(&v); }
+
+// dot[r][c] += (q_2j − z_c, q_2j+1 − z_c)·kF · (x_2j, x_2j+1) of row r for pair J of the 4 outputs: one HFMA2 turns
+// the pair's bits into the exact (q − z)·kF (kmul = 2^−e·kF, cneg[c][e] = −(1024·2^−e + z_c)·kF), one per row
+// multiplies.
+template <int Bits, int J, int Rows>
+__device__ __forceinline__ void pair_products(__half2 (&dot)[Rows][4], const uint32_t (&w)[4][Bits],
+                                              const __half2 (&cneg)[4][9], const uint4 (&xv)[Rows]) {
+    constexpr int e = pair_exponent<Bits, J>();
+    const __half2 kmul = __float2half2_rn(PairPacking<Bits>::kF / (1 << e));
 #pragma unroll
-        for (int c = 0; c < 4; c++) zb[c] = static_cast<float>((1 << Bits) + (1 << (Bits - 1)));
+    for (int c = 0; c < 4; c++) {
+        const __half2 q = __hfma2(as_half2(pair_bits<Bits, J>(w[c])), kmul, cneg[c][e]);
+#pragma unroll
+        for (int r = 0; r < Rows; r++)
+            dot[r][c] = __hfma2(q, as_half2(reinterpret_cast<const uint32_t*>(&xv[r])[J % 4]), dot[r][c]);
     }
+}
+
+template <int Bits, int Rows, int Chunk>
+__device__ __forceinline__ void chunk_products(__half2 (&dot)[Rows][4], const uint32_t (&w)[4][Bits],
+                                               const __half2 (&cneg)[4][9], const uint4 (&xv)[Rows]) {
+    pair_products<Bits, 4 * Chunk, Rows>(dot, w, cneg, xv);
+    pair_products<Bits, 4 * Chunk + 1, Rows>(dot, w, cneg, xv);
+    pair_products<Bits, 4 * Chunk + 2, Rows>(dot, w, cneg, xv);
+    pair_products<Bits, 4 * Chunk + 3, Rows>(dot, w, cneg, xv);
 }
 
 // acc[r][c] += Σ_j x[r, 32u + j] · s · (q_j − z) for the N units u[n] (descriptors d[n], all `Bits` wide) of outputs
-// o..o+3. All N units' loads are issued before the first is used. x rows ≥ rows read as zeros.
+// o..o+3, in half2 arithmetic at every width (~1.1 instructions a code at 4 bits): each lane sums a unit's 16
+// products in half (about 1e-3 relative rounding), then the two lanes go to F32, get the scale (and 1/kF) and join
+// acc. All N units' loads are issued before the first is used; x rows ≥ rows read as zeros.
 template <int Bits, int Rows, int N>
 __device__ __forceinline__ void unit_products(float (&acc)[Rows][4], const QMatrix& m, const __half* __restrict__ x,
                                               int rows, int o, const int (&u)[N], const int2 (&d)[N]) {
+    constexpr float kF = PairPacking<Bits>::kF;
     uint32_t w[N][4][Bits];
-    float s[N][4], zb[N][4];
+    float s[N][4], z[N][4];
 #pragma unroll
     for (int n = 0; n < N; n++) {
         load_unit<Bits>(w[n], m.qweight + static_cast<size_t>(d[n].x) * m.out + o, m.out);
-        load_group<Bits>(s[n], zb[n], m, d[n].y >> 8, o);
+        load_group<Bits>(s[n], z[n], m, d[n].y >> 8, o);
     }
 #pragma unroll
     for (int n = 0; n < N; n++) {
-        float dot[Rows][4], xsum[Rows];
+        __half2 cneg[4][9], dot[Rows][4];  // cneg[c][e]: only the exponents the width uses survive compilation
 #pragma unroll
-        for (int r = 0; r < Rows; r++) {
-            xsum[r] = 0.0f;
+        for (int c = 0; c < 4; c++)
 #pragma unroll
-            for (int c = 0; c < 4; c++) dot[r][c] = 0.0f;
-        }
-        const uint4* xu = reinterpret_cast<const uint4*>(x + u[n] * 32);
-#pragma unroll
-        for (int part = 0; part < 4; part++) {  // 8 halves of x per 128-bit load
-            uint4 xv[Rows];
-#pragma unroll
-            for (int r = 0; r < Rows; r++)
-                xv[r] = Rows == 1 || r < rows ? __ldg(xu + static_cast<size_t>(r) * (m.in / 8) + part)
-                                              : make_uint4(0, 0, 0, 0);
-#pragma unroll
-            for (int p = 0; p < 4; p++) {
-                float2 xf[Rows];
-#pragma unroll
-                for (int r = 0; r < Rows; r++) xf[r] = __half22float2(reinterpret_cast<const __half2*>(&xv[r])[p]);
-#pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    const int j = part * 8 + p * 2 + e;
-                    float q[4];
-#pragma unroll
-                    for (int c = 0; c < 4; c++) q[c] = code_plus_base<Bits>(w[n][c], j);
-#pragma unroll
-                    for (int r = 0; r < Rows; r++) {
-                        const float xj = e == 0 ? xf[r].x : xf[r].y;
-                        xsum[r] += xj;
-#pragma unroll
-                        for (int c = 0; c < 4; c++) dot[r][c] = fmaf(q[c], xj, dot[r][c]);
-                    }
-                }
-            }
-        }
-#pragma unroll
-        for (int r = 0; r < Rows; r++)
-#pragma unroll
-            for (int c = 0; c < 4; c++) acc[r][c] = fmaf(s[n][c], fmaf(-zb[n][c], xsum[r], dot[r][c]), acc[r][c]);
-    }
-}
-
-// The P = 32 / Bits halves of x that a word of codes meets (P consecutive halves from p, 4-byte aligned at least), as
-// P / 2 words of two halves each.
-template <int P>
-__device__ __forceinline__ void load_x_word(uint32_t (&h)[P / 2], const __half* __restrict__ p) {
-    if constexpr (P == 4) {
-        const uint2 v = __ldg(reinterpret_cast<const uint2*>(p));
-        h[0] = v.x, h[1] = v.y;
-    } else {
-#pragma unroll
-        for (int k = 0; k < P / 8; k++) {
-            const uint4 v = __ldg(reinterpret_cast<const uint4*>(p) + k);
-            h[4 * k] = v.x, h[4 * k + 1] = v.y, h[4 * k + 2] = v.z, h[4 * k + 3] = v.w;
-        }
-    }
-}
-
-// unit_products for 2-, 4- and 8-bit units in half2 arithmetic. A word holds P = 32 / Bits codes; its codes i and
-// i + P/2 sit 16 bits apart, so ((w >> Bits·i) & mask) | 0x64006400 is the half2 (1024 + q_i, 1024 + q_{i+P/2}) (one
-// shift and one LOP3 for two codes); one HFMA2 makes both (q − z)·f exactly (f = 1, or 1/16 at 8 bits so that every
-// width's products stay under 16·|x|), and one HFMA2 per row multiplies them by (x_i, x_{i+P/2}), x's halves paired
-// the same way by PRMTs shared by the 4 outputs: ~1.1 instructions a code at 4 bits instead of ~3.5 in F32. Each lane
-// sums a unit's 16 products in half (about 1e-3 relative rounding; |Σ| ≤ 16 · 16 · max|x| must stay under 65504,
-// which holds for |x| < 255 in the worst case), then the two lanes go to F32, get the scale (and 1/f) and join acc.
-template <int Bits, int Rows, int N>
-__device__ __forceinline__ void unit_products_half(float (&acc)[Rows][4], const QMatrix& m,
-                                                   const __half* __restrict__ x, int rows, int o, const int (&u)[N],
-                                                   const int2 (&d)[N]) {
-    constexpr int P = 32 / Bits;  // codes a word
-    constexpr uint32_t kMask = ((1u << Bits) - 1) * 0x00010001u;
-    constexpr float kF = Bits == 8 ? 1.0f / 16 : 1.0f;
-    uint32_t w[N][4][Bits];
-    float s[N][4], zb[N][4];
-#pragma unroll
-    for (int n = 0; n < N; n++) {
-        load_unit<Bits>(w[n], m.qweight + static_cast<size_t>(d[n].x) * m.out + o, m.out);
-        load_group<Bits>(s[n], zb[n], m, d[n].y >> 8, o);
-    }
-    auto as_half2 = [](uint32_t v) { return *reinterpret_cast<const __half2*>(&v); };
-    const __half2 f2 = __float2half2_rn(kF);
-#pragma unroll
-    for (int n = 0; n < N; n++) {
-        __half2 minus_base[4], dot[Rows][4];
-#pragma unroll
-        for (int c = 0; c < 4; c++)  // zb = z + 2^Bits
-            minus_base[c] = __float2half2_rn(-(zb[n][c] - static_cast<float>(1 << Bits) + 1024.0f) * kF);
+            for (int e = 0; e < 9; e++) cneg[c][e] = __float2half2_rn(-(1024.0f / (1 << e) + z[n][c]) * kF);
 #pragma unroll
         for (int r = 0; r < Rows; r++)
 #pragma unroll
             for (int c = 0; c < 4; c++) dot[r][c] = __float2half2_rn(0.0f);
-#pragma unroll
-        for (int k = 0; k < Bits; k++) {  // word k: codes P·k .. P·k + P − 1
-            __half2 xp[Rows][P / 2];       // xp[r][i] = (x_i, x_{i+P/2}) of those codes
-#pragma unroll
-            for (int r = 0; r < Rows; r++) {
-                uint32_t h[P / 2];
-                if (Rows == 1 || r < rows) load_x_word<P>(h, x + static_cast<size_t>(r) * m.in + u[n] * 32 + k * P);
-                else
-#pragma unroll
-                    for (int i = 0; i < P / 2; i++) h[i] = 0;
-#pragma unroll
-                for (int i = 0; i < P / 2; i++)
-                    xp[r][i] = as_half2(__byte_perm(h[i / 2], h[(i + P / 2) / 2], i % 2 == 0 ? 0x5410 : 0x7632));
-            }
-#pragma unroll
-            for (int c = 0; c < 4; c++) {
-#pragma unroll
-                for (int i = 0; i < P / 2; i++) {
-                    const __half2 q =
-                        __hfma2(as_half2(((w[n][c][k] >> (Bits * i)) & kMask) | 0x64006400u), f2, minus_base[c]);
-#pragma unroll
-                    for (int r = 0; r < Rows; r++) dot[r][c] = __hfma2(q, xp[r][i], dot[r][c]);
-                }
-            }
-        }
+        const uint4* xu = reinterpret_cast<const uint4*>(x + u[n] * 32);
+        uint4 xv[Rows];
+#define QT_CHUNK(C)                                                                                                 \
+    _Pragma("unroll") for (int r = 0; r < Rows; r++) xv[r] =                                                        \
+        Rows == 1 || r < rows ? __ldg(xu + static_cast<size_t>(r) * (m.in / 8) + C) : make_uint4(0, 0, 0, 0);       \
+    chunk_products<Bits, Rows, C>(dot, w[n], cneg, xv);
+        QT_CHUNK(0)
+        QT_CHUNK(1)
+        QT_CHUNK(2)
+        QT_CHUNK(3)
+#undef QT_CHUNK
 #pragma unroll
         for (int r = 0; r < Rows; r++)
 #pragma unroll
@@ -308,18 +302,18 @@ __device__ __forceinline__ void unit_products_half(float (&acc)[Rows][4], const 
 }
 
 // The products of N units all `bits` wide, the width known at run time (a warp's slices mostly share one, so the
-// switch rarely diverges): 2-, 4- and 8-bit units in half2 arithmetic, 3, 5 and 6 bits (fields across words) in F32.
+// switch rarely diverges).
 template <int Rows, int N>
 __device__ __forceinline__ void unit_products_of_width(int bits, float (&acc)[Rows][4], const QMatrix& m,
                                                        const __half* __restrict__ x, int rows, int o, const int (&u)[N],
                                                        const int2 (&d)[N]) {
     switch (bits) {
-        case 2: unit_products_half<2, Rows, N>(acc, m, x, rows, o, u, d); break;
+        case 2: unit_products<2, Rows, N>(acc, m, x, rows, o, u, d); break;
         case 3: unit_products<3, Rows, N>(acc, m, x, rows, o, u, d); break;
-        case 4: unit_products_half<4, Rows, N>(acc, m, x, rows, o, u, d); break;
+        case 4: unit_products<4, Rows, N>(acc, m, x, rows, o, u, d); break;
         case 5: unit_products<5, Rows, N>(acc, m, x, rows, o, u, d); break;
         case 6: unit_products<6, Rows, N>(acc, m, x, rows, o, u, d); break;
-        default: unit_products_half<8, Rows, N>(acc, m, x, rows, o, u, d); break;
+        default: unit_products<8, Rows, N>(acc, m, x, rows, o, u, d); break;
     }
 }
 
@@ -373,7 +367,7 @@ struct QMatrixSet {
 // Slice k takes the unit pairs starting at begin + 2k, begin + 2k + 2·slices, ... (one unit at a time above 2 rows,
 // and when the range is too short to give every slice a pair, so that all slices work).
 template <int Rows>
-__global__ void __launch_bounds__(kMaxThreads) qmatrix_gemv(QMatrixSet set, bool y_f16, bool accumulate,
+__global__ void __launch_bounds__(kMaxThreads, Rows == 1 ? 4 : 1) qmatrix_gemv(QMatrixSet set, bool y_f16, bool accumulate,
                                                             const __half* __restrict__ x, int rows) {
     QMatrix m = set.m[0];  // the part's fields chosen by unrolled selects: the set stays in the constant bank
     void* y = set.y[0];
@@ -435,6 +429,15 @@ __global__ void gather_columns(__half* __restrict__ x_out, const __half* __restr
     }
 }
 
+// f(std::integral_constant<int, J>) for J = Begin .. End − 1: a loop whose index can be a template argument.
+template <int Begin, int End, typename F>
+__device__ __forceinline__ void static_for(F&& f) {
+    if constexpr (Begin < End) {
+        f(std::integral_constant<int, Begin>{});
+        static_for<Begin + 1, End>(f);
+    }
+}
+
 // weight[o, perm[32u + j]] = s · (q − z) in fp16 (computed in F32, rounded once). A thread per unit and output quad
 // (adjacent threads: adjacent quads); without perm it writes 32 consecutive halves (four 128-bit stores) in each of
 // its 4 output rows, with perm 32 scattered halves (done once per weight at load).
@@ -442,15 +445,20 @@ template <int Bits>
 __device__ __forceinline__ void dequant_unit(__half* __restrict__ weight, const QMatrix& m, const int* __restrict__ perm,
                                              int u, int2 d, int o) {
     uint32_t w[4][Bits];
-    float s[4], zb[4];
+    float s[4], z[4];
     load_unit<Bits>(w, m.qweight + static_cast<size_t>(d.x) * m.out + o, m.out);
-    load_group<Bits>(s, zb, m, d.y >> 8, o);
+    load_group<Bits>(s, z, m, d.y >> 8, o);
 #pragma unroll
     for (int c = 0; c < 4; c++) {
         __half* row = weight + static_cast<size_t>(o + c) * m.in;
         __align__(16) __half v[32];
-#pragma unroll
-        for (int j = 0; j < 32; j++) v[j] = __float2half_rn(s[c] * (code_plus_base<Bits>(w[c], j) - zb[c]));
+        static_for<0, 16>([&](auto pair) {
+            constexpr int j = decltype(pair)::value;
+            constexpr float kUnscale = 1.0f / (1 << pair_exponent<Bits, j>());
+            const float2 q = __half22float2(as_half2(pair_bits<Bits, j>(w[c])));  // 1024 + q·2^e, exactly
+            v[2 * j] = __float2half_rn(s[c] * ((q.x - 1024.0f) * kUnscale - z[c]));
+            v[2 * j + 1] = __float2half_rn(s[c] * ((q.y - 1024.0f) * kUnscale - z[c]));
+        });
         if (perm == nullptr) {
 #pragma unroll
             for (int k = 0; k < 4; k++) reinterpret_cast<uint4*>(row + u * 32)[k] = reinterpret_cast<const uint4*>(v)[k];
@@ -474,6 +482,42 @@ __global__ void qmatrix_dequant(__half* __restrict__ weight, QMatrix m, const in
         case 5: dequant_unit<5>(weight, m, perm, u, d, o); break;
         case 6: dequant_unit<6>(weight, m, perm, u, d, o); break;
         default: dequant_unit<8>(weight, m, perm, u, d, o); break;
+    }
+}
+
+// One output's unit from GPTQ's and EXL2's packing (a little-endian stream of 32 `Bits`-bit fields over the `Bits`
+// words, field j at bit j·Bits) into the pair packing, in place: the words at rows row0 .. row0 + Bits − 1, column o.
+template <int Bits>
+__device__ __forceinline__ void pack_unit_in_place(uint32_t* __restrict__ qweight, int out, int row0, int o) {
+    uint32_t w[Bits + 1];
+#pragma unroll
+    for (int k = 0; k < Bits; k++) w[k] = qweight[static_cast<size_t>(row0 + k) * out + o];
+    w[Bits] = 0;
+    int c[32];
+#pragma unroll
+    for (int j = 0; j < 32; j++) {
+        const int bit = j * Bits, word = bit >> 5, shift = bit & 31;
+        const uint64_t v = (static_cast<uint64_t>(w[word + 1]) << 32 | w[word]) >> shift;
+        c[j] = static_cast<int>(v & ((1u << Bits) - 1));
+    }
+    uint32_t p[Bits];
+    pack_pairs<Bits>(p, c);
+#pragma unroll
+    for (int k = 0; k < Bits; k++) qweight[static_cast<size_t>(row0 + k) * out + o] = p[k];
+}
+
+__global__ void qmatrix_prepare(uint32_t* __restrict__ qweight, const int2* __restrict__ units, int in, int out) {
+    const size_t t = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x;
+    if (t >= static_cast<size_t>(out) * (in / 32)) return;
+    const int o = static_cast<int>(t % out), u = static_cast<int>(t / out);
+    const int2 d = __ldg(units + u);
+    switch (d.y & 0xff) {
+        case 2: pack_unit_in_place<2>(qweight, out, d.x, o); break;
+        case 3: pack_unit_in_place<3>(qweight, out, d.x, o); break;
+        case 4: pack_unit_in_place<4>(qweight, out, d.x, o); break;
+        case 5: pack_unit_in_place<5>(qweight, out, d.x, o); break;
+        case 6: pack_unit_in_place<6>(qweight, out, d.x, o); break;
+        default: pack_unit_in_place<8>(qweight, out, d.x, o); break;
     }
 }
 
@@ -608,6 +652,14 @@ int qt_gather_columns(void* out, const void* x, const int32_t* perm, int rows, i
     gather_columns<<<blocks_for(static_cast<size_t>(rows) * cols, 256, 4096), 256, 0, as_stream(stream)>>>(
         static_cast<__half*>(out), static_cast<const __half*>(x), perm, rows, cols);
     return check_launch("gather_columns");
+}
+
+int qt_qmatrix_prepare(const qt_qmatrix* w, void* stream) {
+    QT_TRY(check_qmatrix("qt_qmatrix_prepare", w));
+    const size_t threads = static_cast<size_t>(w->out) * (w->in / 32);
+    qmatrix_prepare<<<static_cast<unsigned>((threads + 255) / 256), 256, 0, as_stream(stream)>>>(
+        static_cast<uint32_t*>(const_cast<void*>(w->qweight)), static_cast<const int2*>(w->units), w->in, w->out);
+    return check_launch("qmatrix_prepare");
 }
 
 int qt_qmatrix_dequant(void* weight, const qt_qmatrix* w, void* stream) {

@@ -2898,6 +2898,67 @@ public class qtool_h extends qtool_h$shared {
         }
     }
 
+    private static class qt_qmatrix_prepare {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            qtool_h.C_INT,
+            qtool_h.C_POINTER,
+            qtool_h.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("qt_qmatrix_prepare");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * int qt_qmatrix_prepare(const qt_qmatrix *w, void *stream)
+     * }
+     */
+    public static FunctionDescriptor qt_qmatrix_prepare$descriptor() {
+        return qt_qmatrix_prepare.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * int qt_qmatrix_prepare(const qt_qmatrix *w, void *stream)
+     * }
+     */
+    public static MethodHandle qt_qmatrix_prepare$handle() {
+        return qt_qmatrix_prepare.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * int qt_qmatrix_prepare(const qt_qmatrix *w, void *stream)
+     * }
+     */
+    public static MemorySegment qt_qmatrix_prepare$address() {
+        return qt_qmatrix_prepare.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * int qt_qmatrix_prepare(const qt_qmatrix *w, void *stream)
+     * }
+     */
+    public static int qt_qmatrix_prepare(MemorySegment w, MemorySegment stream) {
+        var mh$ = qt_qmatrix_prepare.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("qt_qmatrix_prepare", w, stream);
+            }
+            return (int)mh$.invokeExact(w, stream);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
     private static class qt_qmatrix_gemv_scratch_bytes {
         public static final FunctionDescriptor DESC = FunctionDescriptor.of(
             qtool_h.C_INT,

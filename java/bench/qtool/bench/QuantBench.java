@@ -264,6 +264,7 @@ public class QuantBench {
         qt_qmatrix.out(m, out);
         qt_qmatrix.groups(m, groups);
         qt_qmatrix.qrows(m, qrows);
+        check(qt_qmatrix_prepare(m, stream), "qt_qmatrix_prepare");
         packedBytes = 4L * codes.length + 4L * unitTable.length + 2L * scales.length + (zeros == null ? 0 : 2L * zeros.length)
                 + (perm == null ? 0 : 4L * perm.length);
         return m;

@@ -29,7 +29,8 @@ import qtool.load.DType;
  * buffer, since native calls cannot take heap segments.
  *
  * <p>Quantized linears: {@link #upload} of a {@link DType#QMATRIX} host tensor copies its arrays to the device and
- * returns a QMATRIX tensor whose struct (in the backend's memory) points at them; {@link #linear} and
+ * returns a QMATRIX tensor whose struct (in the backend's memory) points at them, its codes rearranged there by
+ * qt_qmatrix_prepare; {@link #linear} and
  * {@link #linearAdd} take it as the weight. Decoding can be recorded once as a CUDA graph and replayed
  * ({@link #graphBegin}): nothing may allocate while a capture runs, so uploading a QMATRIX sets aside the scratch of
  * its products of up to {@link #QMATRIX_GEMV_MAX_ROWS} rows, and {@link #prepareDecode} that of
@@ -233,6 +234,7 @@ public final class CudaBackend implements Backend {
             // Straight from the host arrays (no Java copy), into device blocks of the same sizes as the last layer's
             // when layers stream (see freeQMatrixArrays).
             QMatrix.copyStruct(src, struct, (array, bytes) -> place(array, bytes, arrays));
+            check(qt_qmatrix_prepare(struct, stream), "qt_qmatrix_prepare");  // the kernels' packing, in place
         } catch (RuntimeException e) {
             freeQMatrixArrays(arrays);
             freeStructs.push(struct);
