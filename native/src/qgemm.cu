@@ -134,7 +134,7 @@ struct PairPacking {
     static constexpr float kF = Bits > 4 ? 1.0f / (1 << (Bits - 4)) : 1.0f;
 };
 
-// Pair j of a packing as half2 bits (1024 + q·2^e in each half), and its e.
+// The exponent e of pair J: pair_bits gives it as the half2 bits of (1024 + q_2J·2^e, 1024 + q_2J+1·2^e).
 template <int Bits, int J>
 __host__ __device__ constexpr int pair_exponent() {
     using P = PairPacking<Bits>;
