@@ -172,7 +172,7 @@ __device__ __forceinline__ void pack_pairs(uint32_t (&w)[Bits], const int (&c)[3
         if (j < P::kDirect) {
             const int bit = Bits * (j % P::kFields);
             w[j / P::kFields] |= lo << bit | hi << (16 + bit);
-        } else if (Bits == 6) {
+        } else if constexpr (Bits == 6) {  // only left-over pairs reach here: j >= kDirect
             const int m = j - P::kDirect, high = 12 + 2 * (m % 2);
             w[m] |= (lo & 15) << 12 | (hi & 15) << 28;
             w[4 + m / 2] |= (lo >> 4) << high | (hi >> 4) << (16 + high);
