@@ -49,6 +49,17 @@ __device__ __forceinline__ void allow_dependents() {
 #endif
 }
 
+// wait_for_prior_grid() for a kernel that reads an earlier result only through p: p's value passes through the wait,
+// so reads through it come after, but other loads (of constant weights) may be issued before it, to stream in while
+// the kernel before still drains. Writes must still follow a plain wait_for_prior_grid().
+template <typename T>
+__device__ __forceinline__ T* wait_for_prior_grid(T* p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" : "+l"(p));
+#endif
+    return p;
+}
+
 // Whether the current device takes dependent launches (compute capability 9 or later; QTOOL_PDL=0 turns them off, for
 // measurements), cached per device.
 bool dependent_launches();

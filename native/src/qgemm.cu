@@ -103,15 +103,14 @@ constexpr int kMaxGemvRows = 8;
 constexpr int kQuadsPerWarp = 4;                     // lanes 0..3 of a slice: 16 outputs, 64 contiguous bytes a row
 constexpr int kSlicesPerWarp = 32 / kQuadsPerWarp;   // 8 input slices per warp, summed by shuffles
 constexpr int kOutputsPerBlock = 4 * kQuadsPerWarp;  // 16
-constexpr int kDefaultWarps = 8;
 constexpr int kMaxThreads = 256;
 
-// Warps per GEMV block: QTOOL_QMATRIX_WARPS (4 or 8) overrides kDefaultWarps, for measurements.
-int gemv_warps() {
+// QTOOL_QMATRIX_WARPS (4 or 8): the warps of every GEMV block, for measurements; 0 (unset): chosen per launch.
+int forced_gemv_warps() {
     static const int warps = [] {
         const char* e = getenv("QTOOL_QMATRIX_WARPS");
         const int v = e != nullptr ? atoi(e) : 0;
-        return v == 4 || v == 8 ? v : kDefaultWarps;
+        return v == 4 || v == 8 ? v : 0;
     }();
     return warps;
 }
@@ -269,6 +268,7 @@ __device__ __forceinline__ void unit_products(float (&acc)[Rows][4], const QMatr
         load_unit<Bits>(w[n], m.qweight + static_cast<size_t>(d[n].x) * m.out + o, m.out);
         load_group<Bits>(s[n], z[n], m, d[n].y >> 8, o);
     }
+    x = wait_for_prior_grid(x);  // x may be the kernel before's output; the weights need no wait
 #pragma unroll
     for (int n = 0; n < N; n++) {
         __half2 cneg[4][9], dot[Rows][4];  // cneg[c][e]: only the exponents the width uses survive compilation
@@ -391,8 +391,7 @@ __global__ void __launch_bounds__(kMaxThreads, Rows == 1 ? 4 : 1) qmatrix_gemv(Q
 #pragma unroll
         for (int c = 0; c < 4; c++) acc[r][c] = 0.0f;
 
-    wait_for_prior_grid();
-    allow_dependents();
+    allow_dependents();  // at once: the next kernel's blocks may load their weights as slots free up
     bool paired = false;
     if constexpr (Rows <= 2) {  // both units' loads in flight before either is used
         paired = end - begin >= 2 * slices;
@@ -413,6 +412,7 @@ __global__ void __launch_bounds__(kMaxThreads, Rows == 1 ? 4 : 1) qmatrix_gemv(Q
         const int2 d0 = __ldg(m.units + u);
         unit_products_of_width<Rows, 1>(d0.y & 0xff, acc, m, x, rows, o, {u}, {d0});
     }
+    wait_for_prior_grid();  // before y is written
     store_block_sums<Rows>(acc, y, y_f16, accumulate, gridDim.y > 1, block, m.out, rows);
 }
 
@@ -547,24 +547,36 @@ QMatrix device_view(const qt_qmatrix* w) {
                    static_cast<const __half*>(w->scales), static_cast<const __half*>(w->zeros), w->in, w->out};
 }
 
-
 constexpr int kMaxSplits = 4;
 
-// Launches qmatrix_gemv<Rows> over every part of the set. With split (F32 y only), the inputs go over up to
-// kMaxSplits blocks while the grid is under 2 waves and every slice keeps at least one unit; each y is zeroed first
-// unless accumulating.
+// Blocks of `threads` threads an SM holds for qmatrix_gemv<Rows> (registers decide), asked once per kernel and size.
+template <int Rows>
+int gemv_blocks_per_sm(int threads) {
+    static int cached[2] = {0, 0};
+    int& n = cached[threads == kMaxThreads];
+    if (n == 0 && (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, qmatrix_gemv<Rows>, threads, 0) != cudaSuccess || n < 1))
+        n = 1;
+    return n;
+}
+
+// Launches qmatrix_gemv<Rows> over every part of the set. A block has 8 warps while the grid fits one wave of such
+// blocks, else 4: the same threads an SM, but twice the blocks a wave, so that 688 blocks (4096 → 11008) run as one
+// wave instead of one and a part-filled second (GPTQ-4 4096 → 11008: 14.2 → 13.0 µs; q/k/v in one launch 21.4 →
+// 17.1 µs; outputs of 4096, already under a wave, lose with 4: 6.5 → 8.0 µs). With split (F32 y only), the inputs
+// go over up to kMaxSplits blocks while the grid is under 2 waves and every slice keeps at least one unit; each y is
+// zeroed first unless accumulating.
 template <int Rows>
 int launch_gemv(const QMatrixSet& set, bool f16, bool accumulate, const __half* x, int rows, bool split,
                 cudaStream_t s) {
     const auto kernel = qmatrix_gemv<Rows>;
-    const int threads = 32 * gemv_warps(), blocks = set.block_end[set.parts - 1];
+    const int blocks = set.block_end[set.parts - 1];
+    int warps = forced_gemv_warps();
+    if (warps == 0) warps = blocks > multiprocessor_count() * gemv_blocks_per_sm<Rows>(kMaxThreads) ? 4 : 8;
+    const int threads = 32 * warps;
     int splits = 1;
     if (split && !f16) {
-        static const int per_sm = [&] {  // blocks an SM holds (registers decide), asked once per kernel
-            int n = 0;
-            return cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, 0) == cudaSuccess && n > 0 ? n : 1;
-        }();
-        const int wave = multiprocessor_count() * per_sm, slices = threads / 32 * kSlicesPerWarp, units = set.m[0].in / 32;
+        const int wave = multiprocessor_count() * gemv_blocks_per_sm<Rows>(threads), slices = warps * kSlicesPerWarp,
+                  units = set.m[0].in / 32;
         while (splits < kMaxSplits && blocks * splits < 2 * wave && units / (splits + 1) >= slices) splits++;
         if (splits > 1 && !accumulate)
             for (int p = 0; p < set.parts; p++)
