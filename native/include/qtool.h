@@ -291,14 +291,16 @@ QT_API int qt_qmatrix_prepare(const qt_qmatrix* w, void* stream);
 /* Scratch bytes qt_qmatrix_gemv needs for `rows` rows of x (0 when w has no perm: x is read in place). */
 QT_API int qt_qmatrix_gemv_scratch_bytes(const qt_qmatrix* w, int rows, size_t* bytes);
 /*
- * y [rows, out] = x [rows, in] . W^T for rows 1..8 (decoding): one pass over the packed codes, sums in F32.
+ * y [rows, out] = x [rows, in] . W^T for rows 1..64 straight from the packed codes, sums in F32: a CUDA-core GEMV up to
+ * 8 rows (decoding), tensor cores above (short prompts; the weights rounded to fp16 as qt_qmatrix_dequant rounds them).
  * x F16 (16-byte aligned). y F32 or F16 (rounded once); with accumulate != 0, y (F32 only) += the product (the
  * residual add fused). With a perm, x's columns are first gathered into processing order in `scratch`.
  */
 QT_API int qt_qmatrix_gemv(void* y, int y_dtype, int accumulate, const void* x, const qt_qmatrix* w, int rows,
                            void* scratch, size_t scratch_bytes, void* stream);
 /*
- * qt_qmatrix_gemv of one x by `count` (1..4) matrices w[0..count-1] in one launch: y[i] = x . w[i]^T (q/k/v, gate/up;
+ * qt_qmatrix_gemv of one x by `count` (1..4) matrices w[0..count-1] in one launch (above 8 rows, one x gather and a
+ * launch per matrix): y[i] = x . w[i]^T (q/k/v, gate/up;
  * three 4096-output products fill a GPU far better together than one after another). The matrices take the same
  * number of inputs and the same input order: all without a perm, or all with equal perms (w[0]'s is the one applied).
  * y_dtype and accumulate hold for every y[i]; scratch as qt_qmatrix_gemv_scratch_bytes says for w[0].

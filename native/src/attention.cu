@@ -18,6 +18,7 @@
 #include <cstdlib>
 
 #include "internal.h"
+#include "tensor_ops.h"
 
 namespace qt {
 namespace {
@@ -64,27 +65,6 @@ __device__ __forceinline__ float fma4(float4 a, float4 b, float acc) {
     acc = fmaf(a.y, b.y, acc);
     acc = fmaf(a.z, b.z, acc);
     return fmaf(a.w, b.w, acc);
-}
-
-// Tile loads are async copies (cp.async, sm_80+): the bytes go from global to shared memory without passing
-// through registers, so every thread keeps all its loads in flight, and V's arrive while the scores are computed.
-// (Against plain loads on an H100: decode 1213 vs 794 GB/s, prefill 25.2 vs 24.7 TFLOP/s; native/README.md.)
-// A source that is not valid reads nothing and writes zeros (src-size 0).
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
-#error "qtool's attention kernel uses cp.async: build for compute capability 8.0 or newer (QTOOL_CUDA_ARCH)"
-#endif
-
-__device__ __forceinline__ void copy16(void* shared_dst, const void* global_src, bool valid) {
-    const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(shared_dst));
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(global_src), "r"(valid ? 16 : 0));
-}
-
-// Closes a group of async copies; wait_copies<N> returns once all but the N most recent groups have landed
-// (in this thread: a __syncthreads must follow before other threads' copies are read).
-__device__ __forceinline__ void commit_copies() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void wait_copies() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
 // Copies this call's keys and values into the caches at positions [start_pos, start_pos + seq_len), 16 bytes at a
@@ -451,10 +431,7 @@ template <> struct Ops<__half> {
     }
     // c += a b: a 16x16 (row-major fragments), b 16x8 (column-major), c 16x8 FP32.
     static __device__ __forceinline__ void mma(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
-        asm(  // not volatile: a pure register operation the compiler may schedule
-            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+        mma_f16(c, a, b0, b1);
     }
     static __device__ __forceinline__ __half from(float v) { return __float2half_rn(v); }
 };
@@ -471,21 +448,6 @@ template <> struct Ops<__nv_bfloat16> {
     }
     static __device__ __forceinline__ __nv_bfloat16 from(float v) { return __float2bfloat16_rn(v); }
 };
-
-// Four 8x8 16-bit matrices from shared memory (volatile: kept in program order, so never above the barrier that
-// publishes the tile; the loops below issue a whole step's loads before its products, so their latencies overlap); lane l gives the address of row l % 8 of matrix l / 8, and receives
-// in r[m] its two elements of matrix m: (row l / 4, columns 2 (l % 4), +1), or with .trans (rows 2 (l % 4), +1 of
-// column l / 4).
-__device__ __forceinline__ void ldsm_x4(uint32_t* r, const void* p) {
-    const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
-}
-__device__ __forceinline__ void ldsm_x4_trans(uint32_t* r, const void* p) {
-    const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
-}
 
 template <typename T, class S>
 __global__ void __launch_bounds__(S::THREADS)

@@ -42,7 +42,10 @@ __device__ __forceinline__ void wait_for_prior_grid() {
 #endif
 }
 
-// Lets the next dependent launch start; called right after wait_for_prior_grid, so that at most one kernel runs ahead.
+// Lets the next dependent launch start. Most kernels call it right after wait_for_prior_grid; qmatrix_gemv calls it
+// first thing, so that the next GEMV's blocks, taking SMs as this one's finish, load their weights early. Each kernel
+// still waits for the one before it (whose completion implies its own predecessor's) before it reads a result or
+// writes anything.
 __device__ __forceinline__ void allow_dependents() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");

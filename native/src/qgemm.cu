@@ -1,6 +1,6 @@
 // Quantized matrix products straight from packed codes, for GPTQ and EXL2 alike (qt_qmatrix in qtool.h is the layout):
-// qt_qmatrix_gemv for a few rows (decoding), qt_qmatrix_dequant for the fp16 weight that a cuBLAS product then takes
-// (prefill, ExLlamaV2's approach for batches of more than 8 rows).
+// qt_qmatrix_gemv for up to 64 rows (a CUDA-core GEMV for decoding's 1..8, tensor cores above: "tensor cores" below),
+// qt_qmatrix_dequant for the fp16 weight that a cuBLAS product then takes (prefill, ExLlamaV2's approach for many rows).
 //
 // Work item: one unit (32 processing rows) of 4 adjacent outputs. Whatever the width, a unit of one output is `bits`
 // whole words of qweight (a 3-bit unit is 32 codes in 3 words), so a thread reads `bits` qweight rows as one 128-bit
@@ -12,7 +12,7 @@
 // products per lane are summed in half (~1e-3 relative rounding, so F32 y is checked to 1e-2, as F16 y is), then get
 // the scale in F32; the sums across units are F32. The width is read per unit and switched on (a warp's slices
 // mostly share one, so the switch rarely diverges) into code made for it.
-// GEMV block: 16 outputs (4 quads) × 8 input slices per warp × 8 warps (QTOOL_QMATRIX_WARPS=4 or 8). At 1..2 rows a
+// GEMV block: 16 outputs (4 quads) × 8 input slices per warp × 8 warps, or 4 past one wave (launch_gemv). At 1..2 rows a
 // slice walks pairs of units (both units' `bits` 128-bit loads issued before either is used; a pair of two widths
 // goes one unit at a time); above 2 rows one unit at a time (their arithmetic per byte hides the latency). The 8
 // slices of a warp are summed by shuffles, the warps through shared memory. x is read through the read-only path
@@ -89,17 +89,33 @@
 // contiguous with its neighbours', 512 bytes a warp load, warps splitting the inputs, batches of units in flight):
 // its best 4-bit-only variant took 13.92 / 16.31 / 7.69 / 30.51 µs on 4096→11008 / 11008→4096 / 4096→4096 / 4096→32000
 // against 14.92 / 13.45 / 6.34 / 33.19 here, and with the width switch of EXL2 mixes 21–26 µs on 4096→11008.
+// Measured 2026-11-23 (H100 SXM, copy 3015 GB/s; builds interleaved on one machine; µs at batch 1, decode tokens/s):
+//                                      4096→11008  11008→4096  q/k/v one launch  EXL2 decode   GPTQ-4 decode
+//   starting build                          14.79       13.34             21.98  308.8, 306.6  376.9, 374.7
+//   weights loaded before the wait          14.19       14.38             21.39  316.4, 315.5  389.3, 393.9
+//   the same, 4 warps a block always        13.00       17.28             17.08  337.1, 339.3  369.8, 372.6
+//   the same without the 1-row register cap 14.20       12.19             26.21  278.8, 279.4  383.9, 386.4
+// so the GEMV issues its first units' weight loads before griddepcontrol.wait (only x waits) and lets the next kernel
+// launch at once, and takes 4 warps a block only past one wave of 8-warp blocks (the final build, on a later machine:
+// 13.09 / 14.15 / 16.50 µs, decode 334.3, 336.5 and 388.9, 393.1).
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <type_traits>
 
+#include <cooperative_groups.h>
+
 #include "internal.h"
+#include "tensor_ops.h"
+
+namespace cg = cooperative_groups;
 
 namespace qt {
 namespace {
 
-constexpr int kMaxGemvRows = 8;
+constexpr int kMaxGemvRows = 8;      // the CUDA-core GEMV's most rows
+constexpr int kDefaultGemvRows = 8;  // and the most it takes unless QTOOL_QMATRIX_GEMV_ROWS says otherwise
 constexpr int kQuadsPerWarp = 4;                     // lanes 0..3 of a slice: 16 outputs, 64 contiguous bytes a row
 constexpr int kSlicesPerWarp = 32 / kQuadsPerWarp;   // 8 input slices per warp, summed by shuffles
 constexpr int kOutputsPerBlock = 4 * kQuadsPerWarp;  // 16
@@ -521,6 +537,218 @@ __global__ void qmatrix_prepare(uint32_t* __restrict__ qweight, const int2* __re
     }
 }
 
+// ---- tensor cores, for 9..64 rows (short prompts, small batches) ----
+// y^T = W x^T as m16n8k16 products: W's outputs are the m dimension (16 a tile), x's rows the n (8 a tile, up to 8
+// tiles), the inputs k. A block of 4 warps takes 128 outputs (32 a warp: two m-tiles) and a range of the units
+// (grid.y splits the inputs; the splits of a block's outputs form a thread-block cluster that sums through distributed
+// shared memory, so y is written once, in any dtype, with no atomics or memset). Per stage, cp.async brings two units'
+// qweight rows of the 128 outputs (512 contiguous bytes a row), their scales and zeros, and x's 64 columns of every row
+// into shared memory, three stages in flight; the split's unit descriptors are read once, up front. Each lane then
+// takes one output's unit: its `bits` words decode (pair_bits: one LOP3 a pair) and dequantize to s·(q − z) in half2
+// (one HFMA2 makes the exact q − z, one HMUL2 scales it: the one rounding qt_qmatrix_dequant makes, so the products
+// equal dequantize-then-cuBLAS up to summation order), into the warp's 32 × 64 A tile; ldmatrix feeds A and x
+// fragments to the products, FP32 accumulation throughout.
+// Measured 2026-11-23 (H100 SXM; µs, 4-bit GPTQ g128, test_kernels --bench qmatrix): 4096→11008 at 4 / 8 / 16 / 64
+// rows 30.3 / 30.5 / 33.6 / 48.5 (the CUDA-core GEMV at 4 and 8: 19.7 / 34.0), 11008→4096 38.8 / 39.1 / 42.5 / 59.4
+// (GEMV 23.0 / 29.7), 4096→4096 17.4 / 17.5 / 19.6 / 28.0 (GEMV 9.8 / 12.2); dequantize + cuBLAS, which it replaces
+// above 8 rows, takes 52–178 µs on these shapes (QuantBench). Its time grows with the steps a block walks, ~1.4 µs a
+// step whatever the bytes (without splits 4096→4096 at 4 rows takes 90.6 µs: 64 steps), so it is bound by the latency
+// of a step's dequantize → shared store → ldmatrix → mma chain at 3–4 blocks an SM, not by bandwidth; 4 stages in
+// flight instead of 3 (fewer blocks an SM) changed 4 rows by < 10 % and slowed 64 rows by 50 %.
+constexpr int kMaxGemmRows = 64;
+constexpr int kGemmWarps = 4;
+constexpr int kGemmOutputs = 32 * kGemmWarps;  // 128 outputs a block, a lane each
+constexpr int kGemmStageUnits = 2;             // 64 inputs a stage
+constexpr int kGemmStages = 3;
+constexpr int kMaxGemmSplits = 8;              // a portable cluster
+constexpr size_t kMaxGemmSmem = 200 << 10;     // dynamic shared memory a block may take (an H100 SM has 227 KB)
+constexpr int kGemmStride = 32 * kGemmStageUnits + 8;  // halves a row of x, and of a warp's A tile, in shared memory:
+                                                       // 144 bytes, so the 8 rows of an ldmatrix read start in 8
+                                                       // different bank groups
+
+// A stage in shared memory: the units' qweight rows of the block's 128 outputs (up to 8 a unit), their scales and
+// zeros (a row of 128 halves a unit), and x's 64 columns of 8·NT rows.
+template <int NT>  // n-tiles: rows up to 8·NT
+struct GemmStage {
+    uint32_t words[8 * kGemmStageUnits][kGemmOutputs];
+    __half scales[kGemmStageUnits][kGemmOutputs], zeros[kGemmStageUnits][kGemmOutputs];
+    __align__(16) __half x[8 * NT][kGemmStride];
+};
+
+template <int NT>
+struct GemmSmem {
+    GemmStage<NT> stage[kGemmStages];
+    __half a[kGemmWarps][32][kGemmStride];  // each warp's dequantized outputs × the stage's 64 inputs
+    static constexpr int kPartialStride = kGemmOutputs + 4;  // floats a row of the cluster sum (bank spread), which
+                                                             // reuses the stages
+    static_assert(size_t(8) * NT * kPartialStride * 4 <= sizeof(stage), "the cluster sum fits the stages");
+    // then the split's unit descriptors (int2 each), read once at the start: no stage waits on a load of its own
+};
+
+// A lane's output of one unit as 16 half2 pairs s·(q − z), from its `Bits` words (stage rows, 128 words apart).
+template <int Bits>
+__device__ __forceinline__ void dequant_lane(uint4 (&a)[4], const uint32_t* __restrict__ words, float s, float z) {
+    uint32_t w[Bits];
+#pragma unroll
+    for (int k = 0; k < Bits; k++) w[k] = words[k * kGemmOutputs];
+    const __half2 s2 = __float2half2_rn(s);
+    uint32_t* v = reinterpret_cast<uint32_t*>(a);
+    static_for<0, 16>([&](auto pair) {
+        constexpr int j = decltype(pair)::value, e = pair_exponent<Bits, j>();
+        const __half2 q = __hfma2(as_half2(pair_bits<Bits, j>(w)), __float2half2_rn(1.0f / (1 << e)),
+                                  __float2half2_rn(-(1024.0f / (1 << e) + z)));  // exactly q − z
+        const __half2 r = __hmul2(q, s2);
+        v[j] = *reinterpret_cast<const uint32_t*>(&r);
+    });
+}
+
+// y[r, o] (+)= Σ_i x[r, i] · W[o, i] for r < rows ≤ 8·NT: the block's 128 outputs (blockIdx.x), its split's units
+// (blockIdx.y of gridDim.y, a cluster when more than one).
+template <int NT>
+__global__ void __launch_bounds__(32 * kGemmWarps) qmatrix_gemm(QMatrix m, void* __restrict__ y, bool y_f16,
+                                                                 bool accumulate, const __half* __restrict__ x, int rows) {
+    extern __shared__ __align__(16) unsigned char smem_bytes[];
+    GemmSmem<NT>& smem = *reinterpret_cast<GemmSmem<NT>*>(smem_bytes);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, c = lane & 3;
+    const int ob = blockIdx.x * kGemmOutputs, units = m.in / 32;
+    const int begin = blockIdx.y * units / gridDim.y, end = (blockIdx.y + 1) * units / gridDim.y;
+    const int steps = (end - begin + kGemmStageUnits - 1) / kGemmStageUnits;
+    int2* descriptors = reinterpret_cast<int2*>(smem_bytes + sizeof(GemmSmem<NT>));  // units begin .. end − 1
+    for (int u = begin + threadIdx.x; u < end; u += blockDim.x) descriptors[u - begin] = __ldg(m.units + u);
+    __syncthreads();
+
+    // Stage `step`: units begin + 2·step (and the next, when in range), by 16-byte async copies.
+    auto load_stage = [&](int step) {
+        if (step < steps) {
+            GemmStage<NT>& st = smem.stage[step % kGemmStages];
+            const int u0 = begin + step * kGemmStageUnits, n = min(kGemmStageUnits, end - u0);
+            int word_row = 0;
+            for (int j = 0; j < n; j++) {  // unit j's rows follow unit j − 1's
+                const int2 d = descriptors[u0 + j - begin];
+                const int bits = d.y & 0xff, group = d.y >> 8;
+                for (int i = threadIdx.x; i < bits * (kGemmOutputs / 4); i += blockDim.x) {
+                    const int r = i / (kGemmOutputs / 4), col = (i % (kGemmOutputs / 4)) * 4;
+                    const bool valid = ob + col < m.out;
+                    copy16(&st.words[word_row + r][col],
+                           valid ? m.qweight + static_cast<size_t>(d.x + r) * m.out + ob + col : m.qweight, valid);
+                }
+                word_row += bits;
+                for (int i = threadIdx.x; i < 2 * (kGemmOutputs / 8); i += blockDim.x) {  // scales, then zeros
+                    const bool zeros = i >= kGemmOutputs / 8;
+                    const int col = (i % (kGemmOutputs / 8)) * 8;
+                    const __half* src = zeros ? m.zeros : m.scales;
+                    const bool valid = src != nullptr && ob + col < m.out;
+                    copy16(zeros ? &st.zeros[j][col] : &st.scales[j][col],
+                           valid ? src + static_cast<size_t>(group) * m.out + ob + col : m.scales, valid);
+                }
+            }
+            for (int i = threadIdx.x; i < 8 * NT * 8; i += blockDim.x) {  // 8 pieces of 8 inputs a row
+                const int r = i / 8, piece = i % 8;
+                const bool valid = r < rows && piece < 4 * n;
+                copy16(&st.x[r][piece * 8], valid ? x + static_cast<size_t>(r) * m.in + u0 * 32 + piece * 8 : x, valid);
+            }
+        }
+        commit_copies();  // an empty group past the last step keeps the wait counts uniform
+    };
+
+    float acc[2][NT][4] = {};
+#pragma unroll
+    for (int st = 0; st < kGemmStages - 1; st++) load_stage(st);
+    __half (*a_tile)[kGemmStride] = smem.a[warp];
+    for (int step = 0; step < steps; step++) {
+        wait_copies<kGemmStages - 2>();
+        __syncthreads();  // the stage is in for every thread; the one the next load overwrites is consumed
+        load_stage(step + kGemmStages - 1);
+        const GemmStage<NT>& st = smem.stage[step % kGemmStages];
+        const int n = min(kGemmStageUnits, end - (begin + step * kGemmStageUnits)), col = warp * 32 + lane;
+        uint4 a[kGemmStageUnits][4] = {};
+        int word_row = 0;
+#pragma unroll
+        for (int j = 0; j < kGemmStageUnits; j++) {
+            if (j >= n) break;
+            const int bits = descriptors[begin + step * kGemmStageUnits + j - begin].y & 0xff;
+            const float s = __half2float(st.scales[j][col]);
+            const float z = m.zeros != nullptr ? __half2float(st.zeros[j][col]) : static_cast<float>(1 << (bits - 1));
+            const uint32_t* words = &st.words[word_row][col];
+            switch (bits) {
+                case 2: dequant_lane<2>(a[j], words, s, z); break;
+                case 3: dequant_lane<3>(a[j], words, s, z); break;
+                case 4: dequant_lane<4>(a[j], words, s, z); break;
+                case 5: dequant_lane<5>(a[j], words, s, z); break;
+                case 6: dequant_lane<6>(a[j], words, s, z); break;
+                default: dequant_lane<8>(a[j], words, s, z); break;
+            }
+            word_row += bits;
+        }
+        __syncwarp();  // the last step's fragments are read from the A tile
+#pragma unroll
+        for (int j = 0; j < kGemmStageUnits; j++)
+#pragma unroll
+            for (int k = 0; k < 4; k++) reinterpret_cast<uint4*>(&a_tile[lane][32 * j])[k] = a[j][k];
+        __syncwarp();
+#pragma unroll
+        for (int j = 0; j < kGemmStageUnits; j++) {
+            if (j >= n) break;
+            uint32_t af[2][2][4];  // [m-tile][k-step]: outputs 16·mt + lane % 16, inputs 32j + 16·ks + 8·(lane / 16)
+#pragma unroll
+            for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+                for (int ks = 0; ks < 2; ks++) ldsm_x4(af[mt][ks], &a_tile[16 * mt + (lane & 15)][32 * j + 16 * ks + 8 * (lane >> 4)]);
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                uint32_t bf[4];  // rows 8t + lane % 8, inputs 32j + 8·(lane / 8): k-step 0 in bf[0..1], 1 in bf[2..3]
+                ldsm_x4(bf, &st.x[8 * t + (lane & 7)][32 * j + 8 * (lane >> 3)]);
+#pragma unroll
+                for (int mt = 0; mt < 2; mt++) {
+                    mma_f16(acc[mt][t], af[mt][0], bf[0], bf[1]);
+                    mma_f16(acc[mt][t], af[mt][1], bf[2], bf[3]);
+                }
+            }
+        }
+    }
+    wait_copies<0>();
+    __syncthreads();  // every stage consumed: the cluster sum may reuse them
+
+    // acc[mt][t]: outputs 32·warp + 16·mt + g (+8 for [2], [3]), rows 8t + 2c (+1 for [1], [3]).
+    auto store = [&](int r, int col, float v) {
+        const int o = ob + col;
+        if (r >= rows || o >= m.out) return;
+        const size_t at = static_cast<size_t>(r) * m.out + o;
+        if (y_f16) static_cast<__half*>(y)[at] = __float2half_rn(v);
+        else if (accumulate) static_cast<float*>(y)[at] += v;
+        else static_cast<float*>(y)[at] = v;
+    };
+    if (gridDim.y == 1) {
+#pragma unroll
+        for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+            for (int t = 0; t < NT; t++)
+#pragma unroll
+                for (int i = 0; i < 4; i++)
+                    store(8 * t + 2 * c + (i & 1), warp * 32 + 16 * mt + g + 8 * (i >> 1), acc[mt][t][i]);
+        return;
+    }
+    float* partial = reinterpret_cast<float*>(smem_bytes);  // [8·NT rows][128 outputs], over the stages
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int t = 0; t < NT; t++)
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                partial[(8 * t + 2 * c + (i & 1)) * GemmSmem<NT>::kPartialStride + warp * 32 + 16 * mt + g + 8 * (i >> 1)] =
+                    acc[mt][t][i];
+    cg::cluster_group cluster = cg::this_cluster();
+    cluster.sync();  // every split's partial sums are in
+    const int splits = gridDim.y, rank = blockIdx.y, count = min(rows, 8 * NT) * kGemmOutputs;
+    for (int i = rank * count / splits + threadIdx.x; i < (rank + 1) * count / splits; i += blockDim.x) {
+        const int r = i / kGemmOutputs, col = i % kGemmOutputs;
+        float v = 0.0f;
+        for (int k = 0; k < splits; k++) v += cluster.map_shared_rank(partial, k)[r * GemmSmem<NT>::kPartialStride + col];
+        store(r, col, v);
+    }
+    cluster.sync();  // no block leaves while another still reads its partial sums
+}
+
 bool aligned(const void* p, uintptr_t bytes) { return (reinterpret_cast<uintptr_t>(p) & (bytes - 1)) == 0; }
 
 // Checks of the matrix shared by every entry point; the unit descriptors live on the device and are trusted.
@@ -589,6 +817,46 @@ int launch_gemv(const QMatrixSet& set, bool f16, bool accumulate, const __half* 
     return check_launch("qmatrix_gemv");
 }
 
+// Rows up to which qt_qmatrix_gemv takes the CUDA-core GEMV; more go to the tensor cores. QTOOL_QMATRIX_GEMV_ROWS
+// (1..8) overrides it, for measurements.
+int gemv_max_rows() {
+    static const int max_rows = [] {
+        const char* e = getenv("QTOOL_QMATRIX_GEMV_ROWS");
+        const int v = e != nullptr ? atoi(e) : 0;
+        return v >= 1 && v <= kMaxGemvRows ? v : kDefaultGemvRows;
+    }();
+    return max_rows;
+}
+
+// Launches qmatrix_gemm<NT> for one matrix. The inputs split over up to kMaxGemmSplits blocks (one cluster) until
+// the grid holds about two blocks an SM: 4096 outputs are 32 blocks of 128.
+template <int NT>
+int launch_gemm(const QMatrix& m, void* y, bool f16, bool accumulate, const __half* x, int rows, cudaStream_t s) {
+    const auto kernel = qmatrix_gemm<NT>;
+    const int blocks = (m.out + kGemmOutputs - 1) / kGemmOutputs, units = m.in / 32;
+    const int splits = std::max(1, std::min({kMaxGemmSplits, (2 * multiprocessor_count() + blocks - 1) / blocks,
+                                             units / kGemmStageUnits}));
+    const size_t smem = sizeof(GemmSmem<NT>) + sizeof(int2) * ((units + splits - 1) / splits);
+    QT_REQUIRE(smem <= kMaxGemmSmem, "qt_qmatrix_gemv: %d inputs need %zu bytes of shared memory for %d rows (at most %zu)",
+               m.in, smem, 8 * NT, kMaxGemmSmem);
+    static const cudaError_t opted = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxGemmSmem);
+    QT_CUDA_TRY(opted);
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(blocks, splits);
+    config.blockDim = dim3(32 * kGemmWarps);
+    config.dynamicSmemBytes = smem;
+    config.stream = s;
+    cudaLaunchAttribute attribute[1];
+    attribute[0].id = cudaLaunchAttributeClusterDimension;
+    attribute[0].val.clusterDim.x = 1;
+    attribute[0].val.clusterDim.y = splits;
+    attribute[0].val.clusterDim.z = 1;
+    config.attrs = attribute;
+    config.numAttrs = splits > 1 ? 1 : 0;
+    QT_CUDA_TRY(cudaLaunchKernelEx(&config, kernel, m, y, f16, accumulate, x, rows));
+    return check_launch("qmatrix_gemm");
+}
+
 }  // namespace
 }  // namespace qt
 
@@ -599,8 +867,8 @@ extern "C" {
 int qt_qmatrix_gemv_scratch_bytes(const qt_qmatrix* w, int rows, size_t* bytes) {
     QT_TRY(check_qmatrix("qt_qmatrix_gemv_scratch_bytes", w));
     QT_REQUIRE(bytes != nullptr, "qt_qmatrix_gemv_scratch_bytes: NULL bytes");
-    QT_REQUIRE(rows >= 1 && rows <= kMaxGemvRows, "qt_qmatrix_gemv_scratch_bytes: rows %d (need 1..%d)", rows,
-               kMaxGemvRows);
+    QT_REQUIRE(rows >= 1 && rows <= kMaxGemmRows, "qt_qmatrix_gemv_scratch_bytes: rows %d (need 1..%d)", rows,
+               kMaxGemmRows);
     *bytes = w->perm != nullptr ? static_cast<size_t>(rows) * w->in * sizeof(__half) : 0;
     return QT_OK;
 }
@@ -616,7 +884,7 @@ int qt_qmatrix_gemv_many(int count, void* const* y, int y_dtype, int accumulate,
     QT_REQUIRE(count >= 1 && count <= kMaxParts, "%s: %d matrices (need 1..%d)", fn, count, kMaxParts);
     QT_REQUIRE(y != nullptr && w != nullptr, "%s: NULL y or matrix array", fn);
     QT_REQUIRE(x != nullptr, "%s: NULL x", fn);
-    QT_REQUIRE(rows >= 1 && rows <= kMaxGemvRows, "%s: rows %d (need 1..%d)", fn, rows, kMaxGemvRows);
+    QT_REQUIRE(rows >= 1 && rows <= kMaxGemmRows, "%s: rows %d (need 1..%d)", fn, rows, kMaxGemmRows);
     QT_REQUIRE(y_dtype == QT_F32 || y_dtype == QT_F16, "%s: y dtype %s (need F32 or F16)", fn, dtype_name(y_dtype));
     QT_REQUIRE(!accumulate || y_dtype == QT_F32, "%s: accumulate needs F32 y (y is %s)", fn, dtype_name(y_dtype));
     QT_REQUIRE(aligned16(x), "%s: x is not 16-byte aligned", fn);
@@ -648,8 +916,18 @@ int qt_qmatrix_gemv_many(int count, void* const* y, int y_dtype, int accumulate,
         QT_TRY(check_launch("gather_columns"));
         xp = gathered;
     }
-    // Mixed widths (EXL2) split the inputs over blocks; one width (GPTQ) measured faster unsplit (header).
     const bool f16 = y_dtype == QT_F16, acc = accumulate != 0;
+    if (rows > gemv_max_rows()) {  // tensor cores, a launch per matrix
+        for (int p = 0; p < count; p++) {
+            const int nt = rows <= 8 ? 1 : rows <= 16 ? 2 : rows <= 32 ? 4 : 8;
+            QT_TRY(nt == 1   ? launch_gemm<1>(set.m[p], y[p], f16, acc, xp, rows, s)
+                   : nt == 2 ? launch_gemm<2>(set.m[p], y[p], f16, acc, xp, rows, s)
+                   : nt == 4 ? launch_gemm<4>(set.m[p], y[p], f16, acc, xp, rows, s)
+                             : launch_gemm<8>(set.m[p], y[p], f16, acc, xp, rows, s));
+        }
+        return QT_OK;
+    }
+    // Mixed widths (EXL2) split the inputs over blocks; one width (GPTQ) measured faster unsplit (header).
     if (rows == 1) return launch_gemv<1>(set, f16, acc, xp, rows, mixed, s);
     if (rows == 2) return launch_gemv<2>(set, f16, acc, xp, rows, mixed, s);
     if (rows <= 4) return launch_gemv<4>(set, f16, acc, xp, rows, mixed, s);

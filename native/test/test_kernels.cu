@@ -715,23 +715,26 @@ std::vector<double> qmatrix_product(const HostQMatrix& h, const std::vector<uint
     return ref;
 }
 
-// qt_qmatrix_gemv (rows 1, 2, 3, 8; F32 and F16 y; += into F32 y) against the double product W·x, and
-// qt_qmatrix_dequant value by value, in the original input order. Mixed widths with F32 y take the input split over
-// blocks (atomicAdd into y, zeroed first unless +=) when the inputs give every slice a unit (in >= 4096: 2 splits;
-// 16384 -> 64: 4 splits, each walking unit pairs at 1..2 rows); one width, F16 y and smaller mixes do not split.
+// qt_qmatrix_gemv (rows 1, 2, 3, 8, 9, 33, 64; F32 and F16 y; += into F32 y) against the double product W·x, and
+// qt_qmatrix_dequant value by value, in the original input order. Up to 8 rows take the CUDA-core GEMV
+// (QTOOL_QMATRIX_GEMV_ROWS=1 sends 2..8 rows to the tensor cores instead): mixed widths with F32 y take its input
+// split over blocks (atomicAdd into y, zeroed first unless +=) when the inputs give every slice a unit (in >= 4096: 2
+// splits; 16384 -> 64: 4 splits, each walking unit pairs at 1..2 rows); one width, F16 y and smaller mixes do not
+// split. More rows take the tensor cores, whose input splits sum through a cluster (4096 -> 1024: 8 blocks, 8 splits;
+// outputs that end inside a block of 128).
 void test_qmatrix(const std::string& name, int in, int out, const std::vector<int>& widths,
                   const std::vector<int>& group_rows, bool with_zeros, bool with_perm) {
     const std::string label = "qmatrix " + name;
     run(label, [&] {
         const HostQMatrix h = make_qmatrix(in, out, widths, group_rows, with_zeros, with_perm);
         DeviceQMatrix d(h);
-        constexpr int kRows = 8;
+        constexpr int kRows = 64;
         const std::vector<uint16_t> x16 = to_f16(randn(size_t(kRows) * in));
         Device dx = Device::from(x16);
         const std::vector<double> ref = qmatrix_product(h, x16, kRows);
-        // Every width sums a unit's products in half2 (~1e-3 rounding), F32 y as F16 y.
+        // The GEMV sums a unit's products in half2 (~1e-3 rounding), F32 y as F16 y.
         constexpr double kLimit = 1e-2;
-        for (int rows : {1, 2, 3, 8}) {
+        for (int rows : {1, 2, 3, 8, 9, 33, 64}) {
             size_t scratch_bytes = 0;
             CHECK(qt_qmatrix_gemv_scratch_bytes(&d.w, rows, &scratch_bytes));
             Device scratch(std::max<size_t>(scratch_bytes, 256));
@@ -743,13 +746,13 @@ void test_qmatrix(const std::string& name, int in, int out, const std::vector<in
                 record(label + " gemv r" + std::to_string(rows) + " " + dtype_str(y_dtype),
                        rel_l2(download_as(y, size_t(rows) * out, y_dtype), want), kLimit);
             }
-            if (rows == 3) {  // the fused residual add
+            if (rows == 3 || rows == 33) {  // the fused residual add
                 const std::vector<float> y0 = randn(size_t(rows) * out);
                 Device y = Device::from(y0);
                 CHECK(qt_qmatrix_gemv(y.ptr, QT_F32, 1, dx.ptr, &d.w, rows, scratch.ptr, scratch_bytes, nullptr));
                 std::vector<double> sum(want);
                 for (size_t i = 0; i < sum.size(); i++) sum[i] += y0[i];
-                record(label + " gemv r3 F32 +=", rel_l2(y.to_host<float>(sum.size()), sum), kLimit);
+                record(label + " gemv r" + std::to_string(rows) + " F32 +=", rel_l2(y.to_host<float>(sum.size()), sum), kLimit);
             }
         }
         Device dw(size_t(out) * in * 2);
@@ -767,7 +770,7 @@ void test_qmatrix(const std::string& name, int in, int out, const std::vector<in
 }
 
 // qt_qmatrix_gemv_many: three matrices of one input order (q/k/v-like: mixed widths, all 5-bit, 8 and 4 bits; one
-// perm; outputs that end inside a block) in one launch, each y against its double product, at 1 and 3 rows, F32 and
+// perm; outputs that end inside a block) in one launch, each y against its double product, at 1, 3 and 17 rows, F32 and
 // F16 y and += (F32 y of mixed widths takes the input split); then the argument checks of the set.
 void test_qmatrix_many() {
     run("qmatrix gemv_many", [&] {
@@ -781,13 +784,13 @@ void test_qmatrix_many() {
             d.push_back(std::make_unique<DeviceQMatrix>(m));
             w.push_back(d.back()->w);
         }
-        constexpr int kRows = 3;
+        constexpr int kRows = 17;
         const std::vector<uint16_t> x16 = to_f16(randn(size_t(kRows) * 4096));
         Device dx = Device::from(x16);
         size_t scratch_bytes = 0;
         CHECK(qt_qmatrix_gemv_scratch_bytes(&w[0], kRows, &scratch_bytes));
         Device scratch(scratch_bytes);
-        for (int rows : {1, 3})
+        for (int rows : {1, 3, 17})
             for (int mode = 0; mode < 3; mode++) {  // F32, F16, F32 +=
                 const int y_dtype = mode == 1 ? QT_F16 : QT_F32;
                 std::vector<Device> y;
@@ -848,7 +851,7 @@ void test_qmatrix_errors() {
         };
         CHECK(gemv(d.w, QT_F32, 1, x.ptr, 2, need));
         invalid(gemv(d.w, QT_F32, 0, x.ptr, 0, need));                                         // rows 0
-        invalid(gemv(d.w, QT_F32, 0, x.ptr, 9, scratch.bytes));                                // rows 9
+        invalid(gemv(d.w, QT_F32, 0, x.ptr, 65, scratch.bytes));                               // rows 65
         invalid(gemv(d.w, QT_BF16, 0, x.ptr, 2, need));                                        // y dtype
         invalid(gemv(d.w, QT_F16, 1, x.ptr, 2, need));                                         // += into F16 y
         invalid(gemv(d.w, QT_F32, 0, x.ptr, 2, need - 2));                                     // scratch too small
@@ -1530,7 +1533,7 @@ struct BenchQMatrix {
 
     // µs per product of `rows` rows (F32 y), and the GB/s of the bytes it reads (matrix, x) and writes (y).
     std::pair<double, double> time(int rows) const {
-        Device x = upload_as(randn(size_t(8) * in), QT_F16), y(size_t(8) * out * 4), scratch(size_t(8) * in * 2);
+        Device x = upload_as(randn(size_t(64) * in), QT_F16), y(size_t(64) * out * 4), scratch(size_t(64) * in * 2);
         const double ms = time_ms([&] {
             for (const qt_qmatrix& w : mats)
                 CHECK(qt_qmatrix_gemv(y.ptr, QT_F32, 0, x.ptr, &w, rows, scratch.ptr, scratch.bytes, nullptr));
@@ -1579,8 +1582,8 @@ struct BenchQMatrix {
     }
 };
 
-// Quantized GEMV (qt_qmatrix_gemv) at batch 1, 4 and 8 on Llama-2-7B's shapes: µs per product and GB/s beside the
-// copy bandwidth.
+// Quantized products (qt_qmatrix_gemv) at batch 1, 4, 8, 16 and 64 on Llama-2-7B's shapes: µs per product and GB/s
+// beside the copy bandwidth (and TFLOP/s above batch 1).
 void bench_qmatrix() {
     float copy_gbps = 0;
     CHECK(qt_bench_copy(size_t(1) << 30, 20, &copy_gbps));
@@ -1597,6 +1600,7 @@ void bench_qmatrix() {
         const double us = timed.first, gbps = timed.second;
         printf("  %-58s %10.2f us  %6.0f GB/s  %3.0f %% of copy", ("qmatrix gemv " + b.name(rows)).c_str(), us, gbps,
                100.0 * gbps / copy_gbps);
+        if (rows > 1) printf("  %6.1f TFLOP/s", 2.0 * rows * b.in * b.out / (us * 1e-6) / 1e12);
         if (rows == 1)
             for (bool chained : {false, true}) {
                 const double read = b.read_us(chained);
@@ -1607,7 +1611,7 @@ void bench_qmatrix() {
     };
     for (const Case& c : cases) {
         const BenchQMatrix b(c.bits, c.in, c.out, c.perm, c.mixed);
-        for (int rows : {1, 4, 8})
+        for (int rows : {1, 4, 8, 16, 64})
             if (!((c.perm || c.mixed) && rows > 1)) print(b, rows);
     }
     // EXL2 mixes with their perm (mixed widths: the input split) in the shapes of a Llama-2-7B layer's products.
@@ -1847,7 +1851,7 @@ int main(int argc, char** argv) {
         test_qmatrix("2b g32 1024->256 exl2", 1024, 256, {2}, {32}, false, true);
         test_qmatrix("5b g64 1024->264", 1024, 264, {5}, {64}, true, false);
         test_qmatrix("6b g128 2048->256 exl2", 2048, 256, {6}, {128}, false, false);
-        // Widths averaging 4 bits, groups of 32: 4-bit units in half2 beside 6- and 2-bit units in F32, 2 splits.
+        // Widths averaging 4 bits, groups of 32 (a group per unit), 2 splits.
         test_qmatrix("mixed 4,4,6,2b 4096->1024", 4096, 1024, {4, 4, 6, 2}, {32}, true, false);
         test_qmatrix("mixed 8..2b 16384->64 zeros", 16384, 64, {8, 6, 5, 4, 3, 2}, {128}, true, false);  // 4 splits of pairs
         test_qmatrix_many();

@@ -82,7 +82,7 @@ public interface Backend extends AutoCloseable {
      *
      * <p>weight may be a {@link DType#QMATRIX} tensor from {@link #upload} (a quantized linear; x and out then F32
      * or F16): the CPU backend dequantizes it (the reference), the CUDA backend multiplies from the packed codes for
-     * up to 8 rows and otherwise dequantizes it to an F16 scratch weight for its dense product.
+     * up to 64 rows and otherwise dequantizes it to an F16 scratch weight for its dense product.
      */
     void linear(Tensor out, Tensor x, Tensor weight, Tensor bias);
 

@@ -733,8 +733,11 @@ public final class CudaBackend implements Backend {
                 rows, in, outF, accumulate ? 1 : 0, scratch, scratchBytes, stream), "qt_linear");
     }
 
-    /** Most rows qt_qmatrix_gemv takes; more rows dequantize into a scratch weight for one cuBLAS product. */
-    public static final int QMATRIX_GEMV_MAX_ROWS = 8;
+    /**
+     * Most rows qt_qmatrix_gemv takes (a CUDA-core GEMV up to 8 rows, tensor cores from 9); more rows dequantize
+     * into a scratch weight for one cuBLAS product.
+     */
+    public static final int QMATRIX_GEMV_MAX_ROWS = 64;
 
     /** Most matrices one qt_qmatrix_gemv_many launch takes. */
     private static final int QMATRIX_GEMV_MAX_SET = 4;

@@ -640,7 +640,7 @@ public final class CudaBackendCheck {
 
     /**
      * Backend.linears over three EXL2 matrices of one input order (q/k/v) and one of another: the first three go in
-     * one qt_qmatrix_gemv_many launch, the fourth alone; each output against its double product, 1 and 5 rows.
+     * one qt_qmatrix_gemv_many call, the fourth alone; each output against its double product, 1, 5 and 20 rows.
      */
     private void sharedInputOrder(Random random) {
         int in = 4096;
@@ -660,7 +660,7 @@ public final class CudaBackendCheck {
                 ws[j] = gpu.upload(QMatrix.fromExl2(ps[j], outs[j]).toTensor(arena), DType.QMATRIX);
                 dense[j] = qtool.format.exl2.Exl2Packer.dequantize(ps[j], outs[j]);
             }
-            for (int rows : new int[] {1, 5}) {
+            for (int rows : new int[] {1, 5, 20}) {
                 float[] x = roundAll(randn(rows * in), DType.F16);
                 Tensor dx = gpu.upload(host(x, rows, in), DType.F16);
                 Tensor[] ys = new Tensor[outs.length];
@@ -684,15 +684,15 @@ public final class CudaBackendCheck {
         int in = m.in(), out = m.out();
         try (Arena arena = Arena.ofConfined()) {
             Tensor w = gpu.upload(m.toTensor(arena), DType.QMATRIX);
-            float[] x = roundAll(randn(25 * in), DType.F16);  // rows 0 | 1..5 | 6..21 | 22..24
+            float[] x = roundAll(randn(95 * in), DType.F16);  // rows 0 | 1..5 | 6..21 | 22..24 | 25..94
             double[] ref = reference.apply(x);
             float[] bias = randn(out), init = randn(3 * out);
             Tensor dBias = gpu.upload(host(bias, out), DType.F32);
-            int[][] parts = {{0, 1}, {1, 5}, {6, 16}, {22, 3}};
-            String[] how = {"gemv 1 F32", "gemv 5 F16", "dequant+gemm 16 F16", "gemv 3 linearAdd+bias"};
+            int[][] parts = {{0, 1}, {1, 5}, {6, 16}, {22, 3}, {25, 70}};
+            String[] how = {"gemv 1 F32", "gemv 5 F16", "tensor cores 16 F16", "gemv 3 linearAdd+bias", "dequant+gemm 70 F16"};
             for (int k = 0; k < parts.length; k++) {
                 int from = parts[k][0], rows = parts[k][1];
-                DType type = k == 1 || k == 2 ? DType.F16 : DType.F32;  // 16 F16 rows: a perm gathers x, no scattered dequant
+                DType type = k == 1 || k == 2 || k == 4 ? DType.F16 : DType.F32;  // 70 F16 rows: a perm gathers x, no scattered dequant
                 float[] xs = java.util.Arrays.copyOfRange(x, from * in, (from + rows) * in);
                 double[] r = java.util.Arrays.copyOfRange(ref, from * out, (from + rows) * out);
                 Tensor dx = gpu.upload(host(xs, rows, in), type);
