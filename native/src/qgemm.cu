@@ -454,9 +454,25 @@ __device__ __forceinline__ void static_for(F&& f) {
     }
 }
 
-// weight[o, perm[32u + j]] = s · (q − z) in fp16 (computed in F32, rounded once). A thread per unit and output quad
-// (adjacent threads: adjacent quads); without perm it writes 32 consecutive halves (four 128-bit stores) in each of
-// its 4 output rows, with perm 32 scattered halves (done once per weight at load).
+// One output's unit, its words w, as its 32 weights s·(q − z) in fp16, in order (v's half2 j: codes 2j, 2j + 1): one
+// HFMA2 makes the exact q − z from a pair's bits, one HMUL2 rounds s·(q − z) once (a product exact in F32, so the
+// same fp16 as computing it in F32 and rounding).
+template <int Bits>
+__device__ __forceinline__ void dequant_pairs(uint4 (&v)[4], const uint32_t (&w)[Bits], float s, float z) {
+    const __half2 s2 = __float2half2_rn(s);
+    uint32_t* out = reinterpret_cast<uint32_t*>(v);
+    static_for<0, 16>([&](auto pair) {
+        constexpr int j = decltype(pair)::value, e = pair_exponent<Bits, j>();
+        const __half2 q = __hfma2(as_half2(pair_bits<Bits, j>(w)), __float2half2_rn(1.0f / (1 << e)),
+                                  __float2half2_rn(-(1024.0f / (1 << e) + z)));  // exactly q − z
+        const __half2 r = __hmul2(q, s2);
+        out[j] = *reinterpret_cast<const uint32_t*>(&r);
+    });
+}
+
+// weight[o, perm[32u + j]] = s · (q − z) in fp16 (dequant_pairs). A thread per unit and output quad (adjacent
+// threads: adjacent quads); without perm it writes 32 consecutive halves (four 128-bit stores) in each of its 4 output
+// rows, with perm 32 scattered halves (done once per weight at load).
 template <int Bits>
 __device__ __forceinline__ void dequant_unit(__half* __restrict__ weight, const QMatrix& m, const int* __restrict__ perm,
                                              int u, int2 d, int o) {
@@ -467,20 +483,15 @@ __device__ __forceinline__ void dequant_unit(__half* __restrict__ weight, const 
 #pragma unroll
     for (int c = 0; c < 4; c++) {
         __half* row = weight + static_cast<size_t>(o + c) * m.in;
-        __align__(16) __half v[32];
-        static_for<0, 16>([&](auto pair) {
-            constexpr int j = decltype(pair)::value;
-            constexpr float kUnscale = 1.0f / (1 << pair_exponent<Bits, j>());
-            const float2 q = __half22float2(as_half2(pair_bits<Bits, j>(w[c])));  // 1024 + q·2^e, exactly
-            v[2 * j] = __float2half_rn(s[c] * ((q.x - 1024.0f) * kUnscale - z[c]));
-            v[2 * j + 1] = __float2half_rn(s[c] * ((q.y - 1024.0f) * kUnscale - z[c]));
-        });
+        uint4 v[4];
+        dequant_pairs<Bits>(v, w[c], s[c], z[c]);
         if (perm == nullptr) {
 #pragma unroll
-            for (int k = 0; k < 4; k++) reinterpret_cast<uint4*>(row + u * 32)[k] = reinterpret_cast<const uint4*>(v)[k];
+            for (int k = 0; k < 4; k++) reinterpret_cast<uint4*>(row + u * 32)[k] = v[k];
         } else {
+            const __half* h = reinterpret_cast<const __half*>(v);
 #pragma unroll
-            for (int j = 0; j < 32; j++) row[__ldg(perm + u * 32 + j)] = v[j];
+            for (int j = 0; j < 32; j++) row[__ldg(perm + u * 32 + j)] = h[j];
         }
     }
 }
@@ -585,21 +596,14 @@ struct GemmSmem {
     // then the split's unit descriptors (int2 each), read once at the start: no stage waits on a load of its own
 };
 
-// A lane's output of one unit as 16 half2 pairs s·(q − z), from its `Bits` words (stage rows, 128 words apart).
+// A lane's output of one unit as its 16 weight pairs (dequant_pairs), from its `Bits` words (stage rows, 128 words
+// apart).
 template <int Bits>
 __device__ __forceinline__ void dequant_lane(uint4 (&a)[4], const uint32_t* __restrict__ words, float s, float z) {
     uint32_t w[Bits];
 #pragma unroll
     for (int k = 0; k < Bits; k++) w[k] = words[k * kGemmOutputs];
-    const __half2 s2 = __float2half2_rn(s);
-    uint32_t* v = reinterpret_cast<uint32_t*>(a);
-    static_for<0, 16>([&](auto pair) {
-        constexpr int j = decltype(pair)::value, e = pair_exponent<Bits, j>();
-        const __half2 q = __hfma2(as_half2(pair_bits<Bits, j>(w)), __float2half2_rn(1.0f / (1 << e)),
-                                  __float2half2_rn(-(1024.0f / (1 << e) + z)));  // exactly q − z
-        const __half2 r = __hmul2(q, s2);
-        v[j] = *reinterpret_cast<const uint32_t*>(&r);
-    });
+    dequant_pairs<Bits>(a, w, s, z);
 }
 
 // y[r, o] (+)= Σ_i x[r, i] · W[o, i] for r < rows ≤ 8·NT: the block's 128 outputs (blockIdx.x), its split's units
@@ -718,25 +722,20 @@ __global__ void __launch_bounds__(32 * kGemmWarps) qmatrix_gemm(QMatrix m, void*
         else if (accumulate) static_cast<float*>(y)[at] += v;
         else static_cast<float*>(y)[at] = v;
     };
-    if (gridDim.y == 1) {
+    auto each_sum = [&](auto&& f) {  // f(row, column of the block, acc value) for each of this lane's sums
 #pragma unroll
         for (int mt = 0; mt < 2; mt++)
 #pragma unroll
             for (int t = 0; t < NT; t++)
 #pragma unroll
-                for (int i = 0; i < 4; i++)
-                    store(8 * t + 2 * c + (i & 1), warp * 32 + 16 * mt + g + 8 * (i >> 1), acc[mt][t][i]);
+                for (int i = 0; i < 4; i++) f(8 * t + 2 * c + (i & 1), warp * 32 + 16 * mt + g + 8 * (i >> 1), acc[mt][t][i]);
+    };
+    if (gridDim.y == 1) {
+        each_sum(store);
         return;
     }
     float* partial = reinterpret_cast<float*>(smem_bytes);  // [8·NT rows][128 outputs], over the stages
-#pragma unroll
-    for (int mt = 0; mt < 2; mt++)
-#pragma unroll
-        for (int t = 0; t < NT; t++)
-#pragma unroll
-            for (int i = 0; i < 4; i++)
-                partial[(8 * t + 2 * c + (i & 1)) * GemmSmem<NT>::kPartialStride + warp * 32 + 16 * mt + g + 8 * (i >> 1)] =
-                    acc[mt][t][i];
+    each_sum([&](int r, int col, float v) { partial[r * GemmSmem<NT>::kPartialStride + col] = v; });
     cg::cluster_group cluster = cg::this_cluster();
     cluster.sync();  // every split's partial sums are in
     const int splits = gridDim.y, rank = blockIdx.y, count = min(rows, 8 * NT) * kGemmOutputs;
@@ -918,8 +917,8 @@ int qt_qmatrix_gemv_many(int count, void* const* y, int y_dtype, int accumulate,
     }
     const bool f16 = y_dtype == QT_F16, acc = accumulate != 0;
     if (rows > gemv_max_rows()) {  // tensor cores, a launch per matrix
+        const int nt = rows <= 8 ? 1 : rows <= 16 ? 2 : rows <= 32 ? 4 : 8;
         for (int p = 0; p < count; p++) {
-            const int nt = rows <= 8 ? 1 : rows <= 16 ? 2 : rows <= 32 ? 4 : 8;
             QT_TRY(nt == 1   ? launch_gemm<1>(set.m[p], y[p], f16, acc, xp, rows, s)
                    : nt == 2 ? launch_gemm<2>(set.m[p], y[p], f16, acc, xp, rows, s)
                    : nt == 4 ? launch_gemm<4>(set.m[p], y[p], f16, acc, xp, rows, s)
