@@ -169,6 +169,40 @@ public record QMatrix(int in, int out, int groups, int qrows, int[] qweight, int
         return w;
     }
 
+    /**
+     * The same matrix with its outputs reordered: output o of the result is output {@code rows[o]} of this one (the
+     * qweight, scale and zero columns moved; a one-time reshuffle at load, see {@code LlamaModel.layer}).
+     */
+    public QMatrix withOutputOrder(int[] rows) {
+        if (rows.length != out) throw new IllegalArgumentException(rows.length + " output rows for " + out + " outputs");
+        boolean[] seen = new boolean[out];
+        for (int r : rows) {
+            if (r < 0 || r >= out || seen[r]) throw new IllegalArgumentException("output order is not a permutation of 0.." + (out - 1));
+            seen[r] = true;
+        }
+        return new QMatrix(in, out, groups, qrows, columns(qweight, rows), units, columns(scales, rows),
+                zeros == null ? null : columns(zeros, rows), perm);
+    }
+
+    /** The same codes taking their inputs already in processing order: perm dropped (x must come gathered by it). */
+    public QMatrix withoutPerm() {
+        return new QMatrix(in, out, groups, qrows, qweight, units, scales, zeros, null);
+    }
+
+    private static int[] columns(int[] a, int[] order) {
+        int n = order.length;
+        int[] r = new int[a.length];
+        for (int row = 0; row < a.length / n; row++) for (int c = 0; c < n; c++) r[row * n + c] = a[row * n + order[c]];
+        return r;
+    }
+
+    private static short[] columns(short[] a, int[] order) {
+        int n = order.length;
+        short[] r = new short[a.length];
+        for (int row = 0; row < a.length / n; row++) for (int c = 0; c < n; c++) r[row * n + c] = a[row * n + order[c]];
+        return r;
+    }
+
     /** Bytes a product reads: every array. */
     public long bytes() {
         return 4L * qweight.length + 4L * units.length + 2L * scales.length + (zeros == null ? 0 : 2L * zeros.length)

@@ -122,6 +122,27 @@ class QMatrixTest {
         assertTrue(e.getMessage().contains("16 rows"), e.getMessage());
     }
 
+    /** withOutputOrder moves whole output rows (codes, scale, zero); withoutPerm leaves W's columns in processing order. */
+    @Test
+    void outputOrderAndPermlessCopyReorderTheDequantizedWeight() {
+        Random random = new Random(11);
+        QMatrix m = QMatrix.fromGptq(RandomGptq.of(random, 64, 128, 3, 32, true, CheckpointFormat.GPTQ).packed());
+        assertNotNull(m.perm());
+        int in = m.in(), out = m.out();
+        int[] rows = new int[out];
+        for (int o = 0; o < out; o++) rows[o] = (o * 7 + 5) % out;
+        float[] w = m.dequantize(), reordered = m.withOutputOrder(rows).dequantize(), permless = m.withoutPerm().dequantize();
+        for (int o = 0; o < out; o++) {
+            for (int i = 0; i < in; i++) {
+                assertEquals(w[rows[o] * in + i], reordered[o * in + i], "row " + o + " is row " + rows[o]);
+                assertEquals(w[o * in + m.perm()[i]], permless[o * in + i], "column " + i + " is input " + m.perm()[i]);
+            }
+        }
+        rows[1] = rows[0];
+        assertThrows(IllegalArgumentException.class, () -> m.withOutputOrder(rows));
+        assertThrows(IllegalArgumentException.class, () -> m.withOutputOrder(new int[out - 1]));
+    }
+
     /** A host QMATRIX tensor holds the arrays; the CPU backend takes it as it is and multiplies what it stands for. */
     @Test
     void cpuLinearOfAQmatrixTensorIsTheDenseProduct() {
