@@ -1,6 +1,7 @@
 package qtool.model;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertSame;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
@@ -33,8 +34,8 @@ import qtool.write.SafetensorsWriter;
 
 /**
  * LlamaModel.layer(i, true) on GPTQ and EXL2 directories: quantized linears as QMATRIX tensors that multiply (on the
- * CPU backend) as the dequantized ones do (the MLP as a whole: down's input order moves into gate's and up's outputs); EXL2's lm_head, padded from 500 to 512 outputs, stays dequantized and is
- * named once on stderr.
+ * CPU backend) as the dequantized ones do (the MLP as a whole: down's input order moves into gate's and up's
+ * outputs); EXL2's lm_head, padded from 500 to 512 outputs, stays dequantized and is named once on stderr.
  */
 class PackedLayerTest {
 
@@ -50,7 +51,7 @@ class PackedLayerTest {
             try (LlamaModel m = LlamaModel.open(model); CpuBackend cpu = new CpuBackend()) {
                 LlamaModel.Layer dense = m.layer(0), packed = m.layer(0, true);
                 assertSame(packed.q(), m.layer(0, true).q(), "made once");
-                assertTrue(QMatrix.read(m.layer(0, true).down()).perm() == null, "down's input order moved into gate and up");
+                assertNull(QMatrix.read(m.layer(0, true).down()).perm(), "down's input order moved into gate and up");
                 for (String linear : LlamaModel.Layer.LINEARS) {
                     Tensor w = packed.linear(linear);
                     assertEquals(DType.QMATRIX, w.dtype(), linear);
